@@ -1,0 +1,115 @@
+"""Array-namespace plumbing: which library an array comes from, and dtype questions.
+
+Everything here is cheap metadata work; nothing touches array values. torch is never imported
+here: ``array_api_compat`` recognises torch tensors only if torch is already loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+
+
+def namespace(*arrays: Any) -> Any:
+    """The Array API namespace shared by ``arrays`` (None entries are skipped).
+
+    Raises TypeError, as torch does for a non-tensor target, when an argument is not an array
+    (a Python list, a scalar) or when arrays from different libraries are mixed.
+    """
+    present = [a for a in arrays if a is not None]
+    for a in present:
+        if not array_api_compat.is_array_api_obj(a):
+            raise TypeError(
+                f"expected an array (NumPy, torch, or any Array API array), "
+                f"got {type(a).__name__}; convert it first, e.g. numpy.asarray(...)"
+            )
+    try:
+        return array_api_compat.array_namespace(*present)
+    except TypeError as exc:
+        kinds = sorted({type(a).__module__.split(".")[0] + "." + type(a).__name__ for a in present})
+        raise TypeError(
+            f"all arrays must come from one library, got a mix of {', '.join(kinds)}"
+        ) from exc
+
+
+def is_torch(x: Any) -> bool:
+    """True for a torch.Tensor (without importing torch)."""
+    return array_api_compat.is_torch_array(x)
+
+
+def is_floating(xp: Any, dtype: Any) -> bool:
+    """True for real floating dtypes, float16 and bfloat16 included."""
+    try:
+        return bool(xp.isdtype(dtype, "real floating"))
+    except (TypeError, ValueError):
+        return False
+
+
+def is_integral(xp: Any, dtype: Any) -> bool:
+    """True for signed/unsigned integer and bool dtypes."""
+    try:
+        return bool(xp.isdtype(dtype, ("integral", "bool")))
+    except (TypeError, ValueError):
+        return False
+
+
+def dtype_name(dtype: Any) -> str:
+    """A short, library-neutral dtype name: 'float32', 'int64', 'bfloat16', ..."""
+    name = str(getattr(dtype, "name", "") or dtype)
+    name = name.split("'")[1] if name.startswith("<class '") else name
+    return name.rsplit(".", 1)[-1].rstrip("')>")
+
+
+def is_low_precision(xp: Any, dtype: Any) -> bool:
+    """float16 and bfloat16: computed in float32 and rounded once at the end."""
+    return dtype_name(dtype) in ("float16", "bfloat16")
+
+
+def compute_dtype(xp: Any, dtype: Any) -> Any:
+    """The dtype the reference computes in, one step wider than the data.
+
+    float16/bfloat16 compute in float32 and float32 in float64, so the reference rounds once, at
+    the end (its error is half an ulp of the result, never more than torch's own plus that).
+    """
+    name = dtype_name(dtype)
+    if name in ("float16", "bfloat16"):
+        return xp.float32
+    if name == "float32" and hasattr(xp, "float64"):
+        return xp.float64
+    return dtype
+
+
+def default_float(xp: Any) -> Any:
+    """The library's default floating dtype (torch: float32 unless changed; NumPy: float64)."""
+    if array_api_compat.is_torch_namespace(xp):
+        import torch
+
+        return torch.get_default_dtype()
+    info = getattr(xp, "__array_namespace_info__", None)
+    if info is not None:
+        return info().default_dtypes()["real floating"]
+    return xp.float64
+
+
+def result_type(xp: Any, *dtypes: Any) -> Any:
+    """Type promotion over floating dtypes, bfloat16 included."""
+    present = [d for d in dtypes if d is not None]
+    if array_api_compat.is_torch_namespace(xp):
+        import torch
+
+        out = present[0]
+        for d in present[1:]:
+            out = torch.promote_types(out, d)
+        return out
+    return xp.result_type(*present)
+
+
+def requires_grad(x: Any) -> bool:
+    """True for a torch tensor that autograd tracks (False for every other array)."""
+    return bool(getattr(x, "requires_grad", False)) and is_torch(x)
+
+
+def shape_str(shape: tuple[int, ...]) -> str:
+    """``(2, 3)`` -> ``[2, 3]``, PyTorch's way of printing sizes in messages."""
+    return "[" + ", ".join(str(int(s)) for s in shape) + "]"

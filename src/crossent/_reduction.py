@@ -1,0 +1,65 @@
+"""Reductions and their exact ``mean`` denominators, in one place.
+
+Every implementation (the Array API reference, the fused torch ops, the linear path) reduces
+per-position losses through these functions, so the denominators cannot drift apart:
+
+========================  ==========================================================
+loss / target             ``mean`` denominator
+========================  ==========================================================
+class-index targets       ``sum_i m_i * w[y_i]`` (total weight of the kept targets;
+(cross_entropy, nll)      the count of kept targets when there is no class weight)
+probability targets       ``M``, the number of positions (class weights ignored)
+binary losses             ``numel``, the number of elements (weights ignored)
+========================  ==========================================================
+
+The functions take the array namespace ``xp`` explicitly (NumPy, torch through
+array-api-compat, any Array API library) and never synchronise a device: the denominator stays
+an array.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+Reduction = Literal["none", "mean", "sum"]
+REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
+
+
+def kept_weight(xp: Any, target: Any, weight: Any | None, ignore_index: int, dtype: Any) -> Any:
+    """Per-position weight ``m_i * w[y_i]`` of class-index targets, in ``dtype``.
+
+    ``target`` holds class indices (any shape); positions equal to ``ignore_index`` get 0 and are
+    never used to index ``weight`` (so an out-of-range ignore_index is harmless).
+    """
+    kept = target != ignore_index
+    if weight is None:
+        return xp.astype(kept, dtype)
+    safe = xp.where(kept, target, xp.zeros_like(target))
+    flat = xp.reshape(safe, (-1,))
+    w = xp.reshape(xp.take(xp.astype(weight, dtype), flat, axis=0), target.shape)
+    return xp.where(kept, w, xp.zeros_like(w))
+
+
+def index_mean_denominator(
+    xp: Any, target: Any, weight: Any | None, ignore_index: int, dtype: Any
+) -> Any:
+    """``sum_i m_i * w[y_i]``: the ``mean`` denominator for class-index targets (0-d array)."""
+    return xp.sum(kept_weight(xp, target, weight, ignore_index, dtype))
+
+
+def reduce(xp: Any, losses: Any, reduction: str, denominator: Any | None = None) -> Any:
+    """Apply ``reduction`` to per-position ``losses``.
+
+    ``denominator`` is used for ``mean`` when given (a 0-d array or a Python number); otherwise
+    ``mean`` divides by ``losses.size``. An empty or all-ignored ``mean`` is ``0/0 = nan``, as in
+    PyTorch.
+    """
+    if reduction == "none":
+        return losses
+    total = xp.sum(losses)
+    if reduction == "sum":
+        return total
+    if denominator is None:
+        denominator = math.prod(losses.shape)
+    return total / denominator

@@ -1,0 +1,391 @@
+"""Argument checks at the public boundary, with PyTorch's exception types.
+
+Every check raises the exception *type* torch 2.13 raises for the same input (so code that
+catches torch's errors catches ours), with a message that says what was expected and what was
+got. Shape, dtype and argument checks read metadata only. Value checks (target range, BCE's
+[0, 1] domain) read array values; they live in separate functions so that the fused torch path
+can run them inside its custom op (no graph break under ``torch.compile``).
+
+Deliberate deviations from torch, each documented where it applies:
+
+* a negative or NaN ``label_smoothing`` raises ValueError (torch silently treats it as 0);
+* an unbatched ``(C,)`` input with a ``(1,)`` target and ``label_smoothing > 0`` works (torch
+  crashes with a broadcasting RuntimeError although its unsmoothed path accepts that target).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from crossent._array import dtype_name, is_floating, is_integral, requires_grad, shape_str
+from crossent._reduction import REDUCTIONS
+
+
+def check_reduction(reduction: Any) -> str:
+    """Return the reduction name; ``'elementwise_mean'`` warns and maps to ``'mean'``."""
+    if reduction == "elementwise_mean":
+        warnings.warn(
+            "reduction='elementwise_mean' is deprecated, please use reduction='mean' instead.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return "mean"
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(
+            f"{reduction} is not a valid value for reduction: "
+            f"expected one of {', '.join(repr(r) for r in REDUCTIONS)}"
+        )
+    return reduction
+
+
+def check_ignore_index(ignore_index: Any) -> int:
+    """ignore_index must be a Python int (torch: TypeError for a float)."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(
+            f"ignore_index must be int, not {type(ignore_index).__name__} ({ignore_index!r})"
+        )
+    return ignore_index
+
+
+def check_label_smoothing(label_smoothing: Any) -> float:
+    """label_smoothing in [0, 1]: >1 is torch's RuntimeError; <0 or NaN is our ValueError."""
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+        raise TypeError(
+            f"label_smoothing must be a float, not {type(label_smoothing).__name__}"
+        )
+    value = float(label_smoothing)
+    if math.isnan(value) or value < 0:
+        raise ValueError(
+            f"label_smoothing must be between 0.0 and 1.0, got {value}. (PyTorch silently "
+            f"treats a negative or NaN value as 0.0; crossent rejects it.)"
+        )
+    if value > 1:
+        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {value}")
+    return value
+
+
+def check_floating_input(xp: Any, input: Any, op: str) -> None:
+    """Losses need floating inputs (torch raises NotImplementedError for integer ones)."""
+    if not is_floating(xp, input.dtype):
+        raise NotImplementedError(
+            f"{op} expects a floating-point input (float16, bfloat16, float32 or float64), "
+            f"got {dtype_name(input.dtype)}"
+        )
+
+
+def check_not_differentiable(tensor: Any, op: str, arg: str) -> None:
+    """torch refuses autograd through class weights of the index path, BCE weights, pos_weight."""
+    if requires_grad(tensor):
+        raise RuntimeError(
+            f"The function '{op}' is not differentiable with respect to argument '{arg}'. "
+            f"This input cannot have requires_grad True."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# nll_loss and cross_entropy
+
+
+@dataclass(frozen=True)
+class ClassTargetLayout:
+    """How a (validated) class-index or probability target lines up with the input."""
+
+    probabilities: bool  # True: target has the input's shape and holds class probabilities
+    num_classes: int
+    batched: bool  # False for an unbatched (C,) input
+
+
+def _index_target_shape_checks(input: Any, target: Any) -> None:
+    """nll_loss's shape rules for class-index targets (torch's order and exception types)."""
+    ndim = input.ndim
+    if ndim == 0:
+        raise ValueError("Expected 1 or more dimensions (got 0)")
+    if ndim == 1:
+        if target.ndim > 1 or (target.ndim == 1 and target.shape[0] != 1):
+            raise ValueError(
+                f"For 1D input, 1D target must have size 1, but got target size: "
+                f"{target.shape[0] if target.ndim == 1 else shape_str(target.shape)}"
+            )
+        return
+    target_batch = target.shape[0] if target.ndim > 0 else 0
+    if input.shape[0] != target_batch:
+        raise ValueError(
+            f"Expected input batch_size ({input.shape[0]}) to match target batch_size "
+            f"({target_batch})."
+        )
+    if ndim == 2:
+        if target.ndim != 1:
+            raise RuntimeError(
+                f"0D or 1D target tensor expected, multi-target not supported: an (N, C) input "
+                f"takes an (N,) target of class indices, got a target of shape "
+                f"{shape_str(target.shape)} (a target with the input's shape "
+                f"{shape_str(input.shape)} is read as class probabilities)"
+            )
+        return
+    expected = (input.shape[0], *input.shape[2:])
+    if tuple(target.shape) != expected:
+        raise RuntimeError(
+            f"Expected target size {shape_str(expected)}, got {shape_str(target.shape)} "
+            f"(input {shape_str(input.shape)} has its classes in dim 1; an (N, L, C) model output "
+            f"must be permuted to (N, C, L))"
+        )
+
+
+def _index_target_dtype_check(xp: Any, input: Any, target: Any) -> None:
+    name = dtype_name(target.dtype)
+    if name == "uint8" and input.ndim > 2:
+        raise RuntimeError(
+            f"expected scalar type Long but found Byte: uint8 class-index targets are accepted "
+            f"only for 1-D and 2-D inputs, got an input of {input.ndim} dimensions; "
+            f"use int64 targets"
+        )
+    if name not in ("int64", "uint8"):
+        if is_floating(xp, target.dtype):
+            hint = (
+                f"; a floating target is read as class probabilities only when it has the "
+                f"input's shape {shape_str(input.shape)}, got {shape_str(target.shape)}"
+            )
+        else:
+            hint = ""
+        raise RuntimeError(
+            f"expected target dtype to be Long or Byte, but got {name}: class-index targets "
+            f"must be int64 (or uint8 for 1-D/2-D inputs){hint}"
+        )
+
+
+def check_class_weight(
+    xp: Any, input: Any, weight: Any, num_classes: int, *, probabilities: bool, op: str
+) -> None:
+    """Class weights: numel C (1-D except nll's K-dim path); index path needs the input dtype."""
+    if weight is None:
+        return
+    size = math.prod(weight.shape)
+    one_dim_required = probabilities or input.ndim <= 2 or op == "cross_entropy"
+    if size != num_classes or (one_dim_required and weight.ndim != 1):
+        prefix = "cross_entropy: " if probabilities else ""
+        raise RuntimeError(
+            f"{prefix}weight tensor should be defined either for all {num_classes} classes or no "
+            f"classes but got weight tensor of shape: {shape_str(weight.shape)}"
+        )
+    if not is_floating(xp, weight.dtype):
+        raise RuntimeError(
+            f"class weight must be floating point, got {dtype_name(weight.dtype)}"
+        )
+    if not probabilities and dtype_name(weight.dtype) != dtype_name(input.dtype):
+        raise RuntimeError(
+            f"expected scalar type {dtype_name(input.dtype)} but found "
+            f"{dtype_name(weight.dtype)}: class weights must have the input's dtype"
+        )
+
+
+def check_nll_args(xp: Any, input: Any, target: Any, weight: Any) -> int:
+    """All metadata checks of nll_loss; returns the number of classes."""
+    if input.ndim == 0:
+        raise ValueError("Expected 1 or more dimensions (got 0)")
+    _index_target_shape_checks(input, target)
+    _index_target_dtype_check(xp, input, target)
+    check_floating_input(xp, input, "nll_loss")
+    num_classes = input.shape[0] if input.ndim == 1 else input.shape[1]
+    check_class_weight(xp, input, weight, num_classes, probabilities=False, op="nll_loss")
+    check_not_differentiable(weight, "nll_loss_forward", "weight")
+    return num_classes
+
+
+def check_cross_entropy_args(
+    xp: Any, input: Any, target: Any, weight: Any, ignore_index: int, label_smoothing: float
+) -> ClassTargetLayout:
+    """cross_entropy's checks in torch's dispatch order (spec section 4.1)."""
+    if tuple(input.shape) == tuple(target.shape):
+        if not is_floating(xp, target.dtype):
+            raise RuntimeError(
+                f"Expected floating point type for target with class probabilities, got "
+                f"{dtype_name(target.dtype)}: a target with the input's shape "
+                f"{shape_str(input.shape)} is read as class probabilities (convert a one-hot "
+                f"target to float, or pass class indices of shape "
+                f"{shape_str(_index_shape(input.shape))})"
+            )
+        if ignore_index >= 0:
+            raise RuntimeError(
+                f"ignore_index is not supported for floating point target: probability "
+                f"targets take no ignore_index, got ignore_index={ignore_index}"
+            )
+        if input.ndim == 0:
+            raise IndexError(
+                "Dimension specified as 1 but tensor has no dimensions: cross_entropy needs an "
+                "input of shape (C,), (N, C) or (N, C, d1, ...)"
+            )
+        check_floating_input(xp, input, "cross_entropy")
+        num_classes = input.shape[0] if input.ndim == 1 else input.shape[1]
+        check_class_weight(
+            xp, input, weight, num_classes, probabilities=True, op="cross_entropy"
+        )
+        return ClassTargetLayout(True, num_classes, input.ndim > 1)
+    num_classes = check_nll_args(xp, input, target, weight)
+    if label_smoothing > 0 and weight is not None and weight.ndim != 1:
+        check_class_weight(
+            xp, input, weight, num_classes, probabilities=False, op="cross_entropy"
+        )
+    return ClassTargetLayout(False, num_classes, input.ndim > 1)
+
+
+def _index_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    if len(shape) <= 1:
+        return ()
+    return (shape[0], *shape[2:])
+
+
+def check_target_range(xp: Any, target: Any, num_classes: int, ignore_index: int) -> None:
+    """Every kept class index lies in [0, C); names the first offender and its position.
+
+    Reads values (a device synchronisation for GPU arrays). torch raises IndexError on CPU and
+    a device-side assert on CUDA; crossent raises the IndexError on every device.
+    """
+    t = xp.astype(target, xp.int64)
+    bad = (t != ignore_index) & ((t < 0) | (t >= num_classes))
+    if not bool(xp.any(bad)):
+        return
+    flat_bad = xp.reshape(bad, (-1,))
+    first = int(xp.argmax(xp.astype(flat_bad, xp.int8)))
+    position = _unravel(first, tuple(target.shape))
+    value = int(xp.reshape(t, (-1,))[first])
+    count = int(xp.sum(xp.astype(flat_bad, xp.int64)))
+    more = f" ({count} targets are out of range)" if count > 1 else ""
+    raise IndexError(
+        f"Target {value} is out of bounds: expected a class index in [0, {num_classes}) or "
+        f"ignore_index={ignore_index}, got {value} at position {position}{more}"
+    )
+
+
+def _unravel(index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    out = []
+    for size in reversed(shape):
+        out.append(index % size)
+        index //= size
+    return tuple(reversed(out))
+
+
+# --------------------------------------------------------------------------------------------
+# binary losses
+
+
+def _torch_size(shape: tuple[int, ...]) -> str:
+    return "torch.Size([" + ", ".join(str(int(s)) for s in shape) + "])"
+
+
+def _broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x != y and 1 not in (x, y):
+            return None
+        out.append(max(x, y) if 0 not in (x, y) else 0)
+    return tuple(reversed(out))
+
+
+def check_broadcast_weight(weight: Any, shape: tuple[int, ...], arg: str) -> None:
+    """A weight must broadcast to the loss shape without enlarging it (torch: RuntimeError)."""
+    if weight is None:
+        return
+    joint = _broadcast_shape(tuple(weight.shape), shape)
+    if joint is None:
+        raise RuntimeError(
+            f"{arg} of shape {shape_str(weight.shape)} does not broadcast to the input shape "
+            f"{shape_str(shape)} (dimensions are aligned from the right, so a per-class vector "
+            f"applies along the last dimension)"
+        )
+    if joint != shape:
+        raise RuntimeError(
+            f"output with shape {shape_str(shape)} doesn't match the broadcast shape "
+            f"{shape_str(joint)}: {arg} must not enlarge the input"
+        )
+
+
+def check_bce_args(xp: Any, input: Any, target: Any, weight: Any) -> None:
+    """binary_cross_entropy: equal shapes, equal dtypes, floating, broadcastable weight."""
+    if tuple(target.shape) != tuple(input.shape):
+        raise ValueError(
+            f"Using a target size ({_torch_size(target.shape)}) that is different to the input "
+            f"size ({_torch_size(input.shape)}) is deprecated. Please ensure they have the same "
+            f"size."
+        )
+    if dtype_name(target.dtype) != dtype_name(input.dtype):
+        raise RuntimeError(
+            f"Found dtype {dtype_name(target.dtype)} but expected {dtype_name(input.dtype)}: "
+            f"binary_cross_entropy needs the target in the input's dtype"
+        )
+    check_floating_input(xp, input, "binary_cross_entropy")
+    check_broadcast_weight(weight, tuple(input.shape), "weight")
+    check_not_differentiable(weight, "binary_cross_entropy", "weight")
+
+
+def check_unit_interval(xp: Any, values: Any, what: str) -> None:
+    """BCE's domain check: every element in [0, 1] (NaN fails)."""
+    if values.ndim == 0 or math.prod(values.shape) > 0:
+        inside = (values >= 0) & (values <= 1)
+        if not bool(xp.all(inside)):
+            flat = xp.reshape(inside, (-1,))
+            first = int(xp.argmin(xp.astype(flat, xp.int8)))
+            value = float(xp.reshape(values, (-1,))[first])
+            raise RuntimeError(
+                f"all elements of {what} should be between 0 and 1: got {value} at position "
+                f"{_unravel(first, tuple(values.shape))}"
+                + (" (pass logits to binary_cross_entropy_with_logits)" if what == "input" else "")
+            )
+
+
+def check_bce_with_logits_args(
+    xp: Any, input: Any, target: Any, weight: Any, pos_weight: Any
+) -> None:
+    """binary_cross_entropy_with_logits: equal shapes, floating target, non-enlarging weights."""
+    if tuple(target.shape) != tuple(input.shape):
+        raise ValueError(
+            f"Target size ({_torch_size(target.shape)}) must be the same as input size "
+            f"({_torch_size(input.shape)})"
+        )
+    check_floating_input(xp, input, "binary_cross_entropy_with_logits")
+    if is_integral(xp, target.dtype):
+        raise RuntimeError(
+            f"result type Float can't be cast to the desired output type "
+            f"{dtype_name(target.dtype)}: binary_cross_entropy_with_logits needs a floating "
+            f"target (its output takes the target's dtype)"
+        )
+    check_broadcast_weight(weight, tuple(input.shape), "weight")
+    check_broadcast_weight(pos_weight, tuple(input.shape), "pos_weight")
+    check_not_differentiable(weight, "binary_cross_entropy_with_logits", "weight")
+    check_not_differentiable(pos_weight, "binary_cross_entropy_with_logits", "pos_weight")
+
+
+# --------------------------------------------------------------------------------------------
+# softmax family
+
+
+def normalize_dim(dim: Any, ndim: int) -> int:
+    """A dim in [-max(ndim,1), max(ndim,1)) -> [0, ndim); IndexError otherwise (torch's text)."""
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"dim must be an int, not {type(dim).__name__}")
+    rank = max(ndim, 1)
+    if not -rank <= dim < rank:
+        raise IndexError(
+            f"Dimension out of range (expected to be in range of [{-rank}, {rank - 1}], but got "
+            f"{dim})"
+        )
+    return dim % rank
+
+
+def normalize_dims(dim: Any, ndim: int) -> tuple[int, ...]:
+    """logsumexp's dim: an int or a non-empty tuple of distinct dims."""
+    dims = (dim,) if isinstance(dim, int) and not isinstance(dim, bool) else tuple(dim)
+    if len(dims) == 0:
+        raise RuntimeError(
+            "logsumexp needs at least one dim: dim=() would reduce nothing "
+            "(torch: output with shape [] doesn't match the broadcast shape [1, 1])"
+        )
+    out = tuple(normalize_dim(d, ndim) for d in dims)
+    for d in out:
+        if out.count(d) > 1:
+            raise RuntimeError(f"dim {d} appears multiple times in the list of dims")
+    return out

@@ -1,0 +1,471 @@
+"""The public functional API: validate at the boundary, then dispatch.
+
+Every function accepts torch tensors (the result is a tensor, autograd works), NumPy arrays and
+any Array API array (the result has the input's array type). For arrays without autograd, the
+``*_and_grad`` functions return the loss together with its analytic gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from crossent import _validation as check
+from crossent import reference
+from crossent._array import (
+    default_float,
+    is_floating,
+    is_integral,
+    is_torch,
+    namespace,
+)
+from crossent._dispatch import resolve_impl
+
+__all__ = [
+    "LossAndGrad",
+    "binary_cross_entropy",
+    "binary_cross_entropy_and_grad",
+    "binary_cross_entropy_with_logits",
+    "binary_cross_entropy_with_logits_and_grad",
+    "cross_entropy",
+    "cross_entropy_and_grad",
+    "log_softmax",
+    "logsumexp",
+    "nll_loss",
+    "nll_loss_and_grad",
+    "softmax",
+]
+
+
+class LossAndGrad(NamedTuple):
+    """A loss and its gradients: ``grad_target`` is None where PyTorch gives no target gradient
+    (class-index targets, nll_loss)."""
+
+    loss: Any
+    grad_input: Any
+    grad_target: Any | None
+
+
+@contextlib.contextmanager
+def _quiet(xp: Any) -> Iterator[None]:
+    """NaN and inf are legitimate results (an all-ignored mean is 0/0, BCE's gradient at p = 0
+    is inf), as in torch: NumPy-backed namespaces must not warn about them."""
+    with np.errstate(all="ignore"):
+        yield
+
+
+# ------------------------------------------------------------------------------------------
+# softmax family
+
+
+def _cast(xp: Any, input: Any, dtype: Any, op: str) -> Any:
+    if dtype is not None:
+        input = xp.astype(input, dtype)
+    if not is_floating(xp, input.dtype):
+        raise NotImplementedError(
+            f"{op} expects a floating-point input, got {input.dtype}; pass dtype=... "
+            f"(e.g. a float32 dtype) to cast before the op"
+        )
+    return input
+
+
+def softmax(input: Any, dim: int, dtype: Any = None) -> Any:
+    r"""Softmax along ``dim``: ``exp(x - max) / sum(exp(x - max))``.
+
+    .. math:: \mathrm{softmax}(x)_c = \frac{e^{x_c - m}}{\sum_j e^{x_j - m}},\quad m = \max_j x_j
+
+    Equals ``torch.softmax(input, dim, dtype=dtype)``; for torch tensors it *is* that kernel.
+    ``dtype`` casts the input before the op. Rows with a ``+inf`` or only ``-inf`` entries give
+    NaN, as in PyTorch.
+
+    >>> import numpy as np, crossent
+    >>> crossent.softmax(np.array([2.0, 4.0, 0.5]), dim=0).round(6)
+    array([0.116115, 0.857977, 0.025909])
+    """
+    xp = namespace(input)
+    axis = check.normalize_dim(dim, input.ndim)
+    input = _cast(xp, input, dtype, "softmax")
+    if is_torch(input):
+        import torch
+
+        return torch.softmax(input, axis)
+    with _quiet(xp):
+        return reference.softmax(xp, input, axis)
+
+
+def log_softmax(input: Any, dim: int, dtype: Any = None) -> Any:
+    r"""Log-softmax along ``dim``: ``(x - max) - log(sum(exp(x - max)))``.
+
+    .. math:: \log\mathrm{softmax}(x)_c = (x_c - m) - \log\sum_j e^{x_j - m}
+
+    Equals ``torch.log_softmax(input, dim, dtype=dtype)``; for torch tensors it *is* that
+    kernel.
+
+    >>> import numpy as np, crossent
+    >>> crossent.log_softmax(np.array([2.0, 4.0, 0.5]), dim=0).round(6)
+    array([-2.153178, -0.153178, -3.653178])
+    """
+    xp = namespace(input)
+    axis = check.normalize_dim(dim, input.ndim)
+    input = _cast(xp, input, dtype, "log_softmax")
+    if is_torch(input):
+        import torch
+
+        return torch.log_softmax(input, axis)
+    with _quiet(xp):
+        return reference.log_softmax(xp, input, axis)
+
+
+def logsumexp(input: Any, dim: int | tuple[int, ...], keepdim: bool = False) -> Any:
+    r"""``log(sum(exp(input)))`` over ``dim`` (an int or a tuple), computed stably.
+
+    .. math:: \mathrm{lse}(x) = m + \log\sum_j e^{x_j - m}
+
+    Equals ``torch.logsumexp(input, dim, keepdim)``. An all ``-inf`` slice gives ``-inf``, a
+    ``+inf`` entry gives ``+inf``; integer and bool inputs are promoted to the library's default
+    floating dtype (torch: float32, NumPy: float64).
+
+    >>> import numpy as np, crossent
+    >>> float(crossent.logsumexp(np.array([2.0, 4.0, 0.5]), dim=0))  # doctest: +ELLIPSIS
+    4.153178...
+    """
+    xp = namespace(input)
+    axes = check.normalize_dims(dim, input.ndim)
+    if is_integral(xp, input.dtype):
+        input = xp.astype(input, default_float(xp))
+    if is_torch(input):
+        import torch
+
+        return torch.logsumexp(input, axes, keepdim)
+    with _quiet(xp):
+        return reference.logsumexp(xp, input, axes, keepdim)
+
+
+# ------------------------------------------------------------------------------------------
+# class-index / probability losses
+
+
+def _ce_fn(xp, input, target, weight, pos_weight, **kw):  # adapter for autograd
+    return reference.cross_entropy(xp, input, target, weight, **kw)
+
+
+def _nll_fn(xp, input, target, weight, pos_weight, **kw):
+    return reference.nll_loss(xp, input, target, weight, **kw)
+
+
+def _bce_fn(xp, input, target, weight, pos_weight, **kw):
+    return reference.binary_cross_entropy(xp, input, target, weight, **kw)
+
+
+def _bcel_fn(xp, input, target, weight, pos_weight, **kw):
+    return reference.binary_cross_entropy_with_logits(xp, input, target, weight, pos_weight, **kw)
+
+
+def _run_reference(fn, options, input, target, weight, pos_weight=None):
+    """Loss only: through autograd for torch tensors, plainly for every other array."""
+    xp = namespace(input, target, weight, pos_weight)
+    if is_torch(input):
+        import crossent._torch_reference as torch_reference
+
+        return torch_reference.apply(fn, options, input, target, weight, pos_weight)
+    with _quiet(xp):
+        return fn(xp, input, target, weight, pos_weight, **options).loss
+
+
+def _run_reference_grad(fn, options, input, target, weight, pos_weight, grad_output):
+    xp = namespace(input, target, weight, pos_weight, grad_output)
+    context = contextlib.nullcontext()
+    if is_torch(input):
+        import torch
+
+        context = torch.no_grad()
+    with context, _quiet(xp):
+        return fn(
+            xp, input, target, weight, pos_weight, want_grad=True, grad_output=grad_output,
+            **options,
+        )
+
+
+def _check_grad_output(xp: Any, grad_output: Any, reduction: str, loss_shape: tuple) -> None:
+    if grad_output is None:
+        return
+    expected = loss_shape if reduction == "none" else ()
+    if tuple(grad_output.shape) != tuple(expected):
+        raise ValueError(
+            f"grad_output must have the loss's shape {tuple(expected)} for reduction="
+            f"{reduction!r}, got {tuple(grad_output.shape)}"
+        )
+
+
+def _prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing):
+    xp = namespace(input, target, weight)
+    reduction = check.check_reduction(reduction)
+    ignore_index = check.check_ignore_index(ignore_index)
+    label_smoothing = check.check_label_smoothing(label_smoothing)
+    layout = check.check_cross_entropy_args(
+        xp, input, target, weight, ignore_index, label_smoothing
+    )
+    if not layout.probabilities:
+        check.check_target_range(xp, target, layout.num_classes, ignore_index)
+    options = {
+        "probabilities": layout.probabilities,
+        "ignore_index": ignore_index,
+        "reduction": reduction,
+        "label_smoothing": label_smoothing,
+    }
+    return xp, layout, options
+
+
+def cross_entropy(
+    input: Any,
+    target: Any,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    impl: str = "auto",
+) -> Any:
+    r"""Cross-entropy between logits ``input`` and class indices or class probabilities.
+
+    ``input`` is ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)`` (classes in dim 1). A target
+    with the input's shape holds class probabilities; otherwise it holds class indices of shape
+    ``()``, ``(N,)`` or ``(N, d1, ..., dk)``. With ``l = log_softmax(input, dim=1)``, class
+    weights ``w`` (ones if None), ``m_i = [y_i != ignore_index]`` and smoothing ``eps``:
+
+    .. math::
+
+        L_i = (1-\varepsilon)\, m_i w_{y_i} (-l_{i,y_i})
+              + \tfrac{\varepsilon}{C}\, m_i \textstyle\sum_c w_c (-l_{i,c})
+        \qquad \text{mean} = \frac{\sum_i L_i}{\sum_i m_i w_{y_i}}
+
+    For probability targets ``q`` (smoothed ``q' = (1-eps) q + eps/C``),
+    ``L_i = -sum_c w_c q'_ic l_ic`` and ``mean`` divides by the number of positions ``M``, not by
+    weights. An all-ignored ``mean`` is NaN (0/0), its gradient zero.
+
+    Equals ``torch.nn.functional.cross_entropy(input, target, weight, ignore_index=ignore_index,
+    reduction=reduction, label_smoothing=label_smoothing)``, with errors of the same types.
+    Deviations: a negative or NaN ``label_smoothing`` raises ValueError (torch ignores it); an
+    out-of-range target raises IndexError on every device (torch asserts on CUDA).
+
+    ``impl`` selects the implementation for torch tensors: ``"auto"`` (the fused kernel where
+    it serves the arguments, else the reference), ``"reference"``, ``"fused"`` (blocked torch
+    ops; any device), ``"triton"`` (CUDA). NumPy and other arrays always use the reference.
+
+    >>> import numpy as np, crossent
+    >>> float(crossent.cross_entropy(np.array([2.0, 4.0, 0.5]), np.array(1)))  # doctest: +ELLIPSIS
+    0.153178...
+    >>> x = np.array([[0.1, 0.2, 0.7], [0.8, 0.1, 0.1]])
+    >>> w = np.array([0.2, 0.5, 0.3])
+    >>> float(crossent.cross_entropy(x, np.array([2, 0]), weight=w))  # doctest: +ELLIPSIS
+    0.7366603...
+    """
+    _, _, options = _prepare_cross_entropy(
+        input, target, weight, ignore_index, reduction, label_smoothing
+    )
+    choice = resolve_impl(impl, input)
+    if choice != "reference":
+        from crossent import _torch_dispatch
+
+        out = _torch_dispatch.cross_entropy(choice, input, target, weight, options, impl)
+        if out is not None:
+            return out
+    return _run_reference(_ce_fn, options, input, target, weight)
+
+
+def cross_entropy_and_grad(
+    input: Any,
+    target: Any,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    grad_output: Any = None,
+) -> LossAndGrad:
+    r""":func:`cross_entropy` and its analytic gradients, for arrays without autograd.
+
+    ``grad_input = s_i m_i [(1-eps) w[y_i] (softmax(x_i) - onehot(y_i)) + (eps/C)(W p_i - w)]``
+    (``softmax - target``, generalised), with ``s`` the upstream gradient ``grad_output``
+    (default 1; shape of the loss for ``reduction="none"``) divided by the ``mean``
+    denominator. Probability targets also get ``grad_target = -s (1 - eps) w log_softmax(x)``.
+    Torch tensors are accepted too (computed without autograd).
+
+    >>> import numpy as np, crossent
+    >>> out = crossent.cross_entropy_and_grad(np.array([2.0, 4.0, 0.5]), np.array(1))
+    >>> out.grad_input.round(6)
+    array([ 0.116115, -0.142023,  0.025909])
+    """
+    xp, layout, options = _prepare_cross_entropy(
+        input, target, weight, ignore_index, reduction, label_smoothing
+    )
+    _check_grad_output(xp, grad_output, options["reduction"], _loss_shape(input, layout))
+    g = _run_reference_grad(_ce_fn, options, input, target, weight, None, grad_output)
+    return LossAndGrad(g.loss, g.grad_input, g.grad_target)
+
+
+def _loss_shape(input: Any, layout: check.ClassTargetLayout) -> tuple[int, ...]:
+    if not layout.batched:
+        return ()
+    return (input.shape[0], *input.shape[2:])
+
+
+def _prepare_nll(input, target, weight, ignore_index, reduction):
+    xp = namespace(input, target, weight)
+    reduction = check.check_reduction(reduction)
+    ignore_index = check.check_ignore_index(ignore_index)
+    num_classes = check.check_nll_args(xp, input, target, weight)
+    check.check_target_range(xp, target, num_classes, ignore_index)
+    if weight is not None and weight.ndim != 1:
+        weight = xp.reshape(weight, (-1,))
+    return xp, weight, {"ignore_index": ignore_index, "reduction": reduction}
+
+
+def nll_loss(
+    input: Any,
+    target: Any,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> Any:
+    r"""Negative log-likelihood of log-probabilities ``input`` at class indices ``target``.
+
+    .. math::
+
+        L_i = -m_i\, w_{y_i}\, \mathrm{input}_{i, y_i}
+        \qquad \text{mean} = \frac{\sum_i L_i}{\sum_i m_i w_{y_i}}
+
+    Equals ``torch.nn.functional.nll_loss(input, target, weight, ignore_index=ignore_index,
+    reduction=reduction)``. Like PyTorch, nothing checks that ``input`` holds log-probabilities
+    (:func:`crossent.diagnose` does).
+
+    >>> import numpy as np, crossent
+    >>> logp = np.array([[-1.2, -0.5, -2.0], [-0.3, -1.5, -2.5]])
+    >>> float(crossent.nll_loss(logp, np.array([1, 2]), weight=np.array([1.0, 2.0, 3.0])))
+    1.7
+    """
+    _, weight, options = _prepare_nll(input, target, weight, ignore_index, reduction)
+    return _run_reference(_nll_fn, options, input, target, weight)
+
+
+def nll_loss_and_grad(
+    input: Any,
+    target: Any,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    *,
+    grad_output: Any = None,
+) -> LossAndGrad:
+    """:func:`nll_loss` and its gradient ``-s_i m_i w[y_i] onehot(y_i)``."""
+    xp, weight, options = _prepare_nll(input, target, weight, ignore_index, reduction)
+    shape = () if input.ndim == 1 else (input.shape[0], *input.shape[2:])
+    _check_grad_output(xp, grad_output, options["reduction"], shape)
+    g = _run_reference_grad(_nll_fn, options, input, target, weight, None, grad_output)
+    return LossAndGrad(g.loss, g.grad_input, None)
+
+
+# ------------------------------------------------------------------------------------------
+# binary losses
+
+
+def _prepare_bce(input, target, weight, reduction):
+    xp = namespace(input, target, weight)
+    reduction = check.check_reduction(reduction)
+    check.check_bce_args(xp, input, target, weight)
+    check.check_unit_interval(xp, input, "input")
+    check.check_unit_interval(xp, target, "target")
+    return xp, {"reduction": reduction}
+
+
+def binary_cross_entropy(
+    input: Any, target: Any, weight: Any = None, reduction: str = "mean"
+) -> Any:
+    r"""Binary cross-entropy between probabilities ``input`` and targets in [0, 1].
+
+    .. math::
+
+        L = -w\,[\,y \max(\log p, -100) + (1-y)\max(\log(1-p), -100)\,]
+        \qquad \text{mean} = \frac{\sum L}{\mathrm{numel}}
+
+    Each log term is clamped at -100, as in PyTorch; ``weight`` broadcasts to the input
+    (trailing dims) but never enters the ``mean`` denominator. Equals
+    ``torch.nn.functional.binary_cross_entropy(input, target, weight, reduction=reduction)``.
+
+    >>> import numpy as np, crossent
+    >>> crossent.binary_cross_entropy(np.array([0.0, 1.0, 0.0, 0.5]),
+    ...                               np.array([1.0, 0.0, 0.25, 0.3]), reduction="none")
+    array([100.        , 100.        ,  25.        ,   0.69314718])
+    """
+    _, options = _prepare_bce(input, target, weight, reduction)
+    return _run_reference(_bce_fn, options, input, target, weight)
+
+
+def binary_cross_entropy_and_grad(
+    input: Any, target: Any, weight: Any = None, reduction: str = "mean", *, grad_output=None
+) -> LossAndGrad:
+    """:func:`binary_cross_entropy` with ``dL/dp = s w (p - y) / max(p (1 - p), 1e-12)`` and
+    ``dL/dy = s w (log(1 - p) - log p)`` (unclamped, as in PyTorch)."""
+    xp, options = _prepare_bce(input, target, weight, reduction)
+    _check_grad_output(xp, grad_output, options["reduction"], tuple(input.shape))
+    g = _run_reference_grad(_bce_fn, options, input, target, weight, None, grad_output)
+    return LossAndGrad(g.loss, g.grad_input, g.grad_target)
+
+
+def _prepare_bce_logits(input, target, weight, pos_weight, reduction):
+    xp = namespace(input, target, weight, pos_weight)
+    reduction = check.check_reduction(reduction)
+    check.check_bce_with_logits_args(xp, input, target, weight, pos_weight)
+    return xp, {"reduction": reduction}
+
+
+def binary_cross_entropy_with_logits(
+    input: Any,
+    target: Any,
+    weight: Any = None,
+    reduction: str = "mean",
+    pos_weight: Any = None,
+) -> Any:
+    r"""Binary cross-entropy on logits, with an optional weight for the positive term.
+
+    .. math::
+
+        L = w\,[\,(1-y)\,x - (1 + (p_w - 1)\,y)\,\log\sigma(x)\,]
+        \qquad \text{mean} = \frac{\sum L}{\mathrm{numel}}
+
+    which is ``-w [p_w y log(sigmoid(x)) + (1 - y) log(1 - sigmoid(x))]``. ``weight`` and
+    ``pos_weight`` broadcast along trailing dims (a ``(C,)`` pos_weight applies to the last
+    dim). The result has the *target's* dtype, as in PyTorch. Equals
+    ``torch.nn.functional.binary_cross_entropy_with_logits(input, target, weight,
+    reduction=reduction, pos_weight=pos_weight)``.
+
+    >>> import numpy as np, crossent
+    >>> z = np.array([[0.5, -1.0, 3.0], [2.0, 0.0, -4.0]])
+    >>> y = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    >>> float(crossent.binary_cross_entropy_with_logits(z, y))  # doctest: +ELLIPSIS
+    0.5290251...
+    """
+    _, options = _prepare_bce_logits(input, target, weight, pos_weight, reduction)
+    return _run_reference(_bcel_fn, options, input, target, weight, pos_weight)
+
+
+def binary_cross_entropy_with_logits_and_grad(
+    input: Any,
+    target: Any,
+    weight: Any = None,
+    reduction: str = "mean",
+    pos_weight: Any = None,
+    *,
+    grad_output: Any = None,
+) -> LossAndGrad:
+    """:func:`binary_cross_entropy_with_logits` with
+    ``dL/dx = s w (sigmoid(x) (1 + (pw - 1) y) - pw y)`` (``sigmoid(x) - y`` without weights)
+    and ``dL/dy = s w (-x - (pw - 1) log_sigmoid(x))``."""
+    xp, options = _prepare_bce_logits(input, target, weight, pos_weight, reduction)
+    _check_grad_output(xp, grad_output, options["reduction"], tuple(input.shape))
+    g = _run_reference_grad(_bcel_fn, options, input, target, weight, pos_weight, grad_output)
+    return LossAndGrad(g.loss, g.grad_input, g.grad_target)
+

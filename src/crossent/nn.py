@@ -1,0 +1,147 @@
+"""Drop-in ``torch.nn`` loss modules: torch's constructor arguments, one-line forwards.
+
+Class weights (and ``pos_weight``) are registered as buffers exactly as torch registers them, so
+``state_dict`` is interchangeable with ``torch.nn.CrossEntropyLoss`` & co. and the buffers move
+with ``.to(device)``. Every forward calls the functional API, which is the single source of
+truth.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from crossent import functional as F
+from crossent._reduction import Reduction
+
+__all__ = [  # noqa: F822 - LinearCrossEntropyLoss is loaded lazily by __getattr__
+    "BCELoss",
+    "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
+    "LinearCrossEntropyLoss",
+    "NLLLoss",
+]
+
+
+def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
+    """torch's mapping of the deprecated ``size_average``/``reduce`` pair (None reads as True)."""
+    if size_average is None and reduce is None:
+        return reduction
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    result = "none" if not reduce else ("mean" if size_average else "sum")
+    warnings.warn(
+        f"size_average and reduce args will be deprecated, please use reduction='{result}' "
+        f"instead.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return result
+
+
+class _Loss(torch.nn.Module):
+    def __init__(self, size_average=None, reduce=None, reduction: Reduction = "mean") -> None:
+        super().__init__()
+        self.reduction: str = _legacy_reduction(size_average, reduce, reduction)
+
+
+class CrossEntropyLoss(_Loss):
+    """Module form of :func:`crossent.cross_entropy` (same arguments as
+    ``torch.nn.CrossEntropyLoss``, plus keyword-only ``impl``)."""
+
+    __constants__ = ("ignore_index", "reduction", "label_smoothing")
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        size_average=None,
+        ignore_index: int = -100,
+        reduce=None,
+        reduction: Reduction = "mean",
+        label_smoothing: float = 0.0,
+        *,
+        impl: str = "auto",
+    ) -> None:
+        super().__init__(size_average, reduce, reduction)
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+        self.impl = impl
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(
+            input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing,
+            impl=self.impl,
+        )
+
+
+class NLLLoss(_Loss):
+    """Module form of :func:`crossent.nll_loss` (same arguments as ``torch.nn.NLLLoss``)."""
+
+    __constants__ = ("ignore_index", "reduction")
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        size_average=None,
+        ignore_index: int = -100,
+        reduce=None,
+        reduction: Reduction = "mean",
+    ) -> None:
+        super().__init__(size_average, reduce, reduction)
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.nll_loss(input, target, self.weight, self.ignore_index, self.reduction)
+
+
+class BCELoss(_Loss):
+    """Module form of :func:`crossent.binary_cross_entropy` (as ``torch.nn.BCELoss``)."""
+
+    __constants__ = ("reduction",)
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        size_average=None,
+        reduce=None,
+        reduction: Reduction = "mean",
+    ) -> None:
+        super().__init__(size_average, reduce, reduction)
+        self.register_buffer("weight", weight)
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.binary_cross_entropy(input, target, self.weight, self.reduction)
+
+
+class BCEWithLogitsLoss(_Loss):
+    """Module form of :func:`crossent.binary_cross_entropy_with_logits` (as
+    ``torch.nn.BCEWithLogitsLoss``)."""
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        size_average=None,
+        reduce=None,
+        reduction: Reduction = "mean",
+        pos_weight: Tensor | None = None,
+    ) -> None:
+        super().__init__(size_average, reduce, reduction)
+        self.register_buffer("weight", weight)
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(
+            input, target, self.weight, self.reduction, self.pos_weight
+        )
+
+
+def __getattr__(name: str):
+    if name == "LinearCrossEntropyLoss":
+        from crossent.linear import LinearCrossEntropyLoss
+
+        return LinearCrossEntropyLoss
+    raise AttributeError(f"module 'crossent.nn' has no attribute {name!r}")

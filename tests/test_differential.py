@@ -1,0 +1,107 @@
+"""crossent against torch 2.13 over the case table: torch tensors, NumPy, array-api-strict."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cases import CASES, Case
+from oracle import (
+    assert_close_rel,
+    crossent_and_grad,
+    crossent_torch,
+    make_grad_output,
+    torch_oracle,
+)
+
+#: float64 contract of the core issue: values and gradients within 1e-12 relative of torch.
+F64_RTOL = 1e-12
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("backend", ["torch", "numpy", "strict"])
+def test_float64_matches_torch(case: Case, backend: str) -> None:
+    t = case.tensors()
+    g = make_grad_output(case.op, t, case.kwargs)
+    expected = torch_oracle(case.op, t, case.kwargs, g, case.torch_backward)
+    if backend == "torch":
+        got = crossent_torch(case.op, t, case.kwargs, g, impl="reference"
+                             if case.op == "cross_entropy" else None)
+    else:
+        got = crossent_and_grad(case.op, t, case.kwargs, g, backend)
+    if not case.torch_backward:
+        got, expected = got[:1], expected[:1]
+    for what, a, e in zip(("loss", "grad_input", "grad_target")[: len(got)], got, expected, strict=True):
+        assert_close_rel(a, e, F64_RTOL, f"{case.id}/{backend}/{what}")
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.op == "cross_entropy"], ids=lambda c: c.id
+)
+def test_float64_auto_impl_matches_torch(case: Case) -> None:
+    """The default (auto) path for torch tensors, whatever kernel it picks."""
+    t = case.tensors()
+    g = make_grad_output(case.op, t, case.kwargs)
+    expected = torch_oracle(case.op, t, case.kwargs, g, case.torch_backward)
+    got = crossent_torch(case.op, t, case.kwargs, g)
+    if not case.torch_backward:
+        got, expected = got[:1], expected[:1]
+    for what, a, e in zip(("loss", "grad_input", "grad_target")[: len(got)], got, expected, strict=True):
+        assert_close_rel(a, e, F64_RTOL, f"{case.id}/auto/{what}")
+
+
+def _error(a, ref):
+    """max |a - ref| / max |ref| over reference entries representable in ``a``'s dtype.
+
+    Entries whose exact value overflows the dtype (e.g. BCE's -1e12 gradient in float16) are
+    left out: any implementation returns inf (or NaN) there.
+    """
+    if ref is None:
+        return 0.0
+    limit = torch.finfo(a.dtype).max
+    a = a.to(torch.float64)
+    finite = torch.isfinite(ref) & (ref.abs() <= limit)
+    if not finite.any():
+        return 0.0
+    scale = ref[finite].abs().max().clamp_min(1e-30)
+    err = float((a[finite] - ref[finite]).abs().max() / scale)
+    return math.inf if math.isnan(err) else err  # NaN where the truth is finite: a failure
+
+
+#: Cases with a finite, non-empty result (NaN/empty results are compared in float64 above).
+NO_FINITE_RESULT = ("nll-unbatched", "ce-empty", "ce-soft-empty", "bce-empty")
+LOW_PRECISION_CASES = [
+    c for c in CASES
+    if c.torch_backward and not c.id.startswith(NO_FINITE_RESULT)
+    and "all-ignored-mean" not in c.id
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", LOW_PRECISION_CASES, ids=lambda c: c.id)
+def test_low_precision_no_worse_than_torch(case: Case, dtype: torch.dtype) -> None:
+    """Error against float64 no larger than torch's own in the same dtype.
+
+    Slack: one unit roundoff of the dtype (relative to the result's scale), i.e. one rounding of
+    the output, which either implementation may land on differently.
+    """
+    t64 = case.tensors()
+    t = {k: (v.to(dtype) if v.dtype.is_floating_point else v) for k, v in t64.items()}
+    exact_inputs = {
+        k: (v.to(torch.float64) if v.dtype.is_floating_point else v) for k, v in t.items()
+    }
+    g = make_grad_output(case.op, t, case.kwargs)
+    truth = torch_oracle(case.op, exact_inputs, case.kwargs, g.to(torch.float64))
+    theirs = torch_oracle(case.op, t, case.kwargs, g)
+    ours = crossent_torch(case.op, t, case.kwargs, g)
+    slack = torch.finfo(dtype).eps / 2
+    for i, what in enumerate(("loss", "grad_input", "grad_target")):
+        if truth[i] is None:
+            continue
+        assert ours[i].dtype == theirs[i].dtype, f"{what}: dtype"
+        err_ours, err_torch = _error(ours[i], truth[i]), _error(theirs[i], truth[i])
+        assert err_ours <= err_torch + slack, (
+            f"{case.id} {dtype} {what}: crossent error {err_ours:.3g} > torch {err_torch:.3g}"
+        )

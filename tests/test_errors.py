@@ -1,0 +1,104 @@
+"""Bad input: the same exception type as torch, with a message that says expected vs got."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import crossent
+from cases import ERROR_CASES, ErrorCase
+
+
+@pytest.mark.parametrize("case", ERROR_CASES, ids=lambda c: c.id)
+def test_torch_raises_the_same_type(case: ErrorCase) -> None:
+    """The table is right about torch: torch raises this exception type for this input."""
+    args = case.build()
+    with pytest.raises(case.error):
+        getattr(torch.nn.functional, case.op)(**args, **case.kwargs)
+
+
+@pytest.mark.parametrize("case", ERROR_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_crossent_raises_torch_type_with_clear_message(case: ErrorCase, backend: str) -> None:
+    args = case.build()
+    if backend == "numpy":
+        args = {k: v.numpy() for k, v in args.items()}
+    with pytest.raises(case.error, match=case.match):
+        getattr(crossent, case.op)(**args, **case.kwargs)
+
+
+@pytest.mark.parametrize("value", [-0.1, math.nan])
+def test_negative_or_nan_label_smoothing_is_rejected(value: float) -> None:
+    """Deviation from torch (which silently treats these as 0): a ValueError."""
+    x, t = torch.randn(2, 3), torch.tensor([0, 1])
+    torch.nn.functional.cross_entropy(x, t, label_smoothing=value)  # torch accepts it
+    with pytest.raises(ValueError, match=r"between 0\.0 and 1\.0"):
+        crossent.cross_entropy(x, t, label_smoothing=value)
+
+
+def test_target_list_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="expected an array"):
+        crossent.cross_entropy(torch.randn(2, 3), [1, 0])
+
+
+def test_mixed_array_libraries_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="one library"):
+        crossent.cross_entropy(torch.randn(2, 3), np.array([1, 0]))
+
+
+def test_out_of_range_message_names_value_position_and_range() -> None:
+    x = np.zeros((2, 4, 3))
+    t = np.array([[0, 1, 2], [3, 7, 1]])
+    with pytest.raises(IndexError) as info:
+        crossent.cross_entropy(x, t)
+    message = str(info.value)
+    assert "Target 7" in message and "[0, 4)" in message and "(1, 1)" in message
+
+
+def test_ignored_targets_are_not_range_checked() -> None:
+    loss = crossent.cross_entropy(np.zeros((2, 3)), np.array([-5, 1]), ignore_index=-5)
+    assert np.isfinite(loss)
+
+
+def test_elementwise_mean_warns_and_means() -> None:
+    x, t = np.zeros((2, 3)), np.array([0, 1])
+    with pytest.warns(UserWarning, match="deprecated"):
+        a = crossent.cross_entropy(x, t, reduction="elementwise_mean")
+    assert a == crossent.cross_entropy(x, t)
+
+
+def test_weight_requiring_grad_on_index_path_is_refused() -> None:
+    w = torch.ones(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        crossent.cross_entropy(torch.randn(2, 3), torch.tensor([0, 1]), weight=w)
+
+
+def test_grad_output_shape_is_checked() -> None:
+    with pytest.raises(ValueError, match="grad_output"):
+        crossent.cross_entropy_and_grad(
+            np.zeros((2, 3)), np.array([0, 1]), reduction="none", grad_output=np.ones(3)
+        )
+
+
+def test_no_warnings_for_nan_mean() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(crossent.cross_entropy(np.zeros((2, 3)), np.array([-100, -100])))
+
+
+def test_softmax_errors_follow_torch() -> None:
+    x = torch.randn(2, 3)
+    with pytest.raises(IndexError, match=r"range of \[-2, 1\], but got 2"):
+        crossent.softmax(x, 2)
+    with pytest.raises(NotImplementedError):
+        crossent.softmax(torch.zeros(3, dtype=torch.long), 0)
+    with pytest.raises(RuntimeError, match="multiple times"):
+        crossent.logsumexp(x, (0, 0))
+    with pytest.raises(RuntimeError):
+        crossent.logsumexp(x, ())
+    with pytest.raises(TypeError):
+        crossent.softmax(x)  # type: ignore[call-arg]

@@ -1,0 +1,77 @@
+"""crossent.nn modules: torch's constructor arguments, buffers and state_dict."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+import crossent
+import crossent.nn as cnn
+
+PAIRS = [
+    (cnn.CrossEntropyLoss, torch.nn.CrossEntropyLoss),
+    (cnn.NLLLoss, torch.nn.NLLLoss),
+    (cnn.BCELoss, torch.nn.BCELoss),
+    (cnn.BCEWithLogitsLoss, torch.nn.BCEWithLogitsLoss),
+]
+
+
+@pytest.mark.parametrize(("ours", "theirs"), PAIRS, ids=lambda c: c.__name__)
+def test_constructor_arguments_match_torch(ours, theirs):
+    ours_params = list(inspect.signature(ours).parameters)
+    theirs_params = list(inspect.signature(theirs).parameters)
+    assert ours_params[: len(theirs_params)] == theirs_params
+    assert set(ours_params) - set(theirs_params) <= {"impl"}
+
+
+@pytest.mark.parametrize(("ours", "theirs"), PAIRS, ids=lambda c: c.__name__)
+def test_state_dict_interchangeable(ours, theirs):
+    kwargs = {"weight": torch.rand(3)}
+    if ours is cnn.BCEWithLogitsLoss:
+        kwargs["pos_weight"] = torch.rand(3)
+    a, b = ours(**kwargs), theirs(**kwargs)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    fresh = ours(**{k: torch.zeros(3) for k in kwargs})
+    fresh.load_state_dict(b.state_dict())
+    for k in kwargs:
+        assert torch.equal(getattr(fresh, k), kwargs[k])
+    theirs(**{k: torch.zeros(3) for k in kwargs}).load_state_dict(a.state_dict())
+    assert ours().state_dict().keys() == theirs().state_dict().keys() == set()
+
+
+def test_modules_equal_torch_modules():
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    t = torch.tensor([0, 2, 1, -100, 2])
+    w = torch.rand(3, dtype=torch.float64)
+    for kw in [{}, {"weight": w, "label_smoothing": 0.1, "reduction": "sum"}]:
+        torch.testing.assert_close(cnn.CrossEntropyLoss(**kw)(x, t),
+                                   torch.nn.CrossEntropyLoss(**kw)(x, t), rtol=1e-12, atol=0)
+    logp = torch.log_softmax(x, 1)
+    torch.testing.assert_close(cnn.NLLLoss(weight=w)(logp, t), torch.nn.NLLLoss(weight=w)(logp, t),
+                               rtol=1e-12, atol=0)
+    p, y = torch.rand(4, 3, dtype=torch.float64), torch.rand(4, 3, dtype=torch.float64)
+    torch.testing.assert_close(cnn.BCELoss(weight=w)(p, y), torch.nn.BCELoss(weight=w)(p, y),
+                               rtol=1e-12, atol=0)
+    torch.testing.assert_close(cnn.BCEWithLogitsLoss(pos_weight=w)(x[:4], y),
+                               torch.nn.BCEWithLogitsLoss(pos_weight=w)(x[:4], y),
+                               rtol=1e-12, atol=0)
+
+
+def test_buffers_move_with_the_module():
+    m = cnn.CrossEntropyLoss(weight=torch.rand(3)).to(torch.float64)
+    assert m.weight.dtype == torch.float64
+
+
+def test_legacy_size_average_reduce_map_like_torch():
+    with pytest.warns(UserWarning, match="reduction='sum'"):
+        m = cnn.CrossEntropyLoss(size_average=False)
+    assert m.reduction == "sum"
+    with pytest.warns(UserWarning):
+        assert cnn.NLLLoss(reduce=False, reduction="mean").reduction == "none"
+
+
+def test_crossent_nn_is_reachable_lazily():
+    assert crossent.nn is cnn
