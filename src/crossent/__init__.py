@@ -32,9 +32,17 @@ __version__ = "0.1.0"
 # Lazily loaded public names: attribute -> (module, extra that provides its dependencies).
 _LAZY: dict[str, tuple[str, str]] = {
     "nn": ("crossent.nn", "torch"),
+    "explain": ("crossent.explanation", ""),
+    "Explanation": ("crossent.explanation", ""),
+    "diagnose": ("crossent.diagnostics", ""),
+    "Finding": ("crossent.diagnostics", ""),
+    "DiagnosticWarning": ("crossent.diagnostics", ""),
 }
 
 __all__ = [
+    "DiagnosticWarning",
+    "Explanation",
+    "Finding",
     "LossAndGrad",
     "binary_cross_entropy",
     "binary_cross_entropy_and_grad",
@@ -42,6 +50,8 @@ __all__ = [
     "binary_cross_entropy_with_logits_and_grad",
     "cross_entropy",
     "cross_entropy_and_grad",
+    "diagnose",
+    "explain",
     "log_softmax",
     "logsumexp",
     "nll_loss",
@@ -56,6 +66,8 @@ def require(module: str, extra: str) -> Any:
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
+        if not extra:
+            raise
         raise ImportError(
             f"this feature needs {exc.name!r}, which is not installed; "
             f"install it with: pip install 'crossent[{extra}]'"

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from crossent import _validation as check
-from crossent import reference
+from crossent import diagnostics, reference
 from crossent._array import (
     default_float,
     is_floating,
@@ -263,6 +263,10 @@ def cross_entropy(
     >>> float(crossent.cross_entropy(x, np.array([2, 0]), weight=w))  # doctest: +ELLIPSIS
     0.7366603...
     """
+    diagnostics.maybe_warn(
+        "cross_entropy", input, target, weight, ignore_index=ignore_index, reduction=reduction,
+        label_smoothing=label_smoothing,
+    )
     _, _, options = _prepare_cross_entropy(
         input, target, weight, ignore_index, reduction, label_smoothing
     )
@@ -299,6 +303,10 @@ def cross_entropy_and_grad(
     >>> out.grad_input.round(6)
     array([ 0.116115, -0.142023,  0.025909])
     """
+    diagnostics.maybe_warn(
+        "cross_entropy", input, target, weight, ignore_index=ignore_index, reduction=reduction,
+        label_smoothing=label_smoothing,
+    )
     xp, layout, options = _prepare_cross_entropy(
         input, target, weight, ignore_index, reduction, label_smoothing
     )
@@ -347,6 +355,9 @@ def nll_loss(
     >>> float(crossent.nll_loss(logp, np.array([1, 2]), weight=np.array([1.0, 2.0, 3.0])))
     1.7
     """
+    diagnostics.maybe_warn(
+        "nll_loss", input, target, weight, ignore_index=ignore_index, reduction=reduction
+    )
     _, weight, options = _prepare_nll(input, target, weight, ignore_index, reduction)
     return _run_reference(_nll_fn, options, input, target, weight)
 
@@ -361,6 +372,9 @@ def nll_loss_and_grad(
     grad_output: Any = None,
 ) -> LossAndGrad:
     """:func:`nll_loss` and its gradient ``-s_i m_i w[y_i] onehot(y_i)``."""
+    diagnostics.maybe_warn(
+        "nll_loss", input, target, weight, ignore_index=ignore_index, reduction=reduction
+    )
     xp, weight, options = _prepare_nll(input, target, weight, ignore_index, reduction)
     shape = () if input.ndim == 1 else (input.shape[0], *input.shape[2:])
     _check_grad_output(xp, grad_output, options["reduction"], shape)
@@ -400,6 +414,7 @@ def binary_cross_entropy(
     ...                               np.array([1.0, 0.0, 0.25, 0.3]), reduction="none")
     array([100.        , 100.        ,  25.        ,   0.69314718])
     """
+    diagnostics.maybe_warn("binary_cross_entropy", input, target, weight, reduction=reduction)
     _, options = _prepare_bce(input, target, weight, reduction)
     return _run_reference(_bce_fn, options, input, target, weight)
 
@@ -409,6 +424,7 @@ def binary_cross_entropy_and_grad(
 ) -> LossAndGrad:
     """:func:`binary_cross_entropy` with ``dL/dp = s w (p - y) / max(p (1 - p), 1e-12)`` and
     ``dL/dy = s w (log(1 - p) - log p)`` (unclamped, as in PyTorch)."""
+    diagnostics.maybe_warn("binary_cross_entropy", input, target, weight, reduction=reduction)
     xp, options = _prepare_bce(input, target, weight, reduction)
     _check_grad_output(xp, grad_output, options["reduction"], tuple(input.shape))
     g = _run_reference_grad(_bce_fn, options, input, target, weight, None, grad_output)
@@ -448,6 +464,10 @@ def binary_cross_entropy_with_logits(
     >>> float(crossent.binary_cross_entropy_with_logits(z, y))  # doctest: +ELLIPSIS
     0.5290251...
     """
+    diagnostics.maybe_warn(
+        "binary_cross_entropy_with_logits", input, target, weight, reduction=reduction,
+        pos_weight=pos_weight,
+    )
     _, options = _prepare_bce_logits(input, target, weight, pos_weight, reduction)
     return _run_reference(_bcel_fn, options, input, target, weight, pos_weight)
 
@@ -464,6 +484,10 @@ def binary_cross_entropy_with_logits_and_grad(
     """:func:`binary_cross_entropy_with_logits` with
     ``dL/dx = s w (sigmoid(x) (1 + (pw - 1) y) - pw y)`` (``sigmoid(x) - y`` without weights)
     and ``dL/dy = s w (-x - (pw - 1) log_sigmoid(x))``."""
+    diagnostics.maybe_warn(
+        "binary_cross_entropy_with_logits", input, target, weight, reduction=reduction,
+        pos_weight=pos_weight,
+    )
     xp, options = _prepare_bce_logits(input, target, weight, pos_weight, reduction)
     _check_grad_output(xp, grad_output, options["reduction"], tuple(input.shape))
     g = _run_reference_grad(_bcel_fn, options, input, target, weight, pos_weight, grad_output)
