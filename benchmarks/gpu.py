@@ -1,0 +1,1299 @@
+"""One-call GPU check and benchmark of crossent's Triton kernels (see benchmarks/GPU.md).
+
+Sections, in order (each guarded, so one failure never ends the run):
+
+1. the card: name, SMs, L2, versions; measured copy bandwidth (device-to-device copy, bytes read
+   plus written) and bf16 GEMM rate;
+2. correctness of the row kernel against a float64 reference on the GPU (several option sets,
+   dtypes and vocabularies, an upstream row scale), bitwise repeat, in-place == buffer,
+   recompute-from-lse == forward gradient, CUDA-graph replay == eager, rows beyond 2**31
+   elements, ``scale_rows_``;
+3. correctness of linear cross-entropy (``crossent.linear_cross_entropy``, when it exists, and
+   this script's reference recipe of the CUDA loop) against float64, next to torch's own bf16
+   error, plus a bitwise repeat;
+4. timing (CUDA events, median) and peak extra memory, side by side in this run: logits-level
+   (N=8192, V=128256, bf16) and linear heads (Llama-3-8B, Gemma-2-2B), crossent vs torch eager,
+   torch.compile, Liger-Kernel and Cut Cross-Entropy (when importable); a launch-configuration
+   sweep of the row kernel; bf16 GEMMs with float32 output (``out_dtype``) for the dW
+   accumulation;
+5. Markdown tables last (also written, with a JSON, to ``--out``).
+
+``--dry-run`` runs every crossent code path on the CPU through the Triton interpreter with tiny
+shapes (third-party providers and torch.compile are skipped), to catch mistakes before the one
+GPU call. ``--compile-check`` compiles the kernel variants for sm_90 on a machine without a GPU
+and prints registers, spills and shared memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
+
+
+# ------------------------------------------------------------------------------------------------
+# run state: budget, log, results
+
+
+class Run:
+    """Budget, results and the log of one run."""
+
+    def __init__(self, args):
+        self.args = args
+        self.start = time.monotonic()
+        self.results: dict = {"info": {}, "checks": [], "timings": [], "sweep": [], "gemm": []}
+        self.failures: list[str] = []
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def remaining(self) -> float:
+        return self.args.budget_s - self.elapsed()
+
+    def log(self, *parts) -> None:
+        print(f"[{self.elapsed():6.1f}s]", *parts, flush=True)
+
+    def check(self, name: str, ok: bool, detail: str = "") -> None:
+        self.results["checks"].append({"check": name, "ok": bool(ok), "detail": detail})
+        self.log(("PASS" if ok else "FAIL"), name, detail)
+        if not ok:
+            self.failures.append(name)
+
+    def guarded(self, name: str, fn, *args, **kwargs):
+        """Run one section; an exception is logged (and counted as a failure), not raised."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            self.log(f"ERROR in {name}: {type(exc).__name__}: {exc}")
+            traceback.print_exc(limit=6)
+            self.failures.append(f"{name}: {type(exc).__name__}")
+            return None
+        finally:
+            free_memory()
+
+
+# ------------------------------------------------------------------------------------------------
+# timing and memory
+
+
+def device_is_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+
+
+def synchronize():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def median_ms(fn, reps: int, warmup: int = 1, setup=None) -> float:
+    """Median wall time of ``fn()`` in ms (CUDA events on the GPU, perf_counter on the CPU).
+
+    ``setup()`` runs before every call, outside the timed region.
+    """
+    import torch
+
+    for _ in range(warmup):
+        if setup:
+            setup()
+        fn()
+    synchronize()
+    times = []
+    cuda = torch.cuda.is_available()
+    for _ in range(reps):
+        if setup:
+            setup()
+        if cuda:
+            begin = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def peak_extra_bytes(fn, setup=None) -> int | None:
+    """Peak allocated bytes during ``fn()`` above what was allocated just before it."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    if setup:
+        setup()
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def free_memory():
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def rel_err(actual, expected) -> float:
+    """``||actual - expected|| / ||expected||`` in float64 (NaN if either has a NaN)."""
+    a = actual.double()
+    e = expected.double()
+    denom = e.norm().item()
+    num = (a - e).norm().item()
+    return num / denom if denom > 0 else num
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. the card
+
+
+def device_info(run: Run, device):
+    import torch
+    import triton
+
+    info = {
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": sys.version.split()[0],
+        "interpreter": os.environ.get("TRITON_INTERPRET") == "1",
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(
+            card=props.name,
+            sms=props.multi_processor_count,
+            l2_mb=getattr(props, "L2_cache_size", 0) / 2**20,
+            memory_gb=props.total_memory / 2**30,
+            cuda=torch.version.cuda,
+            capability=f"{props.major}.{props.minor}",
+        )
+    else:
+        info.update(card="CPU (Triton interpreter dry run)")
+    run.results["info"].update(info)
+    run.log("device:", json.dumps(info))
+
+
+def copy_bandwidth(run: Run, device):
+    """Device-to-device copy of a large buffer: (bytes read + bytes written) / time."""
+    import torch
+
+    nbytes = 2 * 2**30 if device.type == "cuda" else 2**22
+    src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), reps=10 if device.type == "cuda" else 2)
+    bandwidth = 2 * nbytes / (ms * 1e-3) / 1e12
+    run.results["info"]["copy_tb_s"] = bandwidth
+    run.log(f"copy bandwidth: {bandwidth:.3f} TB/s ({nbytes / 2**30:.1f} GiB copy, {ms:.3f} ms)")
+
+
+def gemm_rate(run: Run, device):
+    import torch
+
+    n = 8192 if device.type == "cuda" else 256
+    a = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+    b = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+    ms = median_ms(lambda: torch.mm(a, b), reps=10 if device.type == "cuda" else 2)
+    rate = 2 * n**3 / (ms * 1e-3) / 1e12
+    run.results["info"]["gemm_bf16_tflops"] = rate
+    run.log(f"bf16 GEMM {n}^3: {rate:.1f} TFLOP/s ({ms:.3f} ms)")
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. row-kernel correctness
+
+
+GRAD_REL_TOL = {"bfloat16": 4e-3, "float16": 6e-4, "float32": 1e-5, "float64": 1e-12}
+STAT_REL_TOL = {"bfloat16": 1e-5, "float16": 1e-5, "float32": 1e-5, "float64": 1e-12}
+
+
+def make_row_inputs(num_rows, num_classes, dtype, kind, weighted, ignore_index, device, seed):
+    import torch
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    x = (3 * torch.randn(num_rows, num_classes, generator=gen, device=device)).to(dtype)
+    if kind == "prob":
+        target = torch.softmax(
+            2 * torch.randn(num_rows, num_classes, generator=gen, device=device), dim=1
+        ).to(dtype)
+    else:
+        target = torch.randint(0, num_classes, (num_rows,), generator=gen, device=device)
+        target[::4] = ignore_index
+    weight = None
+    if weighted:
+        weight = torch.rand(num_classes, generator=gen, device=device) + 0.1
+        if dtype == torch.float64:
+            weight = weight.double()
+    return x, target, weight
+
+
+def row_correctness(run: Run, device, small: bool):
+    import torch
+
+    from crossent.backends import rows
+    from crossent.backends.rows import RowOptions
+    from crossent.backends.triton import cross_entropy_rows, cross_entropy_rows_grad
+
+    big_v = 1000 if small else 128256
+    huge_v = 1500 if small else 256000
+    cases = [
+        ("bf16 V=128256 ignore", 64, big_v, torch.bfloat16, "index", False, RowOptions(), False),
+        (
+            "fp16 C=4097 smooth+weight",
+            48,
+            4097,
+            torch.float16,
+            "index",
+            True,
+            RowOptions(label_smoothing=0.1),
+            False,
+        ),
+        (
+            "bf16 prob-target smooth+weight",
+            32,
+            1000 if small else 32000,
+            torch.bfloat16,
+            "prob",
+            True,
+            RowOptions(label_smoothing=0.05),
+            False,
+        ),
+        (
+            "fp32 C=50257 zloss+softcap+ignore7",
+            40,
+            1003 if small else 50257,
+            torch.float32,
+            "index",
+            False,
+            RowOptions(ignore_index=7, z_loss=1e-4, softcap=30.0),
+            False,
+        ),
+        (
+            "bf16 V=256000 softcap+zloss+smooth",
+            16,
+            huge_v,
+            torch.bfloat16,
+            "index",
+            True,
+            RowOptions(label_smoothing=0.1, z_loss=1e-3, softcap=20.0),
+            False,
+        ),
+        (
+            "fp64 C=1000 everything prob",
+            24,
+            1000,
+            torch.float64,
+            "prob",
+            True,
+            RowOptions(label_smoothing=0.2, z_loss=0.01, softcap=5.0),
+            False,
+        ),
+        (
+            "bf16 V=128256 upstream row scale (reduction none)",
+            64,
+            big_v,
+            torch.bfloat16,
+            "index",
+            False,
+            RowOptions(z_loss=1e-4),
+            True,
+        ),
+    ]
+    if not small:
+        cases = [(n, r * 4, *rest) for (n, r, *rest) in cases]
+    for seed, (name, num_rows, num_classes, dtype, kind, weighted, options, scaled) in enumerate(
+        cases
+    ):
+        x, target, weight = make_row_inputs(
+            num_rows, num_classes, dtype, kind, weighted, options.ignore_index, device, seed
+        )
+        scale = None
+        if scaled:
+            scale = torch.randn(num_rows, device=device, dtype=torch.float32)
+        grad = torch.full_like(x, float("nan"))
+        loss, lse = cross_entropy_rows(x, target, weight, options, grad, row_scale=scale)
+        grad64 = torch.empty_like(x, dtype=torch.float64)
+        t64 = target.double() if kind == "prob" else target
+        loss64, lse64 = rows.cross_entropy_rows(
+            x.double(), t64, None if weight is None else weight.double(), options, grad64
+        )
+        if scale is not None:
+            grad64 *= scale.double()[:, None]
+        key = str(dtype).removeprefix("torch.")
+        errors = {
+            "loss": rel_err(loss, loss64),
+            "lse": rel_err(lse, lse64),
+            "grad": rel_err(grad, grad64),
+        }
+        finite = bool(torch.isfinite(grad).all())
+        ok = (
+            errors["loss"] <= STAT_REL_TOL[key]
+            and errors["lse"] <= STAT_REL_TOL[key]
+            and errors["grad"] <= GRAD_REL_TOL[key]
+            and finite
+        )
+        run.check(
+            f"rows vs float64: {name}",
+            ok,
+            " ".join(f"{k}={v:.2e}" for k, v in errors.items()) + f" all-written={finite}",
+        )
+
+        again = torch.empty_like(x)
+        loss2, lse2 = cross_entropy_rows(x, target, weight, options, again, row_scale=scale)
+        inplace = x.clone()
+        loss3, _ = cross_entropy_rows(x, target, weight, options, inplace, row_scale=scale)
+        recomputed = torch.full_like(x, float("nan"))
+        cross_entropy_rows_grad(x, target, weight, options, lse, recomputed, row_scale=scale)
+        bitwise = (
+            torch.equal(loss, loss2)
+            and torch.equal(lse, lse2)
+            and torch.equal(grad, again)
+            and torch.equal(loss, loss3)
+            and torch.equal(grad, inplace)
+            and torch.equal(grad, recomputed)
+        )
+        run.check(f"bitwise repeat/in-place/recompute: {name}", bitwise)
+        del x, target, weight, grad, grad64, again, inplace, recomputed
+        free_memory()
+
+
+def graph_capture(run: Run, device):
+    """The kernel captured in a CUDA graph replays to the eager bits."""
+    import torch
+
+    from crossent.backends.rows import RowOptions
+    from crossent.backends.triton import cross_entropy_rows, scale_rows_
+
+    if device.type != "cuda":
+        run.log("graph capture: skipped (no CUDA)")
+        return
+    options = RowOptions(label_smoothing=0.1, z_loss=1e-4)
+    x, target, _ = make_row_inputs(512, 128256, torch.bfloat16, "index", False, -100, device, 11)
+    inv = 1.0 / (target != -100).sum().to(torch.float32)
+    one = torch.ones((), device=device)
+    eager_grad = torch.empty_like(x)
+    eager = cross_entropy_rows(x, target, None, options, eager_grad, row_scale=inv)
+    graph_grad = torch.empty_like(x)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):  # warm-up on the side stream, as torch's docs recommend
+            cross_entropy_rows(x, target, None, options, graph_grad, row_scale=inv)
+            scale_rows_(graph_grad, one)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = cross_entropy_rows(x, target, None, options, graph_grad, row_scale=inv)
+        scale_rows_(graph_grad, one)
+    graph_grad.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    ok = (
+        torch.equal(captured[0], eager[0])
+        and torch.equal(captured[1], eager[1])
+        and torch.equal(graph_grad, eager_grad)
+    )
+    run.check("CUDA graph capture + replay == eager (bitwise)", ok)
+
+
+def beyond_int32(run: Run, device, small: bool):
+    """Rows past 2**31 elements (in place) equal the same rows computed on their own."""
+    import torch
+
+    from crossent.backends import rows
+    from crossent.backends.rows import RowOptions
+    from crossent.backends.triton import cross_entropy_rows
+
+    if small:
+        run.log("beyond 2**31 elements: skipped (dry run)")
+        return
+    num_classes = 128256
+    num_rows = 2**31 // num_classes + 64
+    x = torch.randn(num_rows, num_classes, dtype=torch.bfloat16, device=device)
+    target = torch.randint(0, num_classes, (num_rows,), device=device)
+    boundary = 2**31 // num_classes
+    picked = torch.tensor(
+        [0, boundary - 1, boundary, boundary + 1, num_rows - 2, num_rows - 1], device=device
+    )
+    rows_alone = x[picked].clone()
+    options = RowOptions(label_smoothing=0.1)
+    loss, lse = cross_entropy_rows(x, target, None, options, x)  # in place: x becomes the grad
+    grad_alone = torch.empty_like(rows_alone)
+    loss_alone, lse_alone = cross_entropy_rows(
+        rows_alone, target[picked], None, options, grad_alone
+    )
+    grad64 = torch.empty_like(rows_alone, dtype=torch.float64)
+    loss64, _ = rows.cross_entropy_rows(rows_alone.double(), target[picked], None, options, grad64)
+    ok = (
+        torch.equal(loss[picked], loss_alone)
+        and torch.equal(lse[picked], lse_alone)
+        and torch.equal(x[picked], grad_alone)
+        and rel_err(loss_alone, loss64) < 1e-5
+        and rel_err(grad_alone, grad64) < GRAD_REL_TOL["bfloat16"]
+    )
+    run.check(
+        f"rows beyond 2**31 elements ({num_rows}x{num_classes} = {num_rows * num_classes:.3e})",
+        ok,
+        f"loss rel err vs float64 {rel_err(loss_alone, loss64):.2e}",
+    )
+    del x, target, rows_alone, grad_alone
+    free_memory()
+
+
+def scale_rows_check(run: Run, device):
+    import torch
+
+    from crossent.backends.triton import scale_rows_
+
+    g = torch.randn(256, 4097, device=device).to(torch.bfloat16)
+    before = g.clone()
+    scale_rows_(g, torch.ones((), device=device))
+    same = torch.equal(g.view(torch.int16), before.view(torch.int16))
+    kept = torch.rand(256, device=device) > 0.3
+    scale_rows_(g, torch.tensor(0.37, device=device), kept)
+    expected = torch.where(kept[:, None], (before.float() * 0.37).to(torch.bfloat16), before)
+    if device_is_cuda():
+        scaled_ok = torch.equal(g, expected)
+    else:  # the interpreter truncates float32 -> bfloat16 (the GPU rounds): one ulp allowed
+        scaled_ok = bool(
+            ((g.float() - expected.float()).abs() <= expected.float().abs() / 128).all()
+        )
+    run.check(
+        "scale_rows_: scale 1 untouched, 0.37 == (g.float() * 0.37).bfloat16()",
+        same and scaled_ok,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. linear correctness
+
+
+def crossent_linear(x, w, target, **kwargs):
+    """``crossent.linear_cross_entropy(x, w, target, impl="triton", ...)`` if it exists."""
+    import importlib
+
+    import crossent
+
+    fn = getattr(crossent, "linear_cross_entropy", None)
+    if fn is None:
+        try:
+            fn = importlib.import_module("crossent.linear").linear_cross_entropy
+        except (ImportError, AttributeError) as exc:
+            raise LookupError("crossent.linear_cross_entropy does not exist yet") from exc
+    try:
+        return fn(x, w, target, impl="triton", **kwargs)
+    except TypeError as exc:
+        if "impl" not in str(exc):
+            raise
+        return fn(x, w, target, **kwargs)
+
+
+def linear_recipe(x, w, target, block_rows: int, options=None):
+    """The CUDA loop this script recommends for ``linear_cross_entropy`` (mean, class indices).
+
+    Per block of rows: ``Z = X_b W^T`` (bf16 cuBLAS GEMM into one reused block), the Triton row
+    kernel turns ``Z`` into ``dZ`` in place (``row_scale = 1/D`` folded in, one rounding),
+    ``dX_b = dZ W`` (bf16), ``dW (+)= dZ^T X_b`` into a float32 accumulator
+    (``mm/addmm(out_dtype=float32)``; a single block writes dW directly). Gradients are computed
+    in the forward; the backward multiplies by the upstream gradient with ``scale_rows_``
+    (skipped on the device when it is exactly 1).
+    """
+    import torch
+
+    from crossent.backends.rows import RowOptions
+    from crossent.backends.triton import cross_entropy_rows, scale_rows_
+
+    options = options or RowOptions()
+
+    class Recipe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w):
+            n, d = x.shape
+            v = w.shape[0]
+            kept = (target != options.ignore_index).sum().to(torch.float32)
+            inv = 1.0 / kept
+            loss_rows = torch.empty(n, dtype=torch.float32, device=x.device)
+            dx = torch.empty_like(x)
+            rows = min(block_rows, n)
+            logits = torch.empty(rows, v, dtype=x.dtype, device=x.device)
+            single = rows >= n
+            acc = dw = None
+            if single:
+                dw = torch.empty_like(w)
+            else:
+                acc = torch.empty(v, d, dtype=torch.float32, device=x.device)
+            for i, r0 in enumerate(range(0, n, rows)):
+                r1 = min(n, r0 + rows)
+                x_b = x[r0:r1]
+                z = logits[: r1 - r0]
+                torch.mm(x_b, w.t(), out=z)
+                loss_b, _ = cross_entropy_rows(z, target[r0:r1], None, options, z, row_scale=inv)
+                loss_rows[r0:r1] = loss_b
+                torch.mm(z, w, out=dx[r0:r1])
+                if single:
+                    torch.mm(z.t(), x_b, out=dw)
+                else:
+                    accumulate_float32(acc, z.t(), x_b, first=i == 0)
+            del logits
+            if acc is not None:
+                dw = acc.to(w.dtype)
+                del acc
+            ctx.save_for_backward(dx, dw)
+            return loss_rows.sum() * inv
+
+        @staticmethod
+        def backward(ctx, grad_loss):
+            dx, dw = ctx.saved_tensors
+            scale_rows_(dx, grad_loss)
+            scale_rows_(dw, grad_loss)
+            return dx, dw
+
+    return Recipe.apply(x, w)
+
+
+def accumulate_float32(acc, a, b, first: bool) -> None:
+    """``acc (+)= a @ b`` for bf16 ``a``/``b`` into a float32 ``acc``: cuBLAS with float32
+    output and accumulation on CUDA (``out_dtype``); float32 copies on the CPU (dry run), where
+    torch has no ``out_dtype`` kernel."""
+    import torch
+
+    if acc.device.type != "cuda":
+        if first:
+            torch.mm(a.float(), b.float(), out=acc)
+        else:
+            acc.addmm_(a.float(), b.float())
+    elif first:
+        torch.mm(a, b, out_dtype=torch.float32, out=acc)
+    else:
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+
+
+def make_linear_inputs(n, d, v, device, seed, requires_grad=True):
+    import torch
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(n, d, generator=gen, device=device).to(torch.bfloat16)
+    w = (torch.randn(v, d, generator=gen, device=device) * (2.0 / math.sqrt(d))).to(torch.bfloat16)
+    target = torch.randint(0, v, (n,), generator=gen, device=device)
+    target[::7] = -100
+    x.requires_grad_(requires_grad)
+    w.requires_grad_(requires_grad)
+    return x, w, target
+
+
+def linear_correctness(run: Run, device, small: bool):
+    import torch
+    import torch.nn.functional as F
+
+    n, d, v = (64, 32, 1000) if small else (2048, 1024, 32003)
+    x, w, target = make_linear_inputs(n, d, v, device, seed=21)
+    x64 = x.detach().double().requires_grad_()
+    w64 = w.detach().double().requires_grad_()
+    loss64 = F.cross_entropy(x64 @ w64.t(), target)
+    loss64.backward()
+
+    def grads_of(loss_fn):
+        x.grad = w.grad = None
+        loss = loss_fn()
+        loss.backward()
+        return loss.detach().clone(), x.grad.clone(), w.grad.clone()
+
+    def errors(result):
+        loss, dx, dw = result
+        return {
+            "loss": rel_err(loss, loss64.detach()),
+            "dX": rel_err(dx, x64.grad),
+            "dW": rel_err(dw, w64.grad),
+        }
+
+    torch_err = errors(grads_of(lambda: F.cross_entropy(x @ w.t(), target)))
+    run.log("linear: torch eager bf16 error vs float64:", fmt_errors(torch_err))
+    providers = [
+        ("recipe (this script)", lambda: linear_recipe(x, w, target, block_rows=max(16, n // 3))),
+        ("crossent.linear_cross_entropy", lambda: crossent_linear(x, w, target)),
+    ]
+    for name, fn in providers:
+        try:
+            first = grads_of(fn)
+        except LookupError as exc:
+            run.log(f"linear {name}: skipped ({exc})")
+            continue
+        second = grads_of(fn)
+        err = errors(first)
+        # bf16 logits/gradients: the error must be of torch's own order (which rounds the
+        # logits, dZ and dX to bf16 too), with a floor of 4e-3 for dX/dW and 1e-3 for the loss.
+        ok = (
+            err["loss"] <= max(2 * torch_err["loss"], 1e-3)
+            and err["dX"] <= max(2 * torch_err["dX"], 4e-3)
+            and err["dW"] <= max(2 * torch_err["dW"], 4e-3)
+        )
+        run.check(f"linear vs float64: {name}", ok, fmt_errors(err))
+        same = all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+        run.check(f"linear bitwise repeat: {name}", same)
+
+
+def fmt_errors(errors: dict) -> str:
+    return " ".join(f"{k}={v:.2e}" for k, v in errors.items())
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. timing
+
+
+def record_timing(run: Run, group: str, provider: str, ms, peak, flops=None, nbytes=None, note=""):
+    row = {"group": group, "provider": provider, "ms": ms, "peak_extra_gib": None, "note": note}
+    if peak is not None:
+        row["peak_extra_gib"] = peak / 2**30
+    if ms is not None and nbytes is not None:
+        row["tb_s"] = nbytes / (ms * 1e-3) / 1e12
+        copy = run.results["info"].get("copy_tb_s")
+        if copy:
+            row["pct_copy_bw"] = 100 * row["tb_s"] / copy
+    if ms is not None and flops is not None:
+        row["tflops"] = flops / (ms * 1e-3) / 1e12
+    run.results["timings"].append(row)
+    extra = " ".join(
+        f"{k}={row[k]:.3g}"
+        for k in ("tb_s", "pct_copy_bw", "tflops", "peak_extra_gib")
+        if row.get(k)
+    )
+    run.log(f"time {group} | {provider}: {ms if ms is None else f'{ms:.3f} ms'} {extra} {note}")
+
+
+def triton_launches(fn) -> str:
+    """Names and counts of the Triton kernels one call of ``fn`` launches (GPU only)."""
+    import triton
+
+    hook_chain = getattr(getattr(triton, "knobs", None), "runtime", None)
+    if hook_chain is None or not hasattr(hook_chain.launch_enter_hook, "add"):
+        return "launches: unknown (no Triton launch hook)"
+    counts: dict[str, int] = {}
+
+    def hook(metadata):
+        name = metadata.get()["name"] if metadata is not None else "?"
+        counts[name] = counts.get(name, 0) + 1
+
+    hook_chain.launch_enter_hook.add(hook)
+    try:
+        fn()
+        synchronize()
+    finally:
+        hook_chain.launch_enter_hook.remove(hook)
+    mine = {k: v for k, v in counts.items() if "cross_entropy_rows" in k or "scale_rows" in k}
+    if not mine:
+        return f"NO crossent Triton kernel launched (other Triton launches: {sum(counts.values())})"
+    return "launches: " + ", ".join(f"{k}x{v}" for k, v in sorted(mine.items()))
+
+
+def time_provider(
+    run: Run, group, name, build, reps, flops=None, nbytes=None, needs=None, trace=False
+):
+    """Build (may compile), time fwd+bwd and measure peak extra memory of one provider.
+
+    ``trace``: also report which crossent Triton kernels one call launches (to show whether a
+    public entry point really reaches them)."""
+    if needs and run.remaining() < needs:
+        record_timing(
+            run, group, name, None, None, note=f"skipped: budget ({run.remaining():.0f}s)"
+        )
+        return
+    try:
+        fn, setup = build()
+        t0 = time.monotonic()
+        if setup:
+            setup()
+        fn()
+        synchronize()
+        first_s = time.monotonic() - t0
+        note = f"first call {first_s:.1f}s"
+        if trace and device_is_cuda():
+            if setup:
+                setup()
+            note += "; " + triton_launches(fn)
+        ms = median_ms(fn, reps=reps, warmup=1, setup=setup)
+        peak = peak_extra_bytes(fn, setup=setup)
+        record_timing(run, group, name, ms, peak, flops, nbytes, note=note)
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+        record_timing(run, group, name, None, None, note=f"failed: {message}")
+    finally:
+        free_memory()
+
+
+def logits_timings(run: Run, device, small: bool):
+    import torch
+    import torch.nn.functional as F
+
+    from crossent.backends.rows import RowOptions
+    from crossent.backends.triton import cross_entropy_rows, scale_rows_
+
+    n, v = (64, 1000) if small else (8192, 128256)
+    group = f"logits N={n} V={v} bf16"
+    reps = 2 if small else 10
+    nbytes = 4 * n * v  # one bf16 read of the logits + one bf16 write of the gradient
+    gen = torch.Generator(device=device).manual_seed(31)
+    base = (3 * torch.randn(n, v, generator=gen, device=device)).to(torch.bfloat16)
+    target = torch.randint(0, v, (n,), generator=gen, device=device)
+    target[::11] = -100
+    options = RowOptions()
+    state = {}
+
+    def fresh_leaf():
+        state["x"] = base.detach().clone().requires_grad_()
+
+    def autograd_build(loss_fn):
+        def fn():
+            loss_fn(state["x"], target).backward()
+
+        return fn, fresh_leaf
+
+    def kernel_inplace():
+        work = base.clone()
+        inv = 1.0 / (target != -100).sum().to(torch.float32)
+        one = torch.ones((), device=device)
+
+        def fn():
+            cross_entropy_rows(work, target, None, options, work, row_scale=inv)
+            scale_rows_(work, one)  # the backward of the recommended wiring: skipped at 1
+
+        return fn, None
+
+    def kernel_buffer():
+        grad = torch.empty_like(base)
+
+        def fn():
+            cross_entropy_rows(base, target, None, options, grad)
+
+        return fn, None
+
+    def kernel_forward_only():
+        def fn():
+            cross_entropy_rows(base, target, None, options)
+
+        return fn, None
+
+    def crossent_api():
+        import crossent
+
+        return autograd_build(lambda x, t: crossent.cross_entropy(x, t, impl="triton"))
+
+    def torch_eager():
+        return autograd_build(lambda x, t: F.cross_entropy(x, t))
+
+    def liger():
+        from liger_kernel.transformers.functional import liger_cross_entropy
+
+        return autograd_build(lambda x, t: liger_cross_entropy(x, t))
+
+    def compiled():
+        compiled_ce = torch.compile(lambda x, t: F.cross_entropy(x, t), dynamic=False)
+        return autograd_build(compiled_ce)
+
+    providers = [
+        ("crossent kernel, in place + scale_rows_ (fwd+bwd floor)", kernel_inplace, None),
+        ("crossent kernel, gradient buffer", kernel_buffer, None),
+        ("crossent kernel, forward only (loss, lse)", kernel_forward_only, None),
+        ("crossent.cross_entropy(impl='triton') fwd+bwd", crossent_api, None),
+        ("torch eager F.cross_entropy fwd+bwd", torch_eager, None),
+    ]
+    if not small:
+        providers.append(("Liger liger_cross_entropy fwd+bwd", liger, None))
+    for name, build, needs in providers:
+        size = nbytes if "forward only" not in name else nbytes // 2
+        trace = name.startswith("crossent.")
+        time_provider(run, group, name, build, reps, nbytes=size, needs=needs, trace=trace)
+    # The closure keeps base/target alive for the torch.compile run at the end.
+    run.results.setdefault("deferred", []).append(
+        (group, "torch.compile F.cross_entropy fwd+bwd", compiled, reps, nbytes)
+    )
+
+
+def config_sweep(run: Run, device, small: bool):
+    """The row kernel (in place, no options) under several launch configurations."""
+    import torch
+
+    from crossent.backends.rows import RowOptions
+    from crossent.backends.triton import KernelConfig, choose_config, cross_entropy_rows
+
+    sms = 2 if small else torch.cuda.get_device_properties(device).multi_processor_count
+    default = choose_config(128256, 2)
+    b, w = default.block, default.num_warps
+    main = [
+        ("default", None),
+        ("stages=1", KernelConfig(b, w, num_stages=1)),
+        ("stages=2", KernelConfig(b, w, num_stages=2)),
+        ("stages=4", KernelConfig(b, w, num_stages=4)),
+        ("no L2 hints", KernelConfig(b, w, l2_hints=False)),
+        ("no hints, stages=1", KernelConfig(b, w, 1, l2_hints=False)),
+        ("grid = rows", KernelConfig(b, w, programs=0)),
+        ("grid = rows, stages=1", KernelConfig(b, w, 1, programs=0)),
+        ("grid = 1/SM", KernelConfig(b, w, programs=sms)),
+        ("grid = 2/SM", KernelConfig(b, w, programs=2 * sms)),
+        ("grid = 2/SM, stages=1", KernelConfig(b, w, 1, programs=2 * sms)),
+        ("block 8192, 32 warps", KernelConfig(8192, 32)),
+        ("block 8192, 32 warps, 1/SM", KernelConfig(8192, 32, programs=sms)),
+        ("block 8192, 16 warps", KernelConfig(8192, 16)),
+        ("block 2048, 8 warps", KernelConfig(2048, 8)),
+        ("block 2048, 8 warps, 4/SM", KernelConfig(2048, 8, programs=4 * sms)),
+    ]
+    gemma = [
+        ("default", None),
+        ("stages=1", KernelConfig(b, w, num_stages=1)),
+        ("grid = rows", KernelConfig(b, w, programs=0)),
+        ("grid = 2/SM", KernelConfig(b, w, programs=2 * sms)),
+    ]
+    shapes = [((64, 1000) if small else (8192, 128256), main)]
+    if not small:
+        shapes.append(((4096, 256000), gemma))
+    reps = 2 if small else 10
+    for (n, v), configs in shapes:
+        x = (3 * torch.randn(n, v, device=device)).to(torch.bfloat16)
+        target = torch.randint(0, v, (n,), device=device)
+        nbytes = 4 * n * v
+        for name, config in configs:
+            if run.remaining() < 60:
+                run.log(f"sweep: stopping before {name!r} (budget)")
+                break
+            try:
+                ms = median_ms(
+                    functools.partial(
+                        cross_entropy_rows, x, target, None, RowOptions(), x, config=config
+                    ),
+                    reps=reps,
+                )
+                tb_s = nbytes / (ms * 1e-3) / 1e12
+                copy = run.results["info"].get("copy_tb_s") or float("nan")
+                row = {
+                    "shape": f"{n}x{v}",
+                    "config": name,
+                    "spec": repr(config or choose_config(v, 2)),
+                    "ms": ms,
+                    "tb_s": tb_s,
+                    "pct_copy_bw": 100 * tb_s / copy,
+                }
+                run.results["sweep"].append(row)
+                run.log(f"sweep {n}x{v} {name}: {ms:.3f} ms, {tb_s:.3f} TB/s, "
+                        f"{row['pct_copy_bw']:.1f}% of copy")  # fmt: skip
+            except Exception as exc:
+                run.log(f"sweep {name}: failed {type(exc).__name__}: {exc}")
+        del x
+        free_memory()
+
+
+def gemm_out_dtype(run: Run, device, small: bool):
+    """dW-style GEMMs (M=V, N=D, K=rows): bf16 output vs float32 output/accumulation."""
+    import torch
+
+    if small:
+        run.log("gemm out_dtype: skipped (dry run: no CPU kernel for out_dtype)")
+        return
+    v, d = 128256, 4096
+    w_acc = torch.empty(v, d, dtype=torch.float32, device=device)
+    for k in (2048, 4096, 8192):
+        dz = torch.randn(k, v, device=device).to(torch.bfloat16)
+        xb = torch.randn(k, d, device=device).to(torch.bfloat16)
+        flops = 2 * v * d * k
+        variants = [
+            ("mm bf16 out", functools.partial(torch.mm, dz.t(), xb)),
+            (
+                "mm out_dtype=fp32",
+                functools.partial(torch.mm, dz.t(), xb, out_dtype=torch.float32, out=w_acc),
+            ),
+            (
+                "addmm out_dtype=fp32 (accumulate)",
+                functools.partial(
+                    torch.addmm, w_acc, dz.t(), xb, out_dtype=torch.float32, out=w_acc
+                ),
+            ),
+        ]
+        for name, fn in variants:
+            try:
+                ms = median_ms(fn, reps=5)
+                row = {"gemm": f"{name} K={k}", "ms": ms, "tflops": flops / (ms * 1e-3) / 1e12}
+                run.results["gemm"].append(row)
+                run.log(f"gemm {row['gemm']}: {ms:.3f} ms {row['tflops']:.1f} TFLOP/s")
+            except Exception as exc:
+                run.log(f"gemm {name} K={k}: failed {type(exc).__name__}: {exc}")
+    # accuracy of the float32 accumulation against float64
+    k = 1024
+    a = torch.randn(k, 4096, device=device).to(torch.bfloat16)
+    b = torch.randn(k, 512, device=device).to(torch.bfloat16)
+    try:
+        acc = torch.mm(a.t(), b, out_dtype=torch.float32)
+        torch.addmm(acc, a.t(), b, out_dtype=torch.float32, out=acc)
+        exact = 2 * (a.double().t() @ b.double())
+        run.check("addmm(out_dtype=float32) accumulates in float32", rel_err(acc, exact) < 1e-6)
+    except Exception as exc:
+        run.check("addmm(out_dtype=float32) available", False, f"{type(exc).__name__}: {exc}")
+
+
+LINEAR_SHAPES = {
+    "Llama-3-8B head": (8192, 4096, 128256),
+    "Gemma-2-2B head": (8192, 2304, 256000),
+}
+
+
+def linear_timings(run: Run, device, small: bool):
+    shapes = {"tiny head": (64, 32, 1000)} if small else LINEAR_SHAPES
+    for label, (n, d, v) in shapes.items():
+        group = f"linear {label} N={n} D={d} V={v} bf16"
+        flops = 6 * n * d * v
+        reps = 2 if small else 5
+        x, w, target = make_linear_inputs(n, d, v, device, seed=41)
+        budget_note = (
+            f"issue memory target: dX + dW + fp32 dW + one logits block = "
+            f"{(n * d * 2 + v * d * 2 + v * d * 4) / 2**30:.2f} GiB + block"
+        )
+        run.log(group, "|", budget_note)
+
+        def autograd_build(loss_fn, x=x, w=w, target=target):
+            def setup():
+                x.grad = None
+                w.grad = None
+
+            def fn():
+                loss_fn(x, w, target).backward()
+
+            return fn, setup
+
+        providers = [
+            (
+                "crossent.linear_cross_entropy(impl='triton')",
+                lambda: autograd_build(crossent_linear),
+            ),
+        ]
+        for rows in (2048, 4096, 8192) if not small else (16, 64):
+            providers.append(
+                (
+                    f"recipe, {rows}-row blocks",
+                    lambda rows=rows: autograd_build(
+                        functools.partial(linear_recipe, block_rows=rows)
+                    ),
+                )
+            )
+        providers.append(
+            (
+                "torch eager (fp32 logits)",
+                lambda: autograd_build(eager_fp32_logits),
+            )
+        )
+        if not small:
+            providers += [
+                ("Liger fused linear CE (Triton)", lambda: autograd_build(liger_flce)),
+                ("Cut Cross-Entropy (default, filtered)", lambda: autograd_build(cce_default)),
+                ("Cut Cross-Entropy (filter_eps=None)", lambda: autograd_build(cce_exact)),
+            ]
+        for name, build in providers:
+            trace = name.startswith("crossent.")
+            time_provider(run, group, name, build, reps, flops=flops, trace=trace)
+        run.results.setdefault("deferred", []).append(
+            (
+                group,
+                "torch.compile (fp32 logits)",
+                lambda build=autograd_build: build(compiled_linear()),
+                reps,
+                None,
+                flops,
+            )
+        )
+        free_memory()
+
+
+def eager_fp32_logits(x, w, t):
+    import torch.nn.functional as F
+
+    return F.cross_entropy((x @ w.t()).float(), t)
+
+
+def liger_flce(x, w, t):
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    return liger_fused_linear_cross_entropy(x, w, t)
+
+
+def cce_default(x, w, t):
+    from cut_cross_entropy import linear_cross_entropy
+
+    return linear_cross_entropy(x, w, t)
+
+
+def cce_exact(x, w, t):
+    from cut_cross_entropy import linear_cross_entropy
+
+    return linear_cross_entropy(x, w, t, filter_eps=None)
+
+
+def compiled_linear():
+    import torch
+
+    return torch.compile(eager_fp32_logits, dynamic=False)
+
+
+def deferred_timings(run: Run, device, small: bool):
+    """torch.compile providers last: their compile time is the least predictable."""
+    if small:
+        run.log("torch.compile: skipped (dry run)")
+        return
+    for item in run.results.pop("deferred", []):
+        group, name, build, reps, nbytes, *rest = item
+        flops = rest[0] if rest else None
+        time_provider(run, group, name, build, reps, flops=flops, nbytes=nbytes, needs=75)
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. report
+
+
+def markdown(run: Run) -> str:
+    info = run.results["info"]
+    lines = [
+        f"## crossent GPU run: {info.get('card', '?')}",
+        "",
+        f"torch {info.get('torch')}, Triton {info.get('triton')}, CUDA {info.get('cuda')}, "
+        f"{info.get('sms')} SMs, L2 {info.get('l2_mb', 0):.0f} MB; measured copy bandwidth "
+        f"{info.get('copy_tb_s', float('nan')):.2f} TB/s (read + write), bf16 GEMM "
+        f"{info.get('gemm_bf16_tflops', float('nan')):.0f} TFLOP/s.",
+        "",
+        f"Checks: {sum(c['ok'] for c in run.results['checks'])}/{len(run.results['checks'])} "
+        f"passed" + (f"; FAILED: {', '.join(run.failures)}" if run.failures else "") + ".",
+        "",
+        "| group | provider | fwd+bwd ms | TB/s | % copy BW | TFLOP/s (6NDV) | peak extra GiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(row, key, digits):
+        value = row.get(key)
+        return "" if value is None else f"{value:.{digits}f}"
+
+    for row in run.results["timings"]:
+        ms = "—" if row["ms"] is None else f"{row['ms']:.3f}"
+        provider = row["provider"] + (f" ({row['note']})" if row["ms"] is None else "")
+        lines.append(
+            f"| {row['group']} | {provider} | {ms} | {cell(row, 'tb_s', 2)} | "
+            f"{cell(row, 'pct_copy_bw', 1)} | {cell(row, 'tflops', 0)} | "
+            f"{cell(row, 'peak_extra_gib', 2)} |"
+        )
+    if run.results["sweep"]:
+        lines += [
+            "",
+            "| row kernel, in place, bf16 | config | ms | TB/s | % copy BW |",
+            "|---|---|---|---|---|",
+        ]
+        for row in run.results["sweep"]:
+            lines.append(
+                f"| {row['shape']} | {row['config']} `{row['spec']}` | {row['ms']:.3f} | "
+                f"{row['tb_s']:.2f} | {row['pct_copy_bw']:.1f} |"
+            )
+    if run.results["gemm"]:
+        lines += ["", "| dW GEMM (M=V=128256, N=D=4096) | ms | TFLOP/s |", "|---|---|---|"]
+        for row in run.results["gemm"]:
+            lines.append(f"| {row['gemm']} | {row['ms']:.3f} | {row['tflops']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# --compile-check: compile the variants for sm_90 without a GPU
+
+
+def compile_check() -> int:
+    """Compile the row kernel variants for sm_90 (no GPU needed) and print their resources."""
+    import subprocess
+    import tempfile
+
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from crossent.backends.triton import kernels
+
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    fn = kernels.cross_entropy_rows_kernel
+    aligned = [["tt.divisibility", 16]]
+
+    def resources(compiled) -> str:
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+            handle.write(compiled.asm["cubin"])
+            handle.flush()
+            out = subprocess.run(
+                [str(cuobjdump), "--dump-resource-usage", handle.name],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+        usage = [line.strip() for line in out.splitlines() if "REG:" in line]
+        return " ".join(usage[0].split()[:5]) if usage else "?"
+
+    def variant(dtype="bf16", prob=False, weight=False, smooth=False, z=False, cap=False,
+                grad=True, scaled=False, from_lse=False, stages=3, block=4096, warps=16,
+                cols=128256, hints=True):  # fmt: skip
+        acc = tl.float64 if dtype == "fp64" else tl.float32
+        acc_name = "fp64" if dtype == "fp64" else "fp32"
+        signature = {
+            "logits_ptr": f"*{dtype}",
+            "logits_row_stride": "i64",
+            "target_ptr": f"*{dtype}" if prob else "*i64",
+            "target_row_stride": "i64",
+            "weight_ptr": "*fp32" if weight else "constexpr",
+            "grad_ptr": f"*{dtype}" if grad else "constexpr",
+            "grad_row_stride": "i64",
+            "row_scale_ptr": "*fp32" if scaled else "constexpr",
+            "row_scale_stride": "i32",
+            "loss_ptr": f"*{acc_name}",
+            "lse_ptr": f"*{acc_name}",
+            "n_rows": "i32",
+            "ignore_index": "i32",
+            "label_smoothing": "fp64",
+            "z_loss": "fp64",
+            "softcap": "fp64",
+        }
+        constants = dict(
+            N_COLS=cols, BLOCK=block, PROB_TARGET=prob, HAS_WEIGHT=weight, SMOOTHING=smooth,
+            Z_LOSS=z, SOFTCAP=cap, WRITE_GRAD=grad, HAS_ROW_SCALE=scaled,
+            GRAD_FROM_LSE=from_lse, NUM_STAGES=stages,
+            STATS_POLICY="evict_last" if hints else "",
+            GRAD_LOAD_POLICY="evict_first" if hints else "",
+            STORE_POLICY="evict_first" if hints else "", ACC=acc,
+            LOWEST=-1.7976931348623157e308 if acc == tl.float64 else -3.4028234663852886e38,
+        )  # fmt: skip
+        for name in ("weight_ptr", "grad_ptr", "row_scale_ptr"):
+            if signature[name] == "constexpr":
+                constants[name] = None
+        for name in constants:
+            signature[name] = "constexpr"
+        attrs = {
+            (fn.arg_names.index(name),): aligned
+            for name in ("logits_ptr", "logits_row_stride", "target_ptr", "grad_ptr",
+                         "grad_row_stride", "loss_ptr", "lse_ptr", "weight_ptr")
+            if signature[name] != "constexpr" and (cols % 16 == 0 or "ptr" in name)
+        }  # fmt: skip
+        source = ASTSource(fn, signature=signature, constexprs=constants, attrs=attrs)
+        begin = time.monotonic()
+        compiled = triton.compile(
+            source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}
+        )
+        return f"{time.monotonic() - begin:4.1f}s smem={compiled.metadata.shared:6d} " + resources(
+            compiled
+        )
+
+    variants = [
+        {},
+        {"grad": False},
+        {"stages": 1},
+        {"stages": 2},
+        {"stages": 4},
+        {"hints": False},
+        {"smooth": True, "weight": True},
+        {"prob": True, "weight": True, "smooth": True},
+        {"z": True, "cap": True, "smooth": True, "weight": True},
+        {"scaled": True, "from_lse": True},
+        {"prob": True, "from_lse": True, "scaled": True, "weight": True, "smooth": True},
+        {"dtype": "fp32"},
+        {"dtype": "fp16", "cols": 4097},
+        {"dtype": "fp64", "block": 2048, "prob": True, "smooth": True, "cap": True, "z": True},
+        {"block": 8192, "warps": 32},
+        {"block": 8192, "warps": 16},
+        {"block": 2048, "warps": 8},
+        {"cols": 256000, "z": True, "cap": True, "smooth": True, "weight": True},
+    ]
+    failures = 0
+    for spec in variants:
+        try:
+            print(f"{json.dumps(spec):90s} {variant(**spec)}", flush=True)
+        except Exception as exc:
+            failures += 1
+            print(f"{json.dumps(spec):90s} FAILED {type(exc).__name__}: {exc}", flush=True)
+    return 1 if failures else 0
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def write_results(run: Run, out: Path) -> None:
+    results = {k: v for k, v in run.results.items() if k != "deferred"}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "gpu_results.md").write_text(markdown(run))
+        (out / "gpu_results.json").write_text(json.dumps(results, indent=1, default=str))
+    except OSError as exc:
+        run.log(f"could not write results to {out}: {exc}")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true", help="CPU + Triton interpreter, tiny")
+    parser.add_argument("--compile-check", action="store_true", help="compile for sm_90, no GPU")
+    parser.add_argument("--budget-s", type=float, default=280.0, help="soft time budget")
+    parser.add_argument("--out", default=os.environ.get("OUT", "results"), help="output folder")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.compile_check:
+        return compile_check()
+    if args.dry_run:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
+    import torch
+
+    run = Run(args)
+    if not args.dry_run and not torch.cuda.is_available():
+        print("no CUDA device: use --dry-run on a machine without a GPU", file=sys.stderr)
+        return 2
+    device = torch.device("cpu" if args.dry_run else "cuda")
+    small = args.dry_run
+    torch.manual_seed(0)
+
+    sections = [
+        ("device info", device_info, (run, device)),
+        ("copy bandwidth", copy_bandwidth, (run, device)),
+        ("GEMM rate", gemm_rate, (run, device)),
+        ("row correctness", row_correctness, (run, device, small)),
+        ("graph capture", graph_capture, (run, device)),
+        ("beyond int32", beyond_int32, (run, device, small)),
+        ("scale_rows_", scale_rows_check, (run, device)),
+        ("linear correctness", linear_correctness, (run, device, small)),
+        ("logits timings", logits_timings, (run, device, small)),
+        ("config sweep", config_sweep, (run, device, small)),
+        ("gemm out_dtype", gemm_out_dtype, (run, device, small)),
+        ("linear timings", linear_timings, (run, device, small)),
+        ("torch.compile timings", deferred_timings, (run, device, small)),
+    ]
+    for name, section, section_args in sections:
+        run.guarded(name, section, *section_args)
+        write_results(run, Path(args.out))  # a timeout still leaves the tables so far
+    run.results.pop("deferred", None)
+    write_results(run, Path(args.out))
+    print()
+    print(markdown(run), flush=True)
+    run.log(f"done in {run.elapsed():.0f}s; {len(run.failures)} failure(s)")
+    return 1 if run.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,389 @@
+"""Launchers for the Triton cross-entropy kernels: the row contract on CUDA tensors.
+
+:func:`cross_entropy_rows` implements :func:`crossent.backends.rows.cross_entropy_rows` (same
+arguments, same results up to rounding) with the CPU kernel's extension ``row_scale``;
+:func:`cross_entropy_rows_grad` recomputes the gradient from saved log-sum-exps (one read of the
+logits, one write of the gradient); :func:`scale_rows_` applies an upstream gradient in
+place and costs no sweep when it is exactly 1. CPU tensors run through the Triton interpreter
+(``TRITON_INTERPRET=1`` set before Triton is imported), which is how the test-suite checks them.
+
+Launch configuration (:func:`choose_config`): fixed heuristics, no autotuning, so the choice is
+deterministic and costs nothing at import or at the first call:
+
+* a block of ``num_warps * 32`` lanes times one 16-byte access per lane (8 bf16/fp16, 4 fp32,
+  2 fp64 elements), so the per-lane online-softmax state stays a few registers;
+* ``num_warps = 16`` for long rows, fewer for short ones (at least one full access per lane);
+* ``num_stages = 3`` (two blocks of loads in flight ahead of the arithmetic);
+* a persistent grid: as many rows in flight as fit in ``L2_FRACTION`` of the L2 cache (so the
+  gradient sweep re-reads from L2), at least one program per SM, at most the kernel's occupancy
+  and never more programs than rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from crossent.backends.rows import RowOptions, accumulation_dtype
+
+if TYPE_CHECKING:
+    import torch
+
+#: Fraction of the L2 cache the rows in flight may occupy (the rest is left to the gradient
+#: writes, the weights/targets and other traffic).
+L2_FRACTION = 0.6
+
+_WARP = 32
+
+
+@dataclass(frozen=True, slots=True)
+class KernelConfig:
+    """Launch parameters of the row kernel.
+
+    ``programs``: grid size; None = the persistent-grid heuristic on CUDA and one program per
+    row in the interpreter; 0 = one program per row (hardware-scheduled). ``l2_hints``: load
+    the statistics sweep with ``evict_last`` and the gradient sweep (and stores) with
+    ``evict_first``.
+    """
+
+    block: int
+    num_warps: int
+    num_stages: int = 3
+    programs: int | None = None
+    l2_hints: bool = True
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def choose_config(num_cols: int, element_size: int) -> KernelConfig:
+    """The default launch parameters for rows of ``num_cols`` elements of ``element_size``.
+
+    >>> choose_config(128256, 2)
+    KernelConfig(block=4096, num_warps=16, num_stages=3, programs=None, l2_hints=True)
+    >>> choose_config(1000, 4)
+    KernelConfig(block=1024, num_warps=8, num_stages=3, programs=None, l2_hints=True)
+    """
+    per_lane = max(1, 16 // element_size)
+    block = min(_next_power_of_2(num_cols), 16 * _WARP * per_lane)
+    block = max(block, 16)
+    num_warps = max(1, min(16, block // (_WARP * per_lane)))
+    return KernelConfig(block=block, num_warps=num_warps)
+
+
+def _interpreting() -> bool:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from crossent.backends.triton import kernels
+
+    return isinstance(kernels.cross_entropy_rows_kernel, InterpretedFunction)
+
+
+def _check_device(tensor: torch.Tensor) -> None:
+    if tensor.device.type == "cuda":
+        return
+    if tensor.device.type == "cpu" and _interpreting():
+        return
+    raise RuntimeError(
+        "the Triton kernels run on CUDA tensors (or on CPU tensors under TRITON_INTERPRET=1 set "
+        f"before triton is imported); got a tensor on {tensor.device}"
+    )
+
+
+@functools.cache
+def _device_limits(index: int) -> tuple[int, int, int, int, int]:
+    """(SMs, L2 bytes, registers per SM, shared memory per SM, threads per SM) of a CUDA device."""
+    import torch
+
+    props = torch.cuda.get_device_properties(index)
+    return (
+        props.multi_processor_count,
+        int(getattr(props, "L2_cache_size", 50 * 2**20)),
+        int(getattr(props, "regs_per_multiprocessor", 65536)),
+        int(getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)),
+        int(getattr(props, "max_threads_per_multi_processor", 2048)),
+    )
+
+
+_occupancy_cache: dict[tuple, int] = {}
+
+
+def _occupancy(key: tuple, device_index: int, warmup) -> int:
+    """Programs of one compiled kernel that fit on an SM at once (compiled once, then cached).
+
+    Read from the compiled kernel's registers, shared memory and warps. Should Triton's API not
+    expose them, one program per SM is assumed (a safe grid, never an oversubscribed one).
+    """
+    if key not in _occupancy_cache:
+        try:
+            compiled = warmup()
+            compiled._init_handles()
+            _, _, regs, shared, threads = _device_limits(device_index)
+            num_warps = compiled.metadata.num_warps
+            regs_per_warp = -(-max(compiled.n_regs, 1) * _WARP // 256) * 256
+            fits = [threads // (num_warps * _WARP), regs // (regs_per_warp * num_warps), 32]
+            if compiled.metadata.shared:
+                fits.append(shared // compiled.metadata.shared)
+            _occupancy_cache[key] = max(1, min(fits))
+        except (AttributeError, TypeError) as exc:  # pragma: no cover - Triton API drift
+            warnings.warn(
+                f"could not read the Triton kernel's occupancy ({exc!r}); using one program per SM",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            _occupancy_cache[key] = 1
+    return _occupancy_cache[key]
+
+
+def _grid_size(
+    config: KernelConfig, num_rows: int, row_bytes: int, device: torch.device, occupancy
+) -> int:
+    if config.programs is not None:
+        return num_rows if config.programs == 0 else max(1, min(num_rows, config.programs))
+    if device.type != "cuda":
+        return num_rows
+    index = device.index if device.index is not None else 0
+    sms, l2_bytes, *_ = _device_limits(index)
+    in_flight = int(L2_FRACTION * l2_bytes) // max(1, row_bytes)
+    resident = sms * occupancy(index)
+    return max(1, min(num_rows, resident, max(sms, in_flight)))
+
+
+def _launch(logits, target, weight, options, grad, row_scale, lse_in, config):
+    """Shared launch path of the forward and recompute modes; returns (loss, lse)."""
+    import torch
+
+    from crossent.backends.triton import kernels
+
+    for tensor in (logits, target, weight, grad, row_scale, lse_in):
+        if tensor is not None:
+            _check_device(tensor)
+    if logits.dim() != 2:
+        raise ValueError(f"expected 2-D logits (rows, classes), got shape {tuple(logits.shape)}")
+    num_rows, num_cols = logits.shape
+    if num_cols == 0:
+        raise ValueError("expected at least one class, got logits with 0 columns")
+    if logits.stride(1) != 1 and num_cols > 1:
+        raise ValueError(f"expected unit stride along the classes, got {logits.stride()}")
+    prob_target = target.dtype.is_floating_point
+    if prob_target:
+        if target.shape != logits.shape or (target.stride(1) != 1 and num_cols > 1):
+            raise ValueError(
+                f"expected a probability target of shape {tuple(logits.shape)} with unit class "
+                f"stride, got shape {tuple(target.shape)} strides {target.stride()}"
+            )
+    elif target.shape != (num_rows,):
+        raise ValueError(f"expected a target of shape ({num_rows},), got {tuple(target.shape)}")
+    if weight is not None:
+        if weight.shape != (num_cols,):
+            raise ValueError(f"expected a weight of shape ({num_cols},), got {tuple(weight.shape)}")
+        weight = weight.contiguous()
+    if grad is not None and (
+        grad.shape != logits.shape
+        or grad.dtype != logits.dtype
+        or (grad.stride(1) != 1 and num_cols > 1)
+    ):
+        raise ValueError(
+            f"expected a gradient buffer of shape {tuple(logits.shape)}, dtype {logits.dtype} "
+            f"and unit class stride, got {tuple(grad.shape)}, {grad.dtype}, {grad.stride()}"
+        )
+    if row_scale is not None and row_scale.numel() not in (1, num_rows):
+        raise ValueError(f"expected a 0-d or ({num_rows},) row_scale, got {tuple(row_scale.shape)}")
+    if row_scale is not None:
+        row_scale = row_scale.reshape(-1)
+
+    acc = accumulation_dtype(logits.dtype)
+    grad_from_lse = lse_in is not None
+    if grad_from_lse:
+        loss = lse = lse_in
+    else:
+        loss = torch.empty(num_rows, dtype=acc, device=logits.device)
+        lse = torch.empty(num_rows, dtype=acc, device=logits.device)
+    if num_rows == 0:
+        return loss, lse
+
+    eps = float(options.label_smoothing)
+    zeta = float(options.z_loss)
+    cap = options.softcap
+    if config is None:
+        config = choose_config(num_cols, logits.element_size())
+    hints = config.l2_hints
+    constexprs = dict(
+        N_COLS=num_cols,
+        BLOCK=config.block,
+        PROB_TARGET=prob_target,
+        HAS_WEIGHT=weight is not None,
+        SMOOTHING=eps > 0,
+        Z_LOSS=zeta != 0,
+        SOFTCAP=cap is not None,
+        WRITE_GRAD=grad is not None,
+        HAS_ROW_SCALE=row_scale is not None,
+        GRAD_FROM_LSE=grad_from_lse,
+        NUM_STAGES=config.num_stages,
+        STATS_POLICY="evict_last" if hints else "",
+        GRAD_LOAD_POLICY="evict_first" if hints else "",
+        STORE_POLICY="evict_first" if hints else "",
+        ACC=_triton_dtype(acc),
+        LOWEST=torch.finfo(acc).min,
+        num_warps=config.num_warps,
+    )
+    args = (
+        logits,
+        logits.stride(0),
+        target,
+        target.stride(0) if prob_target else 0,
+        weight,
+        grad,
+        grad.stride(0) if grad is not None else 0,
+        row_scale,
+        (1 if row_scale.numel() > 1 else 0) if row_scale is not None else 0,
+        loss,
+        lse,
+        num_rows,
+        int(options.ignore_index),
+        eps,
+        zeta,
+        float(cap) if cap is not None else 1.0,
+    )
+    kernel = kernels.cross_entropy_rows_kernel
+
+    def occupancy(device_index: int) -> int:
+        key = (
+            device_index,
+            logits.dtype,
+            target.dtype,
+            None if weight is None else weight.dtype,
+            None if grad is None else grad.dtype,
+            tuple(sorted((k, str(v)) for k, v in constexprs.items())),
+        )
+        return _occupancy(key, device_index, lambda: kernel.warmup(*args, grid=(1,), **constexprs))
+
+    grid = _grid_size(config, num_rows, num_cols * logits.element_size(), logits.device, occupancy)
+    with _on_device(logits.device):
+        kernel[(grid,)](*args, **constexprs)
+    return loss, lse
+
+
+def _triton_dtype(dtype):
+    import torch
+    import triton.language as tl
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _on_device(device):
+    import contextlib
+
+    import torch
+
+    if device.type == "cuda" and device.index is not None:
+        return torch.cuda.device(device.index)
+    return contextlib.nullcontext()
+
+
+def cross_entropy_rows(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    options: RowOptions,
+    grad: torch.Tensor | None = None,
+    *,
+    row_scale: torch.Tensor | None = None,
+    config: KernelConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row losses and log-sum-exps, and optionally the gradient, in one Triton launch.
+
+    Same contract as :func:`crossent.backends.rows.cross_entropy_rows`: ``logits`` is ``(R, C)``
+    with unit class stride (any row stride); ``target`` is ``(R,)`` int64 class indices or
+    ``(R, C)`` probabilities; ``grad`` (None, a buffer, or ``logits`` itself) receives the
+    gradient of ``sum_i row_scale_i * loss_i`` (``row_scale``: 0-d or ``(R,)`` tensor, default
+    1; ignored rows get 0 whatever their scale). Class indices must be valid (the functional
+    layer checks them): an out-of-range index reads weight and logit as 0 instead of faulting.
+    ``config`` overrides :func:`choose_config` (tests and benchmarks use it).
+
+    Returns ``(loss, lse)``: ``(R,)`` tensors, float32 (float64 for float64 logits).
+    """
+    return _launch(logits, target, weight, options, grad, row_scale, None, config)
+
+
+def cross_entropy_rows_grad(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    options: RowOptions,
+    lse: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    row_scale: torch.Tensor | None = None,
+    config: KernelConfig | None = None,
+) -> None:
+    """Write the gradient of ``sum_i row_scale_i * loss_i`` from saved log-sum-exps.
+
+    ``lse`` is the ``lse`` returned by :func:`cross_entropy_rows` for the same arguments. One
+    read of the logits and one write of ``grad`` (probability targets also re-read the
+    targets): the backward of a recompute scheme, e.g. for ``reduction="none"`` where the
+    upstream gradient (``row_scale``) is known only in backward.
+    """
+    if lse.dtype != accumulation_dtype(logits.dtype) or lse.shape != (logits.shape[0],):
+        raise ValueError(
+            f"expected lse of shape ({logits.shape[0]},) and dtype "
+            f"{accumulation_dtype(logits.dtype)}, got {tuple(lse.shape)} {lse.dtype}"
+        )
+    _launch(logits, target, weight, options, grad, row_scale, lse.contiguous(), config)
+
+
+def scale_rows_(
+    grad: torch.Tensor, scale: torch.Tensor, kept: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Scale gradient rows in place by an upstream factor read on the device; returns ``grad``.
+
+    ``grad`` is ``(R, C)`` with unit class stride, ``scale`` a 0-d (one factor) or ``(R,)``
+    tensor, ``kept`` None or an ``(R,)`` bool tensor. Row ``r`` becomes
+    ``(grad[r].to(acc) * scale[r].to(acc)).to(grad.dtype)`` (``acc`` float32, float64 for
+    float64: one rounding, and the scale is not first rounded to a half type) when ``kept[r]``;
+    rows not kept are left as they are (the row kernel wrote zeros there, which therefore stay
+    zero even times a non-finite scale, as in torch). A row whose scale is exactly 1 is skipped,
+    on the device: the usual ``loss.backward()`` then costs one launch and no sweep over the
+    gradient, with no host synchronisation.
+    """
+    from crossent.backends.triton import kernels
+
+    for tensor in (grad, scale, kept):
+        if tensor is not None:
+            _check_device(tensor)
+    if grad.dim() != 2 or (grad.stride(1) != 1 and grad.shape[1] > 1):
+        raise ValueError(
+            f"expected a 2-D gradient with unit class stride, got shape {tuple(grad.shape)} "
+            f"strides {grad.stride()}"
+        )
+    num_rows, num_cols = grad.shape
+    if scale.numel() not in (1, num_rows):
+        raise ValueError(f"expected a 0-d or ({num_rows},) scale, got shape {tuple(scale.shape)}")
+    if kept is not None and kept.shape != (num_rows,):
+        raise ValueError(f"expected kept of shape ({num_rows},), got {tuple(kept.shape)}")
+    if grad.numel() == 0:
+        return grad
+    scale = scale.reshape(-1)
+    config = choose_config(num_cols, grad.element_size())
+    programs = num_rows
+    if grad.device.type == "cuda":
+        index = grad.device.index if grad.device.index is not None else 0
+        programs = min(num_rows, 4 * _device_limits(index)[0])
+    with _on_device(grad.device):
+        kernels.scale_rows_kernel[(programs,)](
+            grad,
+            grad.stride(0),
+            num_rows,
+            num_cols,
+            scale,
+            1 if scale.numel() > 1 else 0,
+            kept,
+            BLOCK=config.block,
+            HAS_KEPT=kept is not None,
+            ACC=_triton_dtype(accumulation_dtype(grad.dtype)),
+            num_warps=config.num_warps,
+        )
+    return grad

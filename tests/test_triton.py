@@ -1,0 +1,395 @@
+"""The Triton row kernels against the reference row contract (crossent.backends.rows).
+
+On a machine without CUDA every kernel runs through the Triton interpreter on CPU tensors
+(``TRITON_INTERPRET=1``, set here before Triton is imported, as tests/conftest.py also does); on
+a CUDA machine the same tests run the compiled kernels on the GPU. The interpreter executes each
+program in Python, so the shapes are small and odd (C = 1, 3, 1000, 4097; rows not a multiple of
+the grid) and the launch configurations are shrunk so that every code path is taken: several
+full blocks plus a masked tail, a persistent grid walking several rows per program.
+
+Tolerances (the kernel and the reference compute in the same accumulation dtype, in a different
+order, and round the gradient once to the logits' dtype):
+
+* float64: ``rtol=1e-10``: sums of a few thousand float64 terms in a different order differ by a
+  few hundred ulps at most (1 ulp = 1.1e-16);
+* float32 accumulation (losses/lse of every non-float64 input, float32 gradients): ``rtol=2e-5``
+  on losses/lse (sums of up to 4097 float32 terms in a different order, plus ``tanh`` computed
+  from ``exp``: a few ulp each); gradients ``rtol=1e-5, atol=1e-7``: ``p = exp(z - lse)`` inherits
+  the absolute error of ``lse`` (|lse| ~ 10 times 6e-8) as a relative error, and the target entry
+  ``p - 1`` an absolute error of about one float32 ulp of 1;
+* bfloat16/float16 gradients: both sides round a float32 value once, so they differ by at most one
+  unit in the last place: ``rtol = 2**-7`` (bf16) / ``2**-10`` (fp16) (this also covers the
+  Triton 3.6 interpreter, which converts float32 to bfloat16 by truncation where the GPU rounds
+  to nearest even: still within one ulp); plus the float32 ``atol``
+  (1e-7), because an exact 0 (e.g. C = 1, where p = 1) is computed as a difference of O(1)
+  float32 terms and comes out as a residue of about one float32 ulp of 1 on either side.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from crossent.backends import rows  # noqa: E402
+from crossent.backends.rows import RowOptions  # noqa: E402
+from crossent.backends.triton import (  # noqa: E402
+    KernelConfig,
+    cross_entropy_rows,
+    cross_entropy_rows_grad,
+    scale_rows_,
+)
+from crossent.backends.triton.cross_entropy import _interpreting  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() and not _interpreting() else "cpu"
+if DEVICE == "cpu" and not _interpreting():  # pragma: no cover - import-order guard
+    raise RuntimeError(
+        "crossent's Triton kernels were decorated before TRITON_INTERPRET=1 was set; "
+        "set it before anything imports crossent.backends.triton"
+    )
+
+DTYPES = {
+    "f64": torch.float64,
+    "f32": torch.float32,
+    "bf16": torch.bfloat16,
+    "f16": torch.float16,
+}
+#: (classes, rows, launch config): full blocks + masked tail, and more rows than programs.
+SHAPES = [
+    (1, 5, KernelConfig(block=16, num_warps=1, programs=3)),
+    (3, 33, KernelConfig(block=16, num_warps=1, programs=7)),
+    (1000, 5, KernelConfig(block=256, num_warps=2, programs=2)),
+    (4097, 5, KernelConfig(block=1024, num_warps=4, programs=3)),
+]
+OPTIONS = {
+    "plain": RowOptions(),
+    "ignore7": RowOptions(ignore_index=7),
+    "smooth": RowOptions(label_smoothing=0.1),
+    "zloss-softcap": RowOptions(z_loss=1e-3, softcap=4.0),
+    "everything": RowOptions(ignore_index=0, label_smoothing=0.25, z_loss=0.01, softcap=3.0),
+}
+GRAD_MODES = ("none", "buffer", "inplace")
+
+
+def tolerances(dtype: torch.dtype) -> dict[str, dict[str, float]]:
+    """assert_close tolerances per output (the reasons are in the module docstring)."""
+    if dtype == torch.float64:
+        exact = {"rtol": 1e-10, "atol": 1e-12}
+        return {"loss": exact, "grad": exact}
+    loss = {"rtol": 2e-5, "atol": 2e-5}
+    grad = {
+        torch.float32: {"rtol": 1e-5, "atol": 1e-7},
+        torch.bfloat16: {"rtol": 2.0**-7, "atol": 1e-7},
+        torch.float16: {"rtol": 2.0**-10, "atol": 1e-7},
+    }[dtype]
+    return {"loss": loss, "grad": grad}
+
+
+def make_inputs(num_rows, num_classes, dtype, options, probabilities, weighted, seed):
+    """Random logits (scale 3), targets with some ignored rows, optional positive weights."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = (3 * torch.randn(num_rows, num_classes, generator=gen, dtype=torch.float64)).to(dtype)
+    if probabilities:
+        raw = torch.randn(num_rows, num_classes, generator=gen, dtype=torch.float64)
+        target = torch.softmax(raw, dim=1).to(dtype)
+    else:
+        target = torch.randint(0, num_classes, (num_rows,), generator=gen)
+        target[::3] = options.ignore_index
+    weight = None
+    if weighted:
+        weight = torch.rand(num_classes, generator=gen, dtype=torch.float64) + 0.1
+        weight = weight.to(torch.float32 if dtype != torch.float64 else dtype)
+    return tuple(t if t is None else t.to(DEVICE) for t in (logits, target, weight))
+
+
+def run_kernel(logits, target, weight, options, grad_mode, config):
+    """(loss, lse, grad or None) from the Triton kernel; the gradient buffer starts as NaN."""
+    if grad_mode == "none":
+        loss, lse = cross_entropy_rows(logits, target, weight, options, config=config)
+        return loss, lse, None
+    if grad_mode == "buffer":
+        grad = torch.full_like(logits, float("nan"))
+        loss, lse = cross_entropy_rows(logits, target, weight, options, grad, config=config)
+        return loss, lse, grad
+    work = logits.clone()
+    loss, lse = cross_entropy_rows(work, target, weight, options, work, config=config)
+    return loss, lse, work
+
+
+def run_reference(logits, target, weight, options):
+    grad = torch.empty_like(logits)
+    loss, lse = rows.cross_entropy_rows(logits, target, weight, options, grad)
+    return loss, lse, grad
+
+
+def check(actual, expected, dtype):
+    tol = tolerances(dtype)
+    loss, lse, grad = actual
+    ref_loss, ref_lse, ref_grad = expected
+    assert loss.dtype == ref_loss.dtype and lse.dtype == ref_lse.dtype
+    torch.testing.assert_close(loss, ref_loss, **tol["loss"], equal_nan=True)
+    torch.testing.assert_close(lse, ref_lse, **tol["loss"], equal_nan=True)
+    if grad is not None:
+        assert grad.dtype == dtype
+        torch.testing.assert_close(grad, ref_grad, **tol["grad"], equal_nan=True)
+
+
+def table():
+    """Every option set with every (target kind, weight) pair for every dtype, with the shape
+    and the gradient mode rotating, so each shape and mode meets every option set somewhere."""
+    cases = []
+    for dtype_name in DTYPES:
+        combos = itertools.product(OPTIONS, (False, True), (False, True))
+        for i, (option_name, probabilities, weighted) in enumerate(combos):
+            num_classes, num_rows, config = SHAPES[i % len(SHAPES)]
+            grad_mode = GRAD_MODES[(i + len(cases)) % len(GRAD_MODES)]
+            kind = "prob" if probabilities else "index"
+            case_id = (
+                f"{dtype_name}-C{num_classes}-R{num_rows}-{option_name}-{kind}"
+                f"-{'w' if weighted else 'nw'}-{grad_mode}"
+            )
+            cases.append(
+                pytest.param(
+                    *(dtype_name, num_classes, num_rows, config),
+                    *(option_name, probabilities, weighted, grad_mode),
+                    id=case_id,
+                )
+            )
+    return cases
+
+
+@pytest.mark.parametrize(
+    "dtype_name,num_classes,num_rows,config,option_name,probabilities,weighted,grad_mode", table()
+)
+def test_matches_reference(
+    dtype_name, num_classes, num_rows, config, option_name, probabilities, weighted, grad_mode
+):
+    dtype = DTYPES[dtype_name]
+    options = OPTIONS[option_name]
+    inputs = make_inputs(num_rows, num_classes, dtype, options, probabilities, weighted, seed=1)
+    check(run_kernel(*inputs, options, grad_mode, config), run_reference(*inputs, options), dtype)
+
+
+@pytest.mark.parametrize("dtype_name", ["bf16", "f32"])
+def test_default_config_and_more_rows(dtype_name):
+    """The heuristic launch configuration (one full 4096 block and a 1-column tail) on 33 rows."""
+    dtype = DTYPES[dtype_name]
+    options = OPTIONS["everything"]
+    inputs = make_inputs(33, 4097, dtype, options, False, True, seed=2)
+    check(run_kernel(*inputs, options, "buffer", None), run_reference(*inputs, options), dtype)
+
+
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_strided_rows(probabilities):
+    """Row strides larger than the row (a column slice of a wider tensor), for every operand."""
+    dtype = torch.float32
+    options = OPTIONS["everything"]
+    wide = torch.randn(6, 1100, dtype=torch.float64, device=DEVICE).to(dtype) * 3
+    logits = wide[:, 50:1050]
+    assert logits.stride() == (1100, 1)
+    _, target, weight = make_inputs(6, 1000, dtype, options, probabilities, True, seed=3)
+    if probabilities:
+        target = torch.cat([target, target[:, :37]], dim=1)[:, :1000]
+        assert target.stride(0) != 1000
+    grad_storage = torch.full((6, 1234), float("nan"), dtype=dtype, device=DEVICE)
+    grad = grad_storage[:, 10:1010]
+    config = SHAPES[2][2]
+    loss, lse = cross_entropy_rows(logits, target, weight, options, grad, config=config)
+    check((loss, lse, grad), run_reference(logits, target, weight, options), dtype)
+    assert torch.isnan(grad_storage[:, :10]).all() and torch.isnan(grad_storage[:, 1010:]).all()
+
+
+def test_all_rows_ignored():
+    """Ignored rows: loss 0, lse 0, gradient 0, even when their logits are NaN."""
+    logits = torch.full((5, 1000), float("nan"), device=DEVICE)
+    target = torch.full((5,), -100, device=DEVICE)
+    grad = torch.full_like(logits, float("nan"))
+    options = RowOptions(label_smoothing=0.1, z_loss=0.1, softcap=2.0)
+    loss, lse = cross_entropy_rows(logits, target, None, options, grad, config=SHAPES[2][2])
+    assert torch.equal(loss, torch.zeros(5, device=DEVICE))
+    assert torch.equal(lse, torch.zeros(5, device=DEVICE))
+    assert torch.equal(grad, torch.zeros_like(grad))
+
+
+def test_negative_infinite_logits():
+    """-inf at non-target classes (a masked vocabulary): finite loss, zero gradient there."""
+    options = RowOptions(z_loss=1e-3)
+    logits, target, weight = make_inputs(5, 1000, torch.float32, options, False, True, seed=4)
+    logits[:, 100:300] = float("-inf")
+    logits[:, :1] = float("-inf")
+    target = torch.where(target == options.ignore_index, target, 500)
+    result = run_kernel(logits, target, weight, options, "buffer", SHAPES[2][2])
+    check(result, run_reference(logits, target, weight, options), torch.float32)
+    assert torch.isfinite(result[0]).all()
+    assert torch.equal(result[2][:, 100:300], torch.zeros_like(result[2][:, 100:300]))
+
+
+@pytest.mark.parametrize("dtype_name", ["bf16", "f64"])
+def test_modes_are_bitwise_consistent(dtype_name):
+    """Same bits for: no gradient / a buffer / in place / another grid / a second run, and for
+    the gradient recomputed from the saved lse."""
+    dtype = DTYPES[dtype_name]
+    options = OPTIONS["everything"]
+    for probabilities in (False, True):
+        inputs = make_inputs(5, 1000, dtype, options, probabilities, True, seed=5)
+        config = SHAPES[2][2]
+        loss_none, lse_none, _ = run_kernel(*inputs, options, "none", config)
+        loss, lse, grad = run_kernel(*inputs, options, "buffer", config)
+        for other in (
+            run_kernel(*inputs, options, "inplace", config),
+            run_kernel(*inputs, options, "buffer", KernelConfig(256, 2, programs=0)),
+            run_kernel(*inputs, options, "buffer", KernelConfig(256, 2, programs=1)),
+            run_kernel(*inputs, options, "buffer", config),
+        ):
+            for a, b in zip(other, (loss, lse, grad), strict=True):
+                assert torch.equal(a, b)
+        assert torch.equal(loss_none, loss) and torch.equal(lse_none, lse)
+        recomputed = torch.full_like(grad, float("nan"))
+        cross_entropy_rows_grad(*inputs, options, lse, recomputed, config=config)
+        assert torch.equal(recomputed, grad)
+
+
+@pytest.mark.parametrize("scale_shape", ["rows", "scalar"])
+def test_row_scale(scale_shape):
+    """The gradient of sum_i s_i loss_i; ignored rows stay 0 whatever their scale."""
+    dtype = torch.float32
+    options = OPTIONS["smooth"]
+    logits, target, weight = make_inputs(9, 1000, dtype, options, False, True, seed=6)
+    if scale_shape == "rows":
+        scale = torch.linspace(-2.0, 3.0, 9, device=DEVICE)
+        scale[0] = float("nan")  # row 0 is ignored
+    else:
+        scale = torch.tensor(0.37, device=DEVICE)
+    grad = torch.full_like(logits, float("nan"))
+    cross_entropy_rows(logits, target, weight, options, grad, row_scale=scale, config=SHAPES[2][2])
+    _, _, ref_grad = run_reference(logits, target, weight, options)
+    expected = ref_grad * torch.broadcast_to(scale, (9,))[:, None]
+    expected[target == options.ignore_index] = 0
+    torch.testing.assert_close(grad, expected, **tolerances(dtype)["grad"])
+
+    recomputed = torch.full_like(grad, float("nan"))
+    _, lse = cross_entropy_rows(logits, target, weight, options, config=SHAPES[2][2])
+    cross_entropy_rows_grad(
+        logits, target, weight, options, lse, recomputed, row_scale=scale, config=SHAPES[2][2]
+    )
+    assert torch.equal(recomputed, grad)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # 0 * inf in numpy
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("scale_kind", ["one", "scalar", "nan", "rows"])
+@pytest.mark.parametrize("with_kept", [False, True])
+def test_scale_rows(dtype_name, scale_kind, with_kept):
+    """Kept rows equal ``(g.to(acc) * s.to(acc)).to(dtype)`` bit for bit (one rounding, the
+    scale not rounded to a half type first); other rows, and rows scaled by exactly 1, keep
+    every bit (NaN included)."""
+    dtype = DTYPES[dtype_name]
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    storage = torch.randn(6, 1100, dtype=torch.float64, device=DEVICE).to(dtype)
+    grad = storage[:, 3:1003]  # strided rows
+    grad[1, 7] = float("nan")
+    grad[2, 8] = float("-inf")
+    grad[4] = 0
+    kept = torch.tensor([1, 1, 1, 0, 0, 1], dtype=torch.bool, device=DEVICE)
+    scale = {
+        "one": torch.tensor(1.0, device=DEVICE),
+        "scalar": torch.tensor(0.3, device=DEVICE),
+        "nan": torch.tensor(float("nan"), device=DEVICE),
+        "rows": torch.tensor([0.3, 1.0, -2.0, float("inf"), 1.0, 7.0], device=DEVICE),
+    }[scale_kind]
+    rows_scale = torch.broadcast_to(scale, (6,)).to(acc)
+    scaled = (grad.to(acc) * rows_scale[:, None]).to(dtype)
+    active = rows_scale != 1
+    if with_kept:
+        active &= kept
+    expected = torch.where(active[:, None], scaled, grad)
+    before = storage.clone()
+    assert scale_rows_(grad, scale, kept if with_kept else None) is grad
+    # The Triton 3.6 interpreter converts float32 to bfloat16 by truncation, the GPU (and torch)
+    # by rounding to nearest even: in the interpreter the two differ by at most one bf16 ulp.
+    truncating = _interpreting() and dtype == torch.bfloat16
+    exact = {"rtol": 2.0**-7 if truncating else 0.0, "atol": 0.0}
+    torch.testing.assert_close(grad, expected, **exact, equal_nan=True)
+    untouched = ~active
+    assert torch.equal(storage[untouched].view(torch.uint8), before[untouched].view(torch.uint8))
+    assert torch.equal(storage[:, :3], before[:, :3]) and torch.equal(
+        storage[:, 1003:], before[:, 1003:]
+    )
+
+
+def test_errors():
+    logits = torch.randn(4, 10, device=DEVICE)
+    target = torch.zeros(4, dtype=torch.int64, device=DEVICE)
+    options = RowOptions()
+    with pytest.raises(ValueError, match="2-D logits"):
+        cross_entropy_rows(logits[0], target, None, options)
+    with pytest.raises(ValueError, match="unit stride"):
+        cross_entropy_rows(logits.t(), target, None, options)
+    with pytest.raises(ValueError, match="target of shape"):
+        cross_entropy_rows(logits, target[:3], None, options)
+    with pytest.raises(ValueError, match="weight of shape"):
+        cross_entropy_rows(logits, target, torch.ones(9, device=DEVICE), options)
+    with pytest.raises(ValueError, match="gradient buffer"):
+        cross_entropy_rows(logits, target, None, options, logits.double())
+    with pytest.raises(ValueError, match="row_scale"):
+        cross_entropy_rows(
+            logits, target, None, options, logits, row_scale=torch.ones(3, device=DEVICE)
+        )
+    with pytest.raises(ValueError, match="at least one class"):
+        cross_entropy_rows(logits[:, :0], target, None, options)
+    with pytest.raises(ValueError, match="0-d or"):
+        scale_rows_(logits, torch.ones(2, device=DEVICE))
+    with pytest.raises(ValueError, match="kept of shape"):
+        scale_rows_(
+            logits, torch.ones((), device=DEVICE), torch.ones(3, dtype=torch.bool, device=DEVICE)
+        )
+    empty_loss, empty_lse = cross_entropy_rows(logits[:0], target[:0], None, options)
+    assert empty_loss.shape == empty_lse.shape == (0,)
+
+
+def test_package_import_is_lazy():
+    """Importing the backend package (and asking is_available) imports neither Triton nor torch."""
+    code = (
+        "import sys, crossent.backends.triton as b; assert b.is_available(); "
+        "assert 'triton' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    num_rows=st.integers(1, 6),
+    num_classes=st.integers(1, 300),
+    smoothing=st.sampled_from([0.0, 0.3]),
+    z_loss=st.sampled_from([0.0, 0.05]),
+    softcap=st.sampled_from([None, 1.5]),
+    probabilities=st.booleans(),
+    weighted=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_property_float64(
+    num_rows, num_classes, smoothing, z_loss, softcap, probabilities, weighted, seed
+):
+    """Any shape and option mix agrees with the float64 reference."""
+    options = RowOptions(ignore_index=1, label_smoothing=smoothing, z_loss=z_loss, softcap=softcap)
+    inputs = make_inputs(
+        num_rows, num_classes, torch.float64, options, probabilities, weighted, seed
+    )
+    config = KernelConfig(block=64, num_warps=1, programs=2)
+    check(
+        run_kernel(*inputs, options, "buffer", config),
+        run_reference(*inputs, options),
+        torch.float64,
+    )
