@@ -33,7 +33,8 @@ def test_float64_matches_torch(case: Case, backend: str) -> None:
         got = crossent_and_grad(case.op, t, case.kwargs, g, backend)
     if not case.torch_backward:
         got, expected = got[:1], expected[:1]
-    for what, a, e in zip(("loss", "grad_input", "grad_target")[: len(got)], got, expected, strict=True):
+    names = ("loss", "grad_input", "grad_target")[: len(got)]
+    for what, a, e in zip(names, got, expected, strict=True):
         assert_close_rel(a, e, F64_RTOL, f"{case.id}/{backend}/{what}")
 
 
@@ -48,7 +49,8 @@ def test_float64_auto_impl_matches_torch(case: Case) -> None:
     got = crossent_torch(case.op, t, case.kwargs, g)
     if not case.torch_backward:
         got, expected = got[:1], expected[:1]
-    for what, a, e in zip(("loss", "grad_input", "grad_target")[: len(got)], got, expected, strict=True):
+    names = ("loss", "grad_input", "grad_target")[: len(got)]
+    for what, a, e in zip(names, got, expected, strict=True):
         assert_close_rel(a, e, F64_RTOL, f"{case.id}/auto/{what}")
 
 
@@ -65,7 +67,8 @@ def _error(a, ref):
     finite = torch.isfinite(ref) & (ref.abs() <= limit)
     if not finite.any():
         return 0.0
-    scale = ref[finite].abs().max().clamp_min(1e-30)
+    scale = ref[finite].abs().max()
+    scale = scale if scale > 0 else torch.ones_like(scale)  # all-zero reference: absolute
     err = float((a[finite] - ref[finite]).abs().max() / scale)
     return math.inf if math.isnan(err) else err  # NaN where the truth is finite: a failure
 
@@ -82,10 +85,14 @@ LOW_PRECISION_CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", LOW_PRECISION_CASES, ids=lambda c: c.id)
 def test_low_precision_no_worse_than_torch(case: Case, dtype: torch.dtype) -> None:
-    """Error against float64 no larger than torch's own in the same dtype.
+    """Error against float64 no larger than torch's own in the same dtype, plus a slack.
 
-    Slack: one unit roundoff of the dtype (relative to the result's scale), i.e. one rounding of
-    the output, which either implementation may land on differently.
+    Slack, in units roundoff ``u`` of the dtype (relative to the result's scale): float16 and
+    bfloat16 are computed in float32 and rounded once, so ``u`` (one rounding of the output,
+    which either implementation may land on differently). float32 is computed in float32 by the
+    fused kernels (max, exp, sum, log, the reduction: a handful of roundings of at most ``u``
+    each), so ``4 u``: on a given small case torch's roundings may happen to cancel (its error
+    varies from 0 to a few ``u`` from case to case) while ours do not.
     """
     t64 = case.tensors()
     t = {k: (v.to(dtype) if v.dtype.is_floating_point else v) for k, v in t64.items()}
@@ -96,7 +103,7 @@ def test_low_precision_no_worse_than_torch(case: Case, dtype: torch.dtype) -> No
     truth = torch_oracle(case.op, exact_inputs, case.kwargs, g.to(torch.float64))
     theirs = torch_oracle(case.op, t, case.kwargs, g)
     ours = crossent_torch(case.op, t, case.kwargs, g)
-    slack = torch.finfo(dtype).eps / 2
+    slack = torch.finfo(dtype).eps / 2 * (4 if dtype == torch.float32 else 1)
     for i, what in enumerate(("loss", "grad_input", "grad_target")):
         if truth[i] is None:
             continue

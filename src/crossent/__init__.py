@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from crossent.functional import CrossEntropyOutput as CrossEntropyOutput
 from crossent.functional import LossAndGrad as LossAndGrad
 from crossent.functional import binary_cross_entropy as binary_cross_entropy
 from crossent.functional import binary_cross_entropy_and_grad as binary_cross_entropy_and_grad
@@ -21,6 +22,7 @@ from crossent.functional import (
 )
 from crossent.functional import cross_entropy as cross_entropy
 from crossent.functional import cross_entropy_and_grad as cross_entropy_and_grad
+from crossent.functional import cross_entropy_with_extras as cross_entropy_with_extras
 from crossent.functional import log_softmax as log_softmax
 from crossent.functional import logsumexp as logsumexp
 from crossent.functional import nll_loss as nll_loss
@@ -37,26 +39,38 @@ _LAZY: dict[str, tuple[str, str]] = {
     "diagnose": ("crossent.diagnostics", ""),
     "Finding": ("crossent.diagnostics", ""),
     "DiagnosticWarning": ("crossent.diagnostics", ""),
+    "linear_cross_entropy": ("crossent.linear", "torch"),
+    "linear_cross_entropy_with_extras": ("crossent.linear", "torch"),
+    "plan_blocks": ("crossent.linear", "torch"),
+    "models": ("crossent.models", "sklearn"),
+    "SoftmaxRegression": ("crossent.models", "sklearn"),
 }
 
 __all__ = [
+    "CrossEntropyOutput",
     "DiagnosticWarning",
     "Explanation",
     "Finding",
     "LossAndGrad",
+    "SoftmaxRegression",
     "binary_cross_entropy",
     "binary_cross_entropy_and_grad",
     "binary_cross_entropy_with_logits",
     "binary_cross_entropy_with_logits_and_grad",
     "cross_entropy",
     "cross_entropy_and_grad",
+    "cross_entropy_with_extras",
     "diagnose",
     "explain",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_extras",
     "log_softmax",
     "logsumexp",
+    "models",
     "nll_loss",
     "nll_loss_and_grad",
     "nn",
+    "plan_blocks",
     "softmax",
 ]
 

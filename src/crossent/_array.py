@@ -6,9 +6,16 @@ here: ``array_api_compat`` recognises torch tensors only if torch is already loa
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import array_api_compat
+
+
+def _torch_tensor_type() -> type | None:
+    """torch.Tensor if torch is already imported (never imports it)."""
+    torch = sys.modules.get("torch")
+    return getattr(torch, "Tensor", None)
 
 
 def namespace(*arrays: Any) -> Any:
@@ -18,6 +25,13 @@ def namespace(*arrays: Any) -> Any:
     (a Python list, a scalar) or when arrays from different libraries are mixed.
     """
     present = [a for a in arrays if a is not None]
+    tensor = _torch_tensor_type()
+    if tensor is not None and present and all(isinstance(a, tensor) for a in present):
+        # The common torch case, decided without array-api-compat's cached helpers (which
+        # torch.compile would have to step around).
+        import array_api_compat.torch as xp_torch
+
+        return xp_torch
     for a in present:
         if not array_api_compat.is_array_api_obj(a):
             raise TypeError(
@@ -35,7 +49,8 @@ def namespace(*arrays: Any) -> Any:
 
 def is_torch(x: Any) -> bool:
     """True for a torch.Tensor (without importing torch)."""
-    return array_api_compat.is_torch_array(x)
+    tensor = _torch_tensor_type()
+    return tensor is not None and isinstance(x, tensor)
 
 
 def is_floating(xp: Any, dtype: Any) -> bool:

@@ -1,4 +1,10 @@
-"""Route a validated torch cross_entropy call to the fused kernels (imported lazily)."""
+"""Route a validated torch cross-entropy call to the fused kernels.
+
+The functional layer has validated the arguments; here the input is brought to 2-D rows
+``(M, C)`` (classes last), handed to :func:`crossent._fused_op.fused_cross_entropy` with the
+``cpu`` (blocked torch ops) or ``triton`` row kernel, and the per-position outputs are shaped
+back. Imported only for torch tensors.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,54 @@ from typing import Any
 
 import torch
 
+from crossent._fused_op import FusedUnsupported, fused_cross_entropy
+from crossent.backends.rows import RowOptions
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """(C,) -> (1, C); (N, C) as is; (N, C, d...) -> (N*d..., C) (a copy, classes last)."""
+    if x.dim() == 1:
+        return x.unsqueeze(0)
+    if x.dim() == 2:
+        return x
+    return x.movedim(1, -1).reshape(-1, x.shape[1])
+
 
 def cross_entropy(
-    choice: str, input: torch.Tensor, target: torch.Tensor, weight: Any, options: dict, impl: str
-) -> torch.Tensor | None:
-    """Run the fused path; None means "use the reference" (only when ``impl="auto"``)."""
-    return None
+    choice: str,
+    impl: str,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    layout: Any,
+    options: dict,
+    z_loss: float,
+    softcap: float | None,
+    inplace_backward: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``(loss, z_loss, lse)`` from the fused path; None when ``impl="auto"`` must fall back to
+    the reference (the fused path cannot serve these arguments)."""
+    rows = _rows(input)
+    target_rows = _rows(target) if layout.probabilities else target.reshape(-1)
+    row_options = RowOptions(
+        ignore_index=options["ignore_index"],
+        label_smoothing=options["label_smoothing"],
+        z_loss=z_loss,
+        softcap=softcap,
+    )
+    try:
+        loss, z, lse = fused_cross_entropy(
+            rows, target_rows, weight, row_options, options["reduction"],
+            kernel="triton" if choice == "triton" else "cpu",
+            inplace_backward=inplace_backward,
+        )  # fmt: skip
+    except FusedUnsupported as exc:
+        if impl == "auto":
+            return None
+        raise ValueError(
+            f"impl={impl!r} cannot serve this call: {exc}; use impl='reference' (or 'auto')"
+        ) from exc
+    shape = () if input.dim() == 1 else (input.shape[0], *input.shape[2:])
+    if options["reduction"] == "none":
+        loss, z = loss.reshape(shape), z.reshape(shape)
+    return loss, z, lse.reshape(shape)

@@ -8,6 +8,7 @@ any Array API array (the result has the input's array type). For arrays without 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -25,6 +26,7 @@ from crossent._array import (
 from crossent._dispatch import resolve_impl
 
 __all__ = [
+    "CrossEntropyOutput",
     "LossAndGrad",
     "binary_cross_entropy",
     "binary_cross_entropy_and_grad",
@@ -32,12 +34,28 @@ __all__ = [
     "binary_cross_entropy_with_logits_and_grad",
     "cross_entropy",
     "cross_entropy_and_grad",
+    "cross_entropy_with_extras",
     "log_softmax",
     "logsumexp",
     "nll_loss",
     "nll_loss_and_grad",
     "softmax",
 ]
+
+
+class CrossEntropyOutput(NamedTuple):
+    """A cross-entropy loss with its extras (:func:`cross_entropy_with_extras`,
+    :func:`crossent.linear_cross_entropy_with_extras`).
+
+    ``loss``: the loss, z-loss term included (differentiable). ``z_loss``: that term alone,
+    ``z_loss * lse**2`` reduced like the loss (detached, for logging). ``lse``: the log-sum-exp
+    of each position's (soft-capped) logits, shaped like the ``reduction="none"`` loss, float32
+    (float64 for float64 inputs), 0 at ignored positions (detached).
+    """
+
+    loss: Any
+    z_loss: Any
+    lse: Any
 
 
 class LossAndGrad(NamedTuple):
@@ -200,7 +218,11 @@ def _check_grad_output(xp: Any, grad_output: Any, reduction: str, loss_shape: tu
         )
 
 
-def _prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing):
+def _prepare_cross_entropy(
+    input, target, weight, ignore_index, reduction, label_smoothing, *, check_range=True
+):
+    """Validate; the target range is checked here unless the caller defers it to the fused op
+    (which checks it inside a custom op, invisible to torch.compile)."""
     xp = namespace(input, target, weight)
     reduction = check.check_reduction(reduction)
     ignore_index = check.check_ignore_index(ignore_index)
@@ -208,7 +230,7 @@ def _prepare_cross_entropy(input, target, weight, ignore_index, reduction, label
     layout = check.check_cross_entropy_args(
         xp, input, target, weight, ignore_index, label_smoothing
     )
-    if not layout.probabilities:
+    if check_range and not layout.probabilities:
         check.check_target_range(xp, target, layout.num_classes, ignore_index)
     options = {
         "probabilities": layout.probabilities,
@@ -228,6 +250,7 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     *,
     impl: str = "auto",
+    inplace_backward: bool = False,
 ) -> Any:
     r"""Cross-entropy between logits ``input`` and class indices or class probabilities.
 
@@ -251,9 +274,18 @@ def cross_entropy(
     Deviations: a negative or NaN ``label_smoothing`` raises ValueError (torch ignores it); an
     out-of-range target raises IndexError on every device (torch asserts on CUDA).
 
-    ``impl`` selects the implementation for torch tensors: ``"auto"`` (the fused kernel where
-    it serves the arguments, else the reference), ``"reference"``, ``"fused"`` (blocked torch
-    ops; any device), ``"triton"`` (CUDA). NumPy and other arrays always use the reference.
+    ``impl`` selects the implementation for torch tensors: ``"auto"`` (the Triton kernel on
+    CUDA when Triton is installed, else the fused blocked torch-ops kernel, falling back to the
+    reference where the fused path cannot serve the arguments: a probability target or class
+    weight that requires grad), ``"reference"``, ``"fused"``, ``"triton"``. NumPy and other
+    arrays always use the reference. The fused paths compute the gradient in the forward pass
+    and save only it; they support neither double backward nor a second backward through the
+    same graph (both raise; use ``impl="reference"``).
+
+    ``inplace_backward=True`` (opt-in; fused/triton only) writes the gradient into the logits'
+    own storage, so the loss needs no memory of the logits' size: the logits are consumed. It is
+    refused (RuntimeError) for a leaf tensor and for logits autograd still needs (e.g. the saved
+    output of a ``tanh``); it saves memory only for 1-D/2-D inputs with unit class stride.
 
     >>> import numpy as np, crossent
     >>> float(crossent.cross_entropy(np.array([2.0, 4.0, 0.5]), np.array(1)))  # doctest: +ELLIPSIS
@@ -267,17 +299,129 @@ def cross_entropy(
         "cross_entropy", input, target, weight, ignore_index=ignore_index, reduction=reduction,
         label_smoothing=label_smoothing,
     )
-    _, _, options = _prepare_cross_entropy(
-        input, target, weight, ignore_index, reduction, label_smoothing
+    return _cross_entropy_dispatch(
+        input, target, weight, ignore_index, reduction, label_smoothing, 0.0, None, impl,
+        inplace_backward, want_extras=False,
+    ).loss
+
+
+def cross_entropy_with_extras(
+    input: Any,
+    target: Any,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    impl: str = "auto",
+    inplace_backward: bool = False,
+) -> CrossEntropyOutput:
+    r""":func:`cross_entropy` with the extras large-vocabulary training asks for, computed in
+    the same sweep by the fused kernels: returns :class:`CrossEntropyOutput`
+    ``(loss, z_loss, lse)``.
+
+    * ``softcap`` (None = off): the logits are replaced by ``softcap * tanh(input / softcap)``
+      before anything else (Gemma-style soft-capping; the gradient has its chain rule).
+    * ``z_loss`` (>= 0): ``z_loss * lse_i**2`` is added to each kept position's loss before the
+      reduction, with the same ``mean`` denominator (PaLM's z-loss; pulls ``log Z`` to 0).
+    * ``lse``: the per-position log-sum-exp of the (soft-capped) logits.
+
+    With ``z_loss=0`` and ``softcap=None``, ``loss`` equals :func:`cross_entropy`. The plain
+    PyTorch expression it equals::
+
+        z = softcap * torch.tanh(x / softcap)            # or x
+        lse = torch.logsumexp(z, dim=1)                  # 0 at ignored positions
+        loss = F.cross_entropy(z, target, ...) + reduce(z_loss * lse**2)
+
+    >>> import numpy as np, crossent
+    >>> out = crossent.cross_entropy_with_extras(np.array([[2.0, 4.0, 0.5]]), np.array([1]),
+    ...                                          z_loss=1e-4)
+    >>> round(float(out.lse[0]), 6), round(float(out.z_loss), 8), round(float(out.loss), 6)
+    (4.153178, 0.00172489, 0.154903)
+    """
+    return _cross_entropy_dispatch(
+        input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, impl,
+        inplace_backward,
     )
+
+
+def _check_extras(z_loss: Any, softcap: Any) -> tuple[float, float | None]:
+    if isinstance(z_loss, bool) or not isinstance(z_loss, (int, float)):
+        raise TypeError(f"z_loss must be a float, not {type(z_loss).__name__}")
+    if not (z_loss >= 0 and z_loss < float("inf")):
+        raise ValueError(f"z_loss must be a finite number >= 0, got {z_loss}")
+    if softcap is not None:
+        if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+            raise TypeError(f"softcap must be a float or None, not {type(softcap).__name__}")
+        if not (softcap > 0 and softcap < float("inf")):
+            raise ValueError(f"softcap must be a finite number > 0 (or None), got {softcap}")
+        softcap = float(softcap)
+    return float(z_loss), softcap
+
+
+def _cross_entropy_dispatch(
+    input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, impl,
+    inplace_backward, *, want_extras=True,
+) -> CrossEntropyOutput:
+    """Validate once, then run the fused torch path or the reference (which computes the
+    ``z_loss``/``lse`` extras only when ``want_extras``)."""
+    z_loss, softcap = _check_extras(z_loss, softcap)
     choice = resolve_impl(impl, input)
+    xp, layout, options = _prepare_cross_entropy(
+        input, target, weight, ignore_index, reduction, label_smoothing,
+        check_range=choice == "reference",
+    )
     if choice != "reference":
         from crossent import _torch_dispatch
 
-        out = _torch_dispatch.cross_entropy(choice, input, target, weight, options, impl)
+        out = _torch_dispatch.cross_entropy(
+            choice, impl, input, target, weight, layout, options, z_loss, softcap,
+            inplace_backward,
+        )
         if out is not None:
-            return out
-    return _run_reference(_ce_fn, options, input, target, weight)
+            return CrossEntropyOutput(*out)
+        if not layout.probabilities:  # the fused path declined: check here instead
+            check.check_target_range(xp, target, layout.num_classes, options["ignore_index"])
+    if inplace_backward:
+        raise ValueError(
+            "inplace_backward=True needs the fused kernels (impl='fused' or 'triton' on torch "
+            "tensors); the reference path serves this call"
+            + ("" if is_torch(input) else f" ({type(input).__module__.split('.')[0]} arrays)")
+        )
+    if not want_extras:
+        return CrossEntropyOutput(_run_reference(_ce_fn, options, input, target, weight), None,
+                                  None)
+    return _reference_extras(xp, input, target, weight, layout, options, z_loss, softcap)
+
+
+def _reference_extras(xp, input, target, weight, layout, options, z_loss, softcap):
+    """The extras composed from the reference: softcap, cross_entropy, logsumexp, z-term."""
+    from crossent._array import compute_dtype
+    from crossent._reduction import index_mean_denominator, reduce
+    from crossent.reference.softmax import constant
+
+    z = input if softcap is None else softcap * xp.tanh(input / softcap)
+    loss = _run_reference(_ce_fn, options, z, target, weight)
+    class_axis = 0 if input.ndim == 1 else 1
+    with _quiet(xp):
+        lse = reference.logsumexp(xp, xp.astype(z, compute_dtype(xp, z.dtype)), (class_axis,))
+        acc = xp.float64 if str(input.dtype).endswith("float64") else xp.float32
+        lse = xp.astype(lse, acc)
+        if layout.probabilities:
+            denominator = math.prod(lse.shape)  # M positions (1 when unbatched)
+        else:
+            kept = xp.reshape(target, lse.shape) != options["ignore_index"]
+            lse = xp.where(kept, lse, xp.zeros_like(lse))
+            denominator = index_mean_denominator(
+                xp, xp.reshape(target, (-1,)), weight, options["ignore_index"], acc
+            )
+        z_term = reduce(xp, z_loss * lse * lse, options["reduction"], denominator)
+        z_term = xp.astype(z_term, loss.dtype)
+    if z_loss:
+        loss = loss + z_term
+    return CrossEntropyOutput(loss, constant(z_term), constant(lse))
 
 
 def cross_entropy_and_grad(

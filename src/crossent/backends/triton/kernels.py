@@ -481,6 +481,13 @@ def cross_entropy_rows_kernel(
                 a += 2.0 * zeta * lse
                 if not GRAD_FROM_LSE:
                     loss += zeta * lse * lse
+            if not PROB_TARGET:
+                # An out-of-range class index (not checked on the host while a CUDA graph is
+                # captured) poisons its row's loss and gradient with NaN, never a wrong number.
+                poison = tl.where(valid, 0.0, float("nan"))
+                a += poison
+                if not GRAD_FROM_LSE:
+                    loss += poison
             if not GRAD_FROM_LSE:
                 tl.store(loss_ptr + row64, loss)
                 tl.store(lse_ptr + row64, lse)

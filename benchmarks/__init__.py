@@ -1,0 +1,1 @@
+"""crossent benchmark suites; run ``python -m benchmarks --help`` (API in ``harness``)."""

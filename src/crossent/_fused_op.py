@@ -1,0 +1,483 @@
+"""The fused torch path: ``torch.library`` custom ops around the row kernels, and their autograd.
+
+Only torch code paths import this module (it registers the ``crossent::`` ops on import).
+
+Forward (``crossent::fused_cross_entropy``): one sweep of the row kernel computes the per-row
+losses, the log-sum-exps and, when a gradient will be needed, the gradient itself. For ``mean``
+the CPU kernel folds ``1/D`` into the gradient rows while they are in cache; with a kernel that
+cannot, ``1/D`` stays *pending* for the backward. Nothing of size ``N x C`` is saved except the
+gradient.
+
+Backward (``crossent::scale_gradient_rows_``): multiplies the saved gradient **in place** by the
+upstream gradient times the pending factor (a scalar for ``mean``/``sum``, one value per row for
+``none``) and returns it, so the backward allocates nothing and peak memory stays at one
+logits-size buffer. On CPU a total factor of exactly 1 (``loss.backward()``) skips the
+multiply, so the backward is then O(1). Because the saved buffer is consumed, a second
+backward through the same graph (``retain_graph=True``) raises a ``RuntimeError`` instead of
+returning a doubly scaled gradient; so does ``create_graph=True`` (no double backward).
+
+In-place mode (``inplace_backward=True``): the gradient is written into the logits' own storage
+(no gradient buffer at all). See :func:`check_inplace_allowed` for exactly what is refused and
+what cannot be detected.
+
+Both custom ops have fake kernels, so ``torch.compile(fullgraph=True)`` traces through them
+without graph breaks; the forward never reads a tensor value on the host.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from crossent import _reduction
+from crossent.backends import cpu
+from crossent.backends.rows import RowOptions, accumulation_dtype
+
+KERNELS: tuple[str, ...] = ("cpu", "triton")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+_SECOND_BACKWARD = (
+    "crossent's fused cross-entropy saves one gradient buffer and scales it in place during the "
+    "backward pass, so it cannot be backpropagated through twice (retain_graph=True). Run the "
+    "loss forward again, or use impl='reference' for repeated backward passes."
+)
+
+_DOUBLE_BACKWARD = (
+    "crossent's fused cross-entropy has no double backward (create_graph=True): its gradient is "
+    "computed in the forward pass. Use impl='reference' for higher-order gradients."
+)
+
+
+class FusedUnsupported(NotImplementedError):
+    """The fused path cannot serve this combination of arguments (the message says why)."""
+
+
+def _torch_namespace() -> Any:
+    import array_api_compat.torch as xp
+
+    return xp
+
+
+# ------------------------------------------------------------------------------------------------
+# the forward computation shared by the functional and the in-place op
+
+
+def _rows_kernel(kernel: str):
+    if kernel == "cpu":
+        return cpu.cross_entropy_rows
+    try:
+        from crossent.backends.triton import cross_entropy_rows
+    except ImportError as exc:  # triton missing, or the backend is not there yet
+        raise FusedUnsupported(f"the 'triton' kernel is not available: {exc}") from exc
+    return cross_entropy_rows
+
+
+def _denominator(
+    target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """``mean`` denominator as a 0-d tensor: total kept weight (index) or M (probabilities)."""
+    if target.is_floating_point():
+        return torch.tensor(float(target.shape[0]), dtype=dtype, device=target.device)
+    xp = _torch_namespace()
+    return _reduction.index_mean_denominator(xp, target, weight, ignore_index, dtype)
+
+
+def _reduce(rows: torch.Tensor, reduction: str, denominator: torch.Tensor) -> torch.Tensor:
+    return _reduction.reduce(_torch_namespace(), rows, reduction, denominator)
+
+
+def _forward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    options: RowOptions,
+    reduction: str,
+    kernel: str,
+    grad: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the row kernel (writing ``grad`` if given) and reduce.
+
+    Returns ``(loss, z_loss, lse, pending)``. ``pending`` (0-d) is the factor the backward must
+    still apply to ``grad`` besides the upstream gradient: 1 when the CPU kernel folded ``1/D``
+    of ``mean`` into the gradient rows while they were in cache (measured: a whole-tensor
+    multiply in the backward costs more than that), ``1/D`` for ``mean`` with another kernel.
+    """
+    acc = accumulation_dtype(logits.dtype)
+    _check_targets(target, logits.shape[1], options.ignore_index)
+    denominator = _denominator(target, weight, options.ignore_index, acc)
+    rows_kernel = _rows_kernel(kernel)
+    fold = kernel == "cpu" and reduction == "mean" and grad is not None
+    if kernel == "cpu":
+        row_scale = 1.0 / denominator if fold else None
+        rows, lse = rows_kernel(logits, target, weight, options, grad, row_scale=row_scale)
+    else:
+        rows, lse = rows_kernel(logits, target, weight, options, grad)
+    if reduction == "mean" and not fold:
+        pending = 1.0 / denominator
+    else:
+        pending = torch.ones((), dtype=acc, device=logits.device)
+    loss = _reduce(rows, reduction, denominator)
+    if options.z_loss:
+        z_rows = options.z_loss * lse * lse
+    else:
+        z_rows = torch.zeros_like(lse)
+    z_loss = _reduce(z_rows, reduction, denominator)
+    if target.is_floating_point() and reduction == "sum" and logits.shape[0] == 0:
+        loss = -loss  # torch's soft-target sum of nothing is -0.0
+    return loss.to(logits.dtype), z_loss.to(logits.dtype), lse, pending
+
+
+def _check_targets(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    """Out-of-range class indices raise IndexError (value, position, valid range).
+
+    Runs inside the custom op, so ``torch.compile`` sees no data-dependent Python. On CUDA it
+    reads one flag (a synchronisation); while a CUDA graph is being captured it cannot, so it is
+    skipped and the Triton kernel poisons such rows with NaN instead: never a silently wrong
+    number.
+    """
+    if target.is_floating_point():
+        return
+    if target.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    from crossent._validation import check_target_range
+
+    check_target_range(_torch_namespace(), target, num_classes, ignore_index)
+
+
+def _options(ignore_index: int, label_smoothing: float, z_loss: float, softcap: float | None):
+    return RowOptions(
+        ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap
+    )
+
+
+def _fake_outputs(logits, target, reduction):
+    acc = accumulation_dtype(logits.dtype)
+    shape = (logits.shape[0],) if reduction == "none" else ()
+    loss, z_loss = logits.new_empty(shape), logits.new_empty(shape)
+    lse = logits.new_empty((logits.shape[0],), dtype=acc)
+    return loss, z_loss, lse, logits.new_empty((), dtype=acc)
+
+
+_ARGS = (
+    "Tensor target, Tensor? weight, int ignore_index, float label_smoothing, float z_loss, "
+    "float? softcap, str reduction, str kernel"
+)
+
+
+# Rename an op (e.g. a ``_v2`` suffix) whenever its schema changes: compiled-graph caches key on
+# the name, so an old cached graph could otherwise meet a new op.
+@torch.library.custom_op(
+    "crossent::fused_cross_entropy",
+    mutates_args=(),
+    schema=f"(Tensor logits, {_ARGS}, bool compute_grad) -> "
+    "(Tensor, Tensor, Tensor, Tensor, Tensor)",
+)
+def _fused_op(
+    logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, kernel,
+    compute_grad,
+):  # fmt: skip
+    options = _options(ignore_index, label_smoothing, z_loss, softcap)
+    grad = cpu.empty_gradient(logits) if compute_grad else None
+    loss, z, lse, pending = _forward(logits, target, weight, options, reduction, kernel, grad)
+    if grad is None:
+        grad = logits.new_empty((0,))
+    return loss, z, lse, pending, grad
+
+
+@_fused_op.register_fake
+def _(
+    logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, kernel,
+    compute_grad,
+):  # fmt: skip
+    grad = logits.new_empty(logits.shape if compute_grad else (0,))
+    return (*_fake_outputs(logits, target, reduction), grad)
+
+
+@torch.library.custom_op(
+    "crossent::fused_cross_entropy_inplace_",
+    mutates_args=("logits",),
+    schema=f"(Tensor(a!) logits, {_ARGS}) -> (Tensor, Tensor, Tensor, Tensor)",
+)
+def _fused_inplace_op(
+    logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, kernel
+):
+    options = _options(ignore_index, label_smoothing, z_loss, softcap)
+    return _forward(logits, target, weight, options, reduction, kernel, logits)
+
+
+@_fused_inplace_op.register_fake
+def _(logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, kernel):
+    return _fake_outputs(logits, target, reduction)
+
+
+@torch.library.custom_op(
+    "crossent::scale_gradient_rows_",
+    mutates_args=("grad",),
+    schema="(Tensor(a!) grad, Tensor scale, Tensor? kept) -> ()",
+)
+def _scale_op(grad, scale, kept):
+    """``grad *= scale`` (0-d) or ``grad *= scale[:, None]`` ((M,)); rows with ``kept`` False
+    stay 0 (times a non-finite scale too, as in torch)."""
+    if grad.numel() == 0:
+        return
+    if scale.dim() == 0 and grad.device.type == "cpu" and scale.device.type == "cpu":
+        value = float(scale)  # a CPU read, not a device synchronisation
+        if value == 1.0:
+            return
+        if math.isfinite(value) or kept is None:
+            grad.mul_(scale)
+            return
+    rows = torch.broadcast_to(scale.to(grad.dtype), (grad.shape[0],))
+    if kept is not None:
+        rows = torch.where(kept, rows, torch.zeros((), dtype=rows.dtype, device=rows.device))
+    grad.mul_(rows[:, None])
+
+
+@_scale_op.register_fake
+def _(grad, scale, kept):
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# autograd
+
+
+def _scale_saved_gradient(ctx, grad_loss: torch.Tensor) -> torch.Tensor:
+    """Scale the saved gradient in place by ``grad_loss * pending`` and return it."""
+    grad, target, pending = ctx.saved_tensors
+    kept = None if ctx.soft_target else target != ctx.ignore_index
+    torch.ops.crossent.scale_gradient_rows_(grad, grad_loss * pending, kept)
+    return grad
+
+
+def _remember(ctx, target, ignore_index) -> None:
+    ctx.soft_target = target.is_floating_point()
+    ctx.ignore_index = ignore_index
+    ctx.consumed = False
+
+
+def _consume(ctx) -> None:
+    if ctx.consumed:
+        raise RuntimeError(_SECOND_BACKWARD)
+    if torch.is_grad_enabled():
+        raise RuntimeError(_DOUBLE_BACKWARD)
+    ctx.consumed = True
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    target, ignore_index = inputs[1], inputs[3]
+    _, z, lse, pending, grad = output
+    ctx.mark_non_differentiable(z, lse, pending, grad)
+    ctx.set_materialize_grads(False)  # no N x C zeros for the unused gradient outputs
+    ctx.save_for_backward(grad, target, pending)
+    _remember(ctx, target, ignore_index)
+
+
+def _backward(ctx, grad_loss, *unused):
+    _consume(ctx)
+    if grad_loss is None:
+        return (None,) * 10
+    return (_scale_saved_gradient(ctx, grad_loss), *([None] * 9))
+
+
+_fused_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _InplaceFusedCrossEntropy(torch.autograd.Function):
+    """Forward overwrites ``logits`` with the gradient; backward scales and returns that storage."""
+
+    @staticmethod
+    def forward(ctx, logits, target, weight, ignore_index, eps, zeta, cap, reduction, kernel):
+        loss, z, lse, pending = torch.ops.crossent.fused_cross_entropy_inplace_(
+            logits, target, weight, ignore_index, eps, zeta, cap, reduction, kernel
+        )
+        ctx.mark_non_differentiable(z, lse)
+        ctx.set_materialize_grads(False)
+        # Saved after the mutation: any later write to the logits fails torch's version check.
+        ctx.save_for_backward(logits, target, pending)
+        _remember(ctx, target, ignore_index)
+        return loss, z, lse
+
+    @staticmethod
+    def backward(ctx, grad_loss, *unused):
+        _consume(ctx)
+        if grad_loss is None:
+            return (None,) * 9
+        return (_scale_saved_gradient(ctx, grad_loss), *([None] * 8))
+
+
+# ------------------------------------------------------------------------------------------------
+# checks and the entry point
+
+
+def check_supported(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
+) -> None:
+    """Raise :class:`FusedUnsupported` when the fused path cannot compute this call exactly."""
+    if logits.dtype not in FLOAT_DTYPES:
+        raise FusedUnsupported(f"logits dtype {logits.dtype} (supported: float16/bfloat16/32/64)")
+    if weight is not None and weight.requires_grad:
+        raise FusedUnsupported("class weights that require grad (the fused path has no weight "
+                               "gradient)")  # fmt: skip
+    if target.is_floating_point():
+        if target.requires_grad:
+            raise FusedUnsupported("a probability target that requires grad (the fused path has "
+                                   "no target gradient)")  # fmt: skip
+        promoted = torch.promote_types(logits.dtype, target.dtype)
+        if weight is not None:
+            promoted = torch.promote_types(promoted, weight.dtype)
+        if promoted != logits.dtype:
+            raise FusedUnsupported(
+                f"probability target/weight dtypes promote the loss to {promoted} while the logits "
+                f"are {logits.dtype} (the fused kernel computes in the logits' precision)"
+            )
+
+
+def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    try:
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    except RuntimeError:  # pragma: no cover - tensors without storage
+        return False
+
+
+def _saved_tensors_of(node: Any) -> list[torch.Tensor]:
+    found = []
+    for name in dir(node):
+        if not name.startswith("_saved_"):
+            continue
+        try:
+            value = getattr(node, name)
+        except RuntimeError:  # saved tensors already freed
+            continue
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        found.extend(v for v in values if isinstance(v, torch.Tensor))
+    return found
+
+
+def check_inplace_allowed(logits: torch.Tensor) -> None:
+    """Refuse (RuntimeError) an in-place gradient write that would corrupt autograd state.
+
+    Refused:
+
+    * ``logits`` is a leaf that requires grad, or a view of one (its ``.grad`` would alias its own
+      values, and the user's parameters would be overwritten);
+    * the autograd node that produced ``logits`` (or, through view nodes, any node up to three
+      levels back) saved a tensor sharing the logits' storage, e.g. the output of ``tanh``,
+      ``exp``, ``sigmoid`` or ``softmax`` (``grad_fn._saved_result``), which its backward would
+      read after it was overwritten.
+
+    Caught by torch itself, because the write bumps the logits' version counter: any other
+    autograd node that saved the logits (a second loss term computed from them before this call)
+    raises "modified by an inplace operation" during backward, and so does a write to the logits
+    after this call.
+
+    Not detectable: plain reads of the logits after this call outside autograd (metrics such as
+    ``logits.argmax()`` then see gradient values, not logits), and consumers that compute from the
+    logits only after this call. With ``inplace_backward=True`` the logits are consumed.
+    """
+    base = logits._base if logits._base is not None else logits
+    if base.is_leaf and base.requires_grad:
+        raise RuntimeError(
+            "inplace_backward=True would write the gradient into a leaf tensor that requires "
+            "grad (its .grad would alias its own values). Pass logits produced by an operation "
+            "(e.g. the classifier's output), or use inplace_backward=False."
+        )
+    frontier = [fn for fn in (logits.grad_fn, base.grad_fn) if fn is not None]
+    seen: set[int] = set()
+    for _ in range(3):
+        following = []
+        for node in frontier:
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if any(_shares_storage(t, logits) for t in _saved_tensors_of(node)):
+                raise RuntimeError(
+                    f"inplace_backward=True would overwrite the logits, but autograd still needs "
+                    f"their values: {type(node).__name__} saved them for its backward. Use "
+                    f"inplace_backward=False (or produce the logits with an op that does not save "
+                    f"its result)."
+                )
+            following.extend(fn for fn, _ in node.next_functions if fn is not None)
+        frontier = following
+
+
+def fused_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    options: RowOptions,
+    reduction: str,
+    *,
+    kernel: str = "cpu",
+    inplace_backward: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused cross-entropy over rows: return ``(loss, z_loss, lse)``.
+
+    Args:
+        logits: ``(M, C)`` floating tensor, class dimension last (made contiguous if its class
+            stride is not 1).
+        target: ``(M,)`` int64/uint8 class indices or ``(M, C)`` floating probabilities.
+        weight: ``(C,)`` class weights or None (validated by the caller).
+        options: ignore_index, label_smoothing, z_loss, softcap (validated by the caller).
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``; ``mean`` divides by
+            :func:`crossent._reduction.index_mean_denominator` (the kept weight ``sum_i m_i
+            w[y_i]``) for class indices and by ``M`` for probabilities.
+        kernel: ``"cpu"`` (blocked torch ops, :mod:`crossent.backends.cpu`) or ``"triton"``.
+        inplace_backward: write the gradient into ``logits``' storage (see
+            :func:`check_inplace_allowed`).
+
+    Returns:
+        ``loss`` (differentiable w.r.t. ``logits``; the logits' dtype; shape ``(M,)`` for
+        ``none``, else 0-d), ``z_loss`` (the ``z_loss * lse**2`` part of ``loss``, reduced the
+        same way, detached) and ``lse`` (``(M,)`` per-row log-sum-exp of the soft-capped logits
+        in float32, float64 for float64 logits, 0 for ignored rows, detached).
+
+    The plain PyTorch equivalent of ``loss`` (without z-loss and softcap) is
+    ``F.cross_entropy(logits, target, weight, ignore_index=..., reduction=...,
+    label_smoothing=...)``.
+
+    Raises:
+        FusedUnsupported: the fused path cannot serve the call (see :func:`check_supported`).
+        ValueError: unknown ``kernel`` or ``reduction``.
+        RuntimeError: ``inplace_backward=True`` on logits autograd still needs.
+
+    >>> import torch
+    >>> x = torch.tensor([[2.0, 4.0, 0.5]], requires_grad=True)
+    >>> loss, z, lse = fused_cross_entropy(x, torch.tensor([1]), None, RowOptions(), "mean")
+    >>> loss.backward()
+    >>> round(loss.item(), 6), [round(v, 4) for v in x.grad[0].tolist()]
+    (0.153178, [0.1161, -0.142, 0.0259])
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown fused kernel {kernel!r}; available: {', '.join(KERNELS)}")
+    if reduction not in _reduction.REDUCTIONS:
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+    if logits.dim() != 2:
+        raise ValueError(f"fused_cross_entropy expects 2-D logits (M, C), got {logits.dim()}-D")
+    check_supported(logits, target, weight)
+    if target.is_floating_point():
+        if target.stride(-1) != 1:
+            target = target.contiguous()
+    elif target.dtype != torch.int64:
+        target = target.long()
+    if logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    args = (
+        target,
+        weight,
+        int(options.ignore_index),
+        float(options.label_smoothing),
+        float(options.z_loss),
+        None if options.softcap is None else float(options.softcap),
+        reduction,
+        kernel,
+    )
+    compute_grad = torch.is_grad_enabled() and logits.requires_grad
+    if inplace_backward and compute_grad:
+        if not torch.compiler.is_compiling():
+            check_inplace_allowed(logits)
+        return _InplaceFusedCrossEntropy.apply(logits, *args)
+    loss, z_loss, lse, _, _ = torch.ops.crossent.fused_cross_entropy(logits, *args, compute_grad)
+    return loss, z_loss, lse

@@ -1,0 +1,880 @@
+"""``linear_cross_entropy``: a linear layer and cross-entropy that never materialise the logits.
+
+``linear_cross_entropy(input, linear_weight, target, ...)`` equals
+``cross_entropy(input @ linear_weight.T + linear_bias, target, ...)`` (and torch 2.13's
+``F.linear_cross_entropy``), plus z-loss, soft-capping and a log-sum-exp output, but computes it
+through blocks of rows (and of the vocabulary, when one row block is too big for the memory
+budget) with :mod:`crossent.backends.linear_blocks`.
+
+Autograd. For ``mean`` and ``sum`` the forward computes ``dX``, ``dW`` and ``db`` while the
+logits of a block are at hand (gradients of the *reduced* loss: ``1/D`` is folded in), so the
+backward only multiplies them by the upstream gradient, in place, and hands the buffers to
+autograd (an upstream gradient of exactly 1 on CPU skips the multiply). A second backward through
+the same graph (``retain_graph=True``) finds the buffers consumed and recomputes the gradients
+from the saved inputs (correct, at the cost of one more forward+backward sweep). For ``none``
+the upstream gradient differs per row, so ``dW = sum_i g_i dZ_i^T x_i`` cannot be scaled after the
+fact: the forward runs only the logits GEMM (no gradients), and the backward reruns the engine
+with ``g`` as the row scale (logits, ``dX`` and ``dW`` GEMMs: 4 GEMMs in all instead of 3).
+
+Only torch code paths import this module (it registers two ``crossent::`` custom ops on import).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from crossent import _reduction
+from crossent import _validation as check
+from crossent._dispatch import resolve_impl
+from crossent.backends import linear_blocks
+from crossent.backends.linear_blocks import BlockPlan
+from crossent.backends.rows import RowOptions, accumulation_dtype
+from crossent.functional import CrossEntropyOutput, cross_entropy_with_extras
+
+__all__ = [
+    "BlockPlan",
+    "CrossEntropyOutput",
+    "LinearCrossEntropyLoss",
+    "default_memory_budget",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_extras",
+    "plan_blocks",
+]
+
+#: The default working-memory budget holds this many rows of full-vocabulary logits ...
+DEFAULT_BUDGET_ROWS = 384
+#: ... but at least this many bytes ...
+DEFAULT_BUDGET_MIN = 32 * 2**20
+#: ... and at most this many, and at most 1/DEFAULT_BUDGET_MEMORY_FRACTION of the device memory.
+DEFAULT_BUDGET_MAX = 256 * 2**20
+DEFAULT_BUDGET_MEMORY_FRACTION = 16
+#: On CUDA: room for this many rows of logits in the input dtype (at most 1/16 of the device).
+DEFAULT_GPU_BUDGET_ROWS = 4096
+
+
+# ------------------------------------------------------------------------------------------------
+# memory budget and block plan
+
+
+@torch.compiler.assume_constant_result
+def _device_memory(device: torch.device) -> int:
+    """Total memory of ``device`` (physical RAM for CPU), read once per trace under compile."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - non-POSIX
+        return 8 * 2**30
+
+
+def default_memory_budget(
+    num_classes: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> int:
+    """The working-memory budget used when ``memory_budget=None`` (bytes).
+
+    ``clamp(DEFAULT_BUDGET_ROWS * num_classes * b, DEFAULT_BUDGET_MIN, DEFAULT_BUDGET_MAX)``, where
+    ``b`` is the bytes per logit of a block (4 for float32, 8 for float64, 6 for
+    float16/bfloat16: the float32 block and its rounded copy), and at most 1/16 of the device's
+    total memory (physical RAM on CPU). On CUDA: room for ``DEFAULT_GPU_BUDGET_ROWS`` rows of
+    logits in the input dtype, at most 1/16 of the device's memory (tall blocks keep the GEMMs
+    on the tensor cores). It depends only on the shapes, the dtype and the device size, so the
+    plan, and with it every result bit, is reproducible on a given machine.
+
+    >>> default_memory_budget(32768) // 2**20, default_memory_budget(128256) // 2**20
+    (48, 187)
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        # Tall row blocks keep the three GEMMs at tensor-core speed and read and write the
+        # float32 dW accumulator few times: room for DEFAULT_GPU_BUDGET_ROWS rows of logits.
+        wanted = DEFAULT_GPU_BUDGET_ROWS * num_classes * dtype.itemsize
+        return int(min(wanted, _device_memory(device) // DEFAULT_BUDGET_MEMORY_FRACTION))
+    acc = accumulation_dtype(dtype)
+    per_logit = acc.itemsize + (dtype.itemsize if dtype != acc else 0)
+    wanted = DEFAULT_BUDGET_ROWS * num_classes * per_logit
+    budget = min(max(wanted, DEFAULT_BUDGET_MIN), DEFAULT_BUDGET_MAX)
+    return int(min(budget, _device_memory(device) // DEFAULT_BUDGET_MEMORY_FRACTION))
+
+
+def plan_blocks(
+    num_rows: int,
+    in_features: int,
+    num_classes: int,
+    dtype: torch.dtype = torch.float32,
+    memory_budget: int | None = None,
+    *,
+    probabilities: bool = False,
+    label_smoothing: float = 0.0,
+    softcap: bool = False,
+    gradients: bool = True,
+    kernel: str = "cpu",
+    device: torch.device | str = "cpu",
+) -> BlockPlan:
+    """The block plan :func:`linear_cross_entropy` uses for these shapes (deterministic).
+
+    ``memory_budget`` (bytes; None = :func:`default_memory_budget`) bounds the working memory:
+    the logits block, its low-precision copy, the row kernel's scratch and per-row buffers, as
+    counted by :func:`crossent.backends.linear_blocks.working_bytes`. Rule
+    (:func:`crossent.backends.linear_blocks.plan_blocks`): as many rows of full-vocabulary
+    logits as fit, if at least ``min(num_rows, 128)`` do; otherwise vocabulary blocks of about
+    1024 classes and as many rows as fit (two passes over the vocabulary: one extra logits GEMM);
+    blocks are then evened out. The keywords describe the call (probability targets, smoothing,
+    soft-capping and whether every pass computes gradients change the scratch needed).
+
+    >>> plan = plan_blocks(2048, 1024, 32768)
+    >>> plan.rows, plan.vocab, plan.vocab_blocked
+    (342, 32768, False)
+    >>> plan = plan_blocks(4096, 2048, 128256, memory_budget=8 * 2**20)
+    >>> plan.rows, plan.vocab, plan.vocab_blocked, plan.working_bytes <= 8 * 2**20
+    (274, 1440, True, True)
+    """
+    if memory_budget is None:
+        memory_budget = default_memory_budget(num_classes, dtype, device)
+    work = linear_blocks.workload(
+        num_classes, in_features, dtype, probabilities=probabilities, softcap=softcap,
+        smoothing=label_smoothing > 0, gradients=gradients, kernel=kernel,
+    )  # fmt: skip
+    return linear_blocks.plan_blocks(work, num_rows, memory_budget)
+
+
+# ------------------------------------------------------------------------------------------------
+# the custom ops
+
+
+class _OpOptions(NamedTuple):
+    """The non-tensor arguments of both custom ops, in schema order (before the grad flags)."""
+
+    ignore_index: int
+    label_smoothing: float
+    z_loss: float
+    softcap: float | None
+    reduction: str
+    kernel: str
+    rows: int
+    vocab: int
+    vocab_blocked: bool
+    kernel_rows: int
+
+
+_TENSOR_ARGS = (
+    "Tensor input, Tensor linear_weight, Tensor target, Tensor? linear_bias, Tensor? weight"
+)
+_OPTION_ARGS = (
+    "int ignore_index, float label_smoothing, float z_loss, float? softcap, str reduction, "
+    "str kernel, int rows, int vocab, bool vocab_blocked, int kernel_rows, "
+    "bool grad_input, bool grad_weight, bool grad_bias"
+)
+_NUM_ARGS = 5 + len(_OpOptions._fields) + 3
+
+
+def _result_dtype(input: Tensor, target: Tensor, weight: Tensor | None) -> torch.dtype:
+    """torch's loss dtype: the input's for class indices, the promotion for probabilities."""
+    if not target.dtype.is_floating_point:
+        return input.dtype
+    dtype = torch.promote_types(input.dtype, target.dtype)
+    return dtype if weight is None else torch.promote_types(dtype, weight.dtype)
+
+
+def _denominator(target: Tensor, weight: Tensor | None, ignore_index: int, dtype) -> Tensor:
+    """``mean`` denominator (0-d): the kept weight for class indices, the row count otherwise."""
+    import array_api_compat.torch as xp
+
+    if target.dtype.is_floating_point:
+        return torch.tensor(float(target.shape[0]), dtype=dtype, device=target.device)
+    return _reduction.index_mean_denominator(xp, target, weight, ignore_index, dtype)
+
+
+def _reduce(rows: Tensor, reduction: str, denominator: Tensor) -> Tensor:
+    import array_api_compat.torch as xp
+
+    return _reduction.reduce(xp, rows, reduction, denominator)
+
+
+def _run_engine(tensors, opts: _OpOptions, row_scale, grads) -> linear_blocks.BlockResult:
+    input, linear_weight, target, linear_bias, weight = tensors
+    options = RowOptions(opts.ignore_index, opts.label_smoothing, opts.z_loss, opts.softcap)
+    plan = BlockPlan(opts.rows, opts.vocab, opts.kernel_rows, opts.vocab_blocked, 0, 0)
+    return linear_blocks.linear_cross_entropy_blocks(
+        input, linear_weight, linear_bias, target, weight, options, plan, kernel=opts.kernel,
+        row_scale=row_scale, grad_input=grads[0], grad_weight=grads[1], grad_bias=grads[2],
+    )  # fmt: skip
+
+
+def _gradients(res: linear_blocks.BlockResult, tensors, grads) -> tuple[Tensor, Tensor, Tensor]:
+    """The requested gradients, empty tensors for the others (custom ops return tensors)."""
+    input = tensors[0]
+    return tuple(
+        g if wanted else input.new_empty((0,))
+        for g, wanted in zip((res.grad_input, res.grad_weight, res.grad_bias), grads, strict=True)
+    )
+
+
+def _fake_gradients(tensors, grads) -> tuple[Tensor, Tensor, Tensor]:
+    input, linear_weight, _, linear_bias, _ = tensors
+    return tuple(
+        torch.empty_like(like) if wanted else input.new_empty((0,))
+        for like, wanted in zip((input, linear_weight, linear_bias), grads, strict=True)
+    )
+
+
+@torch.library.custom_op(
+    "crossent::linear_cross_entropy",
+    mutates_args=(),
+    schema=f"({_TENSOR_ARGS}, {_OPTION_ARGS}) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+)
+def _forward_op(input, linear_weight, target, linear_bias, weight, *args):
+    """Loss, z-loss, per-row lse and (for mean/sum, on request) the gradients of the loss."""
+    tensors = (input, linear_weight, target, linear_bias, weight)
+    opts, grads = _OpOptions(*args[:-3]), args[-3:]
+    if not target.dtype.is_floating_point:
+        import array_api_compat.torch as xp
+
+        check.check_target_range(xp, target, linear_weight.shape[0], opts.ignore_index)
+    acc = accumulation_dtype(input.dtype)
+    denominator = _denominator(target, weight, opts.ignore_index, acc)
+    row_scale = 1.0 / denominator if opts.reduction == "mean" and any(grads) else None
+    res = _run_engine(tensors, opts, row_scale, grads)
+    out_dtype = _result_dtype(input, target, weight)
+    loss = _reduce(res.loss, opts.reduction, denominator)
+    if target.dtype.is_floating_point and opts.reduction == "sum" and input.shape[0] == 0:
+        loss = -loss  # torch's probability-target sum over no rows is -0.0
+    z_rows = opts.z_loss * res.lse * res.lse if opts.z_loss else torch.zeros_like(res.lse)
+    z = _reduce(z_rows, opts.reduction, denominator)
+    return loss.to(out_dtype), z.to(out_dtype), res.lse, *_gradients(res, tensors, grads)
+
+
+@_forward_op.register_fake
+def _(input, linear_weight, target, linear_bias, weight, *args):
+    opts, grads = _OpOptions(*args[:-3]), args[-3:]
+    shape = (input.shape[0],) if opts.reduction == "none" else ()
+    out_dtype = _result_dtype(input, target, weight)
+    lse = input.new_empty((input.shape[0],), dtype=accumulation_dtype(input.dtype))
+    loss, z = input.new_empty(shape, dtype=out_dtype), input.new_empty(shape, dtype=out_dtype)
+    return (
+        loss,
+        z,
+        lse,
+        *_fake_gradients((input, linear_weight, target, linear_bias, weight), grads),
+    )
+
+
+@torch.library.custom_op(
+    "crossent::linear_cross_entropy_backward",
+    mutates_args=(),
+    schema=f"(Tensor grad_output, {_TENSOR_ARGS}, {_OPTION_ARGS}) -> (Tensor, Tensor, Tensor)",
+)
+def _backward_op(grad_output, input, linear_weight, target, linear_bias, weight, *args):
+    """Gradients of ``sum_i g_i loss_i`` recomputed from the inputs (``g`` the upstream gradient
+    of a ``none`` loss, or of a ``sum``/``mean`` loss whose saved gradients were consumed)."""
+    tensors = (input, linear_weight, target, linear_bias, weight)
+    opts, grads = _OpOptions(*args[:-3]), args[-3:]
+    acc = accumulation_dtype(input.dtype)
+    scale = grad_output.to(acc)
+    if opts.reduction == "mean":
+        scale = scale / _denominator(target, weight, opts.ignore_index, acc)
+    return _gradients(_run_engine(tensors, opts, scale, grads), tensors, grads)
+
+
+@_backward_op.register_fake
+def _(grad_output, input, linear_weight, target, linear_bias, weight, *args):
+    return _fake_gradients((input, linear_weight, target, linear_bias, weight), args[-3:])
+
+
+# ------------------------------------------------------------------------------------------------
+# autograd
+
+_HIGHER_ORDER = (
+    "linear_cross_entropy does not support higher-order gradients (backward with "
+    "create_graph=True): its gradients are computed by the forward kernels, not by "
+    "differentiable operations. Use impl='reference' for double backward."
+)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    tensors, opts = inputs[:5], _OpOptions(*inputs[5:-3])
+    _, z, lse, grad_input, grad_weight, grad_bias = output
+    ctx.mark_non_differentiable(z, lse, grad_input, grad_weight, grad_bias)
+    ctx.set_materialize_grads(False)
+    ctx.options = opts
+    ctx.owned = None
+    if opts.reduction == "none":
+        ctx.mode = "recompute"
+        ctx.save_for_backward(*tensors)
+    elif torch.compiler.is_compiling():
+        # A traced backward cannot hand buffers over through ``ctx``: save and scale a copy.
+        ctx.mode = "saved"
+        ctx.save_for_backward(grad_input, grad_weight, grad_bias)
+    else:
+        ctx.mode = "owned"
+        ctx.save_for_backward(*tensors)  # for a second backward (retain_graph=True)
+        ctx.owned = (grad_input.detach(), grad_weight.detach(), grad_bias.detach())
+
+
+def _scale_in_place(grads: tuple[Tensor, ...], grad_output: Tensor) -> None:
+    if grad_output.device.type == "cpu" and float(grad_output) == 1.0:
+        return  # a CPU read, not a device synchronisation
+    for grad in grads:
+        grad.mul_(grad_output)
+
+
+def _backward(ctx, grad_loss, grad_z, grad_lse, grad_gx, grad_gw, grad_gb):
+    result = [None] * _NUM_ARGS
+    if grad_loss is None:
+        return tuple(result)
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        raise RuntimeError(_HIGHER_ORDER)
+    wanted = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[3])
+    if ctx.mode == "saved":
+        grads = tuple(g * grad_loss.to(g.dtype) for g in ctx.saved_tensors)
+    elif ctx.owned is not None:  # first backward: scale the forward's buffers and hand them over
+        grads, ctx.owned = ctx.owned, None
+        _scale_in_place(tuple(g for g, w in zip(grads, wanted, strict=True) if w), grad_loss)
+    else:  # reduction="none", or a second backward through the same graph
+        grads = torch.ops.crossent.linear_cross_entropy_backward(
+            grad_loss, *ctx.saved_tensors, *ctx.options, *wanted
+        )
+    result[0], result[1], result[3] = (g if w else None for g, w in zip(grads, wanted, strict=True))
+    return tuple(result)
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------
+# validation
+
+
+class _Logits(NamedTuple):
+    """Shape/dtype stand-in of the logits for the shared cross_entropy checks (no tensor)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+class _Call(NamedTuple):
+    """A validated call: what the dispatch needs beyond the tensors."""
+
+    probabilities: bool
+    ignore_index: int
+    reduction: str
+    label_smoothing: float
+    z_loss: float
+    softcap: float | None
+    out_features: tuple[int, ...]
+    batched: bool
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_linear_args(input, linear_weight, linear_bias) -> tuple[int, ...]:
+    """torch's checks of the linear part (order, types, messages); returns ``out_features``."""
+    for name, value in (("input", input), ("linear_weight", linear_weight)):
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"linear_cross_entropy(): {name} must be a Tensor, got {type(value).__name__}"
+            )
+    if linear_bias is not None and not isinstance(linear_bias, Tensor):
+        raise TypeError(
+            f"linear_cross_entropy(): linear_bias must be a Tensor or None, got "
+            f"{type(linear_bias).__name__}"
+        )
+    if input.dim() < 1 or input.dim() > 2:
+        raise RuntimeError(f"expected input with dimensionality 1 or 2, got {input.dim()}")
+    if linear_weight.dim() < 2:
+        raise RuntimeError(
+            f"expected linear_weight with dimensionality at least 2, got {linear_weight.dim()}"
+        )
+    if input.shape[-1] != linear_weight.shape[-1]:
+        raise RuntimeError(
+            f"expected equal input and linear_weight last dimensions (in_features), got "
+            f"{input.shape[-1]} and {linear_weight.shape[-1]}, respectively"
+        )
+    out_features = tuple(linear_weight.shape[1:-1])
+    num_classes = linear_weight.shape[0]
+    if linear_bias is not None and tuple(linear_bias.shape) != (num_classes, *out_features):
+        raise RuntimeError(
+            f"expected linear_bias shape {(num_classes, *out_features)}, got "
+            f"{tuple(linear_bias.shape)}"
+        )
+    if out_features and input.dim() == 1:
+        raise RuntimeError(
+            f"K-dimensional loss defined by linear_weight shape {tuple(linear_weight.shape)} "
+            f"requires batched input, (N, {input.shape[-1]}), got unbatched input with shape "
+            f"{tuple(input.shape)}"
+        )
+    if input.dtype != linear_weight.dtype:
+        raise RuntimeError(
+            f"expected m1 and m2 to have the same dtype, but got: {_dtype_name(input.dtype)} != "
+            f"{_dtype_name(linear_weight.dtype)} (input and linear_weight must share a dtype)"
+        )
+    if linear_bias is not None and linear_bias.dtype != input.dtype:
+        raise RuntimeError(
+            f"self and mat2 must have the same dtype, but got {_dtype_name(linear_bias.dtype)} "
+            f"and {_dtype_name(input.dtype)} (linear_bias must have the input's dtype)"
+        )
+    return out_features
+
+
+def _check_devices(*tensors: Tensor | None) -> None:
+    devices = {t.device for t in tensors if t is not None}
+    if len(devices) > 1:
+        raise RuntimeError(
+            f"Expected all tensors to be on the same device, but found at least two devices: "
+            f"{', '.join(sorted(str(d) for d in devices))}"
+        )
+
+
+def _check_extras(z_loss: Any, softcap: Any, memory_budget: Any) -> tuple[float, float | None]:
+    if isinstance(z_loss, bool) or not isinstance(z_loss, (int, float)):
+        raise TypeError(f"z_loss must be a float, not {type(z_loss).__name__}")
+    if not (math.isfinite(z_loss) and z_loss >= 0):
+        raise ValueError(f"z_loss must be a finite coefficient >= 0, got {z_loss}")
+    if softcap is not None:
+        if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+            raise TypeError(f"softcap must be a float or None, not {type(softcap).__name__}")
+        if not (math.isfinite(softcap) and softcap > 0):
+            raise ValueError(f"softcap must be a finite value > 0 (or None), got {softcap}")
+        softcap = float(softcap)
+    if memory_budget is not None:
+        if isinstance(memory_budget, bool) or not isinstance(memory_budget, int):
+            raise TypeError(
+                f"memory_budget must be an int (bytes) or None, not {type(memory_budget).__name__}"
+            )
+        if memory_budget <= 0:
+            raise ValueError(
+                f"memory_budget must be a positive number of bytes, got {memory_budget}"
+            )
+    return float(z_loss), softcap
+
+
+def _prepare(
+    input,
+    linear_weight,
+    target,
+    linear_bias,
+    weight,
+    reduction,
+    ignore_index,
+    label_smoothing,
+    z_loss,
+    softcap,
+    memory_budget,
+) -> _Call:
+    """Validate a call with torch's exception types (and crossent's documented deviations)."""
+    import array_api_compat.torch as xp
+
+    out_features = _check_linear_args(input, linear_weight, linear_bias)
+    if not isinstance(target, Tensor):
+        raise TypeError(
+            f"linear_cross_entropy(): target must be a Tensor, got {type(target).__name__}"
+        )
+    logits = _Logits((*input.shape[:-1], linear_weight.shape[0], *out_features), input.dtype)
+    probabilities = tuple(target.shape) == logits.shape
+    if probabilities and ignore_index is not None:
+        raise RuntimeError(
+            "ignore_index cannot be specified when target contains probabilities (got "
+            f"ignore_index={ignore_index!r}; leave it None)"
+        )
+    ignore_index = -100 if ignore_index is None else check.check_ignore_index(ignore_index)
+    reduction = check.check_reduction(reduction)
+    label_smoothing = check.check_label_smoothing(label_smoothing)
+    check.check_cross_entropy_args(xp, logits, target, weight, ignore_index, label_smoothing)
+    _check_devices(input, linear_weight, linear_bias, target, weight)
+    z_loss, softcap = _check_extras(z_loss, softcap, memory_budget)
+    return _Call(
+        probabilities,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss,
+        softcap,
+        out_features,
+        input.dim() == 2,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# dispatch
+
+
+def _kept(target: Tensor, call: _Call) -> Tensor:
+    """Kept positions, shaped like the ``none`` loss."""
+    if call.probabilities:
+        shape = target.shape[:1] + target.shape[2:] if call.batched else ()
+        return torch.ones(shape, dtype=torch.bool, device=target.device)
+    kept = target != call.ignore_index
+    return kept if call.batched else kept.reshape(())
+
+
+def _reference(
+    input, linear_weight, target, linear_bias, weight, call: _Call
+) -> CrossEntropyOutput:
+    """Materialise the logits and use crossent's reference (autograd, double backward)."""
+    num_classes = linear_weight.shape[0]
+    flat_classes = num_classes * math.prod(call.out_features)
+    logits = F.linear(
+        input,
+        linear_weight.reshape(flat_classes, input.shape[-1]),
+        None if linear_bias is None else linear_bias.reshape(flat_classes),
+    ).reshape((*input.shape[:-1], num_classes, *call.out_features))
+    return cross_entropy_with_extras(
+        logits,
+        target,
+        weight,
+        call.ignore_index,
+        call.reduction,
+        call.label_smoothing,
+        z_loss=call.z_loss,
+        softcap=call.softcap,
+        impl="reference",
+    )
+
+
+def _kernel_for(choice: str) -> str:
+    return "triton" if choice == "triton" else "cpu"
+
+
+def _blocked_2d(
+    input,
+    linear_weight,
+    target,
+    linear_bias,
+    weight,
+    call: _Call,
+    kernel: str,
+    memory_budget: int | None,
+    reduction: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One op call on 2-D operands: ``(N, D)``, ``(V, D)``, ``(N,)`` or ``(N, V)``."""
+    if input.stride(-1) != 1:
+        input = input.contiguous()
+    if linear_weight.stride(-1) != 1:
+        linear_weight = linear_weight.contiguous()
+    if not call.probabilities and target.dtype != torch.int64:
+        target = target.long()
+    n, d = input.shape
+    grad_on = torch.is_grad_enabled() and reduction != "none"
+    grads = (
+        grad_on and input.requires_grad,
+        grad_on and linear_weight.requires_grad,
+        grad_on and linear_bias is not None and linear_bias.requires_grad,
+    )
+    plan = plan_blocks(
+        n, d, linear_weight.shape[0], input.dtype, memory_budget,
+        probabilities=call.probabilities, label_smoothing=call.label_smoothing,
+        softcap=call.softcap is not None, gradients=any(grads), kernel=kernel, device=input.device,
+    )  # fmt: skip
+    opts = _OpOptions(
+        call.ignore_index, call.label_smoothing, call.z_loss, call.softcap, reduction, kernel,
+        plan.rows, plan.vocab, plan.vocab_blocked, plan.kernel_rows,
+    )  # fmt: skip
+    loss, z, lse, *_ = torch.ops.crossent.linear_cross_entropy(
+        input, linear_weight, target, linear_bias, weight, *opts, *grads
+    )
+    return loss, z, lse
+
+
+def _blocked(
+    input,
+    linear_weight,
+    target,
+    linear_bias,
+    weight,
+    call: _Call,
+    kernel: str,
+    memory_budget: int | None,
+) -> CrossEntropyOutput:
+    """Batch the input, run one op per output position (K-dimensional loss), unbatch."""
+    x = input if call.batched else input.unsqueeze(0)
+    if call.batched:
+        t = target
+    else:  # a () or (1,) class index, or a (C,) probability vector
+        t = target.unsqueeze(0) if call.probabilities else target.reshape(1)
+    if not call.out_features:
+        loss, z, lse = _blocked_2d(
+            x, linear_weight, t, linear_bias, weight, call, kernel, memory_budget, call.reduction
+        )
+        if not call.batched:
+            lse = lse.squeeze(0)
+            if call.reduction == "none":
+                loss, z = loss.squeeze(0), z.squeeze(0)
+        return CrossEntropyOutput(loss, z, lse)
+    # K-dimensional loss: position k has its own (V, D) weight slice and targets.
+    positions = math.prod(call.out_features)
+    num_classes, d = linear_weight.shape[0], linear_weight.shape[-1]
+    w3 = linear_weight.reshape(num_classes, positions, d)
+    b2 = None if linear_bias is None else linear_bias.reshape(num_classes, positions)
+    if call.probabilities:
+        t_k = t.reshape(t.shape[0], num_classes, positions)
+    else:
+        t_k = t.reshape(t.shape[0], positions)
+    per_position = "none" if call.reduction == "none" else "sum"
+    parts = [
+        _blocked_2d(
+            x,
+            w3[:, k],
+            t_k[:, :, k] if call.probabilities else t_k[:, k],
+            None if b2 is None else b2[:, k],
+            weight,
+            call,
+            kernel,
+            memory_budget,
+            per_position,
+        )
+        for k in range(positions)
+    ]
+    out_shape = (x.shape[0], *call.out_features)
+    lse = torch.stack([p[2] for p in parts], dim=1).reshape(out_shape)
+    if call.reduction == "none":
+        loss = torch.stack([p[0] for p in parts], dim=1).reshape(out_shape)
+        z = torch.stack([p[1] for p in parts], dim=1).reshape(out_shape)
+        return CrossEntropyOutput(loss, z, lse)
+    acc = accumulation_dtype(input.dtype)
+    loss = torch.stack([p[0] for p in parts]).to(acc).sum()
+    z = torch.stack([p[1] for p in parts]).to(acc).sum()
+    if call.reduction == "mean":
+        if call.probabilities:  # the number of positions
+            denominator = torch.tensor(float(x.shape[0] * positions), dtype=acc, device=x.device)
+        else:
+            denominator = _denominator(t.reshape(-1), weight, call.ignore_index, acc)
+        loss, z = loss / denominator, z / denominator
+    dtype = parts[0][0].dtype
+    return CrossEntropyOutput(loss.to(dtype), z.to(dtype), lse)
+
+
+def _unsupported(target: Tensor, weight: Tensor | None) -> str | None:
+    if target.requires_grad:
+        return "a probability target that requires grad"
+    if weight is not None and weight.requires_grad:
+        return "class weights that require grad"
+    return None
+
+
+def linear_cross_entropy_with_extras(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Tensor | None = None,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    memory_budget: int | None = None,
+    impl: str = "auto",
+) -> CrossEntropyOutput:
+    """:func:`linear_cross_entropy` returning ``(loss, z_loss, lse)`` (:class:`CrossEntropyOutput`).
+
+    >>> import torch
+    >>> x = torch.tensor([[1.0, 0.0]]); W = torch.tensor([[2.0, 0.0], [0.0, 4.0], [0.5, 0.5]])
+    >>> out = linear_cross_entropy_with_extras(x, W, torch.tensor([0]), z_loss=1e-2)
+    >>> [round(v.item(), 5) for v in out]
+    [0.35955, 0.05319, 2.30636]
+    """
+    call = _prepare(
+        input,
+        linear_weight,
+        target,
+        linear_bias,
+        weight,
+        reduction,
+        ignore_index,
+        label_smoothing,
+        z_loss,
+        softcap,
+        memory_budget,
+    )
+    choice = resolve_impl(impl, input)
+    why = _unsupported(target, weight) if choice != "reference" else None
+    if why is not None:
+        raise NotImplementedError(
+            f"linear_cross_entropy(impl={impl!r}) computes no gradient for {why}; use "
+            f"impl='reference' (it materialises the logits)"
+        )
+    if choice == "reference":
+        return _reference(input, linear_weight, target, linear_bias, weight, call)
+    return _blocked(
+        input, linear_weight, target, linear_bias, weight, call, _kernel_for(choice), memory_budget
+    )
+
+
+def linear_cross_entropy(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Tensor | None = None,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    memory_budget: int | None = None,
+    impl: str = "auto",
+) -> Tensor:
+    r"""Cross-entropy of the logits ``input @ linear_weight.T + linear_bias``, never materialised.
+
+    Equals ``torch.nn.functional.cross_entropy(input @ linear_weight.T + linear_bias, target,
+    weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)``
+    and torch 2.13's ``F.linear_cross_entropy`` with the same arguments (same shapes, K-dimensional
+    ``(C, d1, ..., dK, D)`` weights, class-index and probability targets, errors of the same
+    types). With logits ``z`` (soft-capped: ``softcap * tanh(z / softcap)`` when ``softcap`` is
+    set), ``lse_i = logsumexp(z_i)``, class weights ``w``, kept mask ``m_i = [y_i !=
+    ignore_index]``, smoothing ``eps`` and ``zeta = z_loss``:
+
+    .. math::
+
+        L_i = m_i \left[(1-\varepsilon) w_{y_i} (lse_i - z_{i,y_i})
+              + \tfrac{\varepsilon}{C} \textstyle\sum_c w_c (lse_i - z_{ic})
+              + \zeta\, lse_i^2\right]
+        \qquad \text{mean} = \frac{\sum_i L_i}{\sum_i m_i w_{y_i}}
+
+    (probability targets: ``L_i = sum_c w_c q'_ic (lse_i - z_ic) + zeta lse_i**2`` and ``mean``
+    divides by the number of positions). ``ignore_index=None`` means -100 (class indices) and
+    must stay None for probability targets, as in torch.
+
+    The ``N x C`` logits exist only one block at a time: ``memory_budget`` (bytes, None =
+    :func:`default_memory_budget`) bounds the working memory and determines the block plan
+    (:func:`plan_blocks`). Exact (no skipped terms) and deterministic (bitwise-identical loss and
+    gradients run to run). Gradients for ``mean``/``sum`` are computed in the forward pass (3
+    GEMMs in all); ``none`` recomputes in backward (4 GEMMs); vocabulary blocking (a budget
+    smaller than 128 rows of logits) adds one logits GEMM.
+
+    ``impl``: ``"auto"`` (Triton row kernel for CUDA tensors when Triton is installed, else the
+    blocked torch-ops kernel), ``"fused"`` (blocked torch ops, any device), ``"triton"``,
+    ``"reference"`` (materialises the logits; supports double backward and gradients w.r.t.
+    probability targets and their class weights, which the blocked paths refuse with
+    NotImplementedError).
+
+    Limitations of the blocked paths: no higher-order gradients (``create_graph=True`` raises);
+    ``torch.func`` transforms are not supported; under ``torch.compile`` the ops are opaque
+    custom ops (``fullgraph=True`` works) and the ``mean``/``sum`` backward scales a copy of the
+    saved gradients instead of the buffers themselves (one extra ``dW``-sized allocation); on
+    CUDA ignored rows are masked rather than skipped (skipping needs their count on the host);
+    a K-dimensional weight runs one blocked pass per output position ``k`` (its ``(C, D)`` slice),
+    and autograd assembles ``dW`` from the slices (a full-size temporary per position).
+
+    >>> import torch
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    >>> W = torch.tensor([[2.0, 0.0], [0.0, 4.0], [0.5, 0.5]])
+    >>> y = torch.tensor([0, 1])
+    >>> round(linear_cross_entropy(x, W, y).item(), 6)
+    0.176864
+    >>> round(torch.nn.functional.cross_entropy(x @ W.T, y).item(), 6)
+    0.176864
+    """
+    return linear_cross_entropy_with_extras(
+        input,
+        linear_weight,
+        target,
+        linear_bias=linear_bias,
+        weight=weight,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        memory_budget=memory_budget,
+        impl=impl,
+    ).loss
+
+
+# ------------------------------------------------------------------------------------------------
+# module
+
+
+class LinearCrossEntropyLoss(torch.nn.Module):
+    """Drop-in for ``torch.nn.LinearCrossEntropyLoss``: an owned ``Linear`` plus the loss.
+
+    Same constructor keywords as torch 2.13 (``options`` replaced by crossent's ``z_loss``,
+    ``softcap``, ``memory_budget`` and ``impl``) and the same parameters and buffers
+    (``linear.weight`` of shape ``(C * prod(out_features), in_features)``, ``linear.bias``,
+    ``weight``), so state dicts are interchangeable.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        *,
+        out_features: tuple[int, ...] = (),
+        bias: bool = False,
+        device=None,
+        dtype=None,
+        reduction: str = "mean",
+        weight: Tensor | None = None,
+        ignore_index: int | None = None,
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        memory_budget: int | None = None,
+        impl: str = "auto",
+    ) -> None:
+        if weight is not None and weight.shape != (num_classes,):
+            raise RuntimeError(
+                f"expected weight shape to be {(num_classes,)}, got {tuple(weight.shape)}"
+            )
+        if label_smoothing < 0 or label_smoothing > 1.0:
+            raise RuntimeError(
+                f"expected label_smoothing to be in range [0, 1], got {label_smoothing}"
+            )
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.reduction = reduction
+        self.num_classes = num_classes
+        self.out_features = tuple(out_features)
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+        self.z_loss = z_loss
+        self.softcap = softcap
+        self.memory_budget = memory_budget
+        self.impl = impl
+        self.linear = torch.nn.Linear(
+            in_features,
+            math.prod(self.out_features, start=num_classes),
+            bias=bias,
+            device=device,
+            dtype=dtype,
+        )
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        shape = (self.num_classes, *self.out_features)
+        bias = None if self.linear.bias is None else self.linear.bias.reshape(shape)
+        return linear_cross_entropy(
+            input,
+            self.linear.weight.reshape(*shape, self.linear.in_features),
+            target,
+            linear_bias=bias,
+            weight=self.weight,
+            reduction=self.reduction,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            z_loss=self.z_loss,
+            softcap=self.softcap,
+            memory_budget=self.memory_budget,
+            impl=self.impl,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.linear.in_features}, num_classes={self.num_classes}, "
+            f"out_features={self.out_features}, bias={self.linear.bias is not None}, "
+            f"reduction={self.reduction}, ignore_index={self.ignore_index}, "
+            f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
+            f"softcap={self.softcap}, memory_budget={self.memory_budget}, impl={self.impl}"
+        )

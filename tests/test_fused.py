@@ -1,0 +1,655 @@
+"""The fused torch path (crossent._fused_op + crossent.backends.cpu) against torch.
+
+Tolerances. float64 must equal torch to 1e-12 relative (loss and gradient). For float32, float16
+and bfloat16 the error against a float64 reference must not exceed torch's own error in that
+dtype by more than a stated slack: ``SLACK_ULPS`` units in the last place of the dtype at the
+scale of the compared values (the fused path rounds its float32 result once; torch rounds
+differently, so on a single element either may be the closer one).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from crossent import _fused_op  # noqa: E402
+from crossent._fused_op import FusedUnsupported, fused_cross_entropy  # noqa: E402
+from crossent.backends import cpu, rows  # noqa: E402
+from crossent.backends.rows import RowOptions  # noqa: E402
+
+SLACK_ULPS = 2.0
+LOW = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    """Blocks of a few rows, so every case runs several blocks and a remainder block."""
+    monkeypatch.setattr(cpu, "BLOCK_BYTES", 3 * 4 * 1000)
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+
+def make_case(m, c, dtype, *, soft=False, weight=False, ignored=0, ignore_index=-100, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(m, c, generator=gen, dtype=torch.float64) * 2).to(dtype)
+    if soft:
+        target = torch.softmax(torch.randn(m, c, generator=gen, dtype=torch.float64), 1)
+        target = target.to(dtype)
+    else:
+        target = torch.randint(0, c, (m,), generator=gen)
+        if ignored:
+            target[torch.randperm(m, generator=gen)[:ignored]] = ignore_index
+    w = (torch.rand(c, generator=gen, dtype=torch.float64) + 0.1).to(dtype) if weight else None
+    return x, target, w
+
+
+def fused(x, target, weight, reduction="mean", upstream=None, **options):
+    inplace = options.pop("inplace", False)
+    leaf = x.detach().clone().requires_grad_()
+    logits = leaf * 1 if inplace else leaf
+    loss, z, lse = fused_cross_entropy(
+        logits, target, weight, RowOptions(**options), reduction, inplace_backward=inplace
+    )
+    loss.backward(upstream if upstream is not None else torch.ones_like(loss))
+    return loss.detach(), leaf.grad, z, lse
+
+
+def torch_ce(x, target, weight, reduction="mean", upstream=None, **options):
+    leaf = x.detach().clone().requires_grad_()
+    loss = F.cross_entropy(leaf, target, weight, reduction=reduction, **options)
+    loss.backward(upstream if upstream is not None else torch.ones_like(loss))
+    return loss.detach(), leaf.grad
+
+
+def ulp(dtype, scale):
+    return torch.finfo(dtype).eps * max(scale, torch.finfo(dtype).tiny)
+
+
+def max_err(value, reference):
+    diff = (value.double() - reference.double()).abs()
+    both_nan = value.isnan() & reference.isnan()
+    diff = torch.where(both_nan, torch.zeros_like(diff), diff)
+    return diff.max().item() if diff.numel() else 0.0
+
+
+def assert_close_to_torch(x, target, weight, reduction, upstream=None, **options):
+    """float64: equal to 1e-12; lower precision: no worse than torch (+ slack) vs float64."""
+    ours_loss, ours_grad, _, _ = fused(x, target, weight, reduction, upstream, **options)
+    ours_grad = ours_grad
+    if x.dtype == torch.float64:
+        ref_loss, ref_grad = torch_ce(x, target, weight, reduction, upstream, **options)
+        torch.testing.assert_close(ours_loss, ref_loss, rtol=1e-12, atol=1e-12, equal_nan=True)
+        torch.testing.assert_close(ours_grad, ref_grad, rtol=1e-12, atol=1e-15, equal_nan=True)
+        return
+    t_loss, t_grad = torch_ce(x, target, weight, reduction, upstream, **options)
+    x64 = x.double()
+    t64 = target.double() if target.is_floating_point() else target
+    w64 = None if weight is None else weight.double()
+    up64 = None if upstream is None else upstream.double()
+    ref_loss, ref_grad = torch_ce(x64, t64, w64, reduction, up64, **options)
+    assert ours_loss.dtype == t_loss.dtype and ours_grad.dtype == x.dtype
+    assert torch.equal(ours_loss.isnan(), ref_loss.isnan())
+    for ours, theirs, ref in ((ours_loss, t_loss, ref_loss), (ours_grad, t_grad, ref_grad)):
+        scale = ref.abs().nan_to_num(0).max().item() if ref.numel() else 0.0
+        bound = max_err(theirs, ref) + SLACK_ULPS * ulp(x.dtype, scale)
+        assert max_err(ours, ref) <= bound, (max_err(ours, ref), max_err(theirs, ref), bound)
+
+
+# ------------------------------------------------------------------------------------------------
+# differential table against torch.nn.functional.cross_entropy
+
+SHAPES = [(5, 1), (7, 3), (23, 1000), (9, 4097)]
+DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_class_index_matches_torch(shape, dtype, reduction):
+    m, c = shape
+    x, target, _ = make_case(m, c, dtype, ignored=2)
+    upstream = torch.randn(m, dtype=dtype) if reduction == "none" else None
+    assert_close_to_torch(x, target, None, reduction, upstream)
+
+
+INDEX_OPTIONS = [
+    dict(weight=True),
+    dict(ignored=3),
+    dict(weight=True, ignored=3, label_smoothing=0.1),
+    dict(weight=True, ignored=3, label_smoothing=1.0),
+    dict(label_smoothing=0.1),
+    dict(ignored=4, ignore_index=0),  # ignore_index that is a valid class
+    dict(weight=True, ignored=4, ignore_index=2, label_smoothing=0.1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", INDEX_OPTIONS, ids=str)
+def test_index_options_match_torch(case, reduction, dtype):
+    case = dict(case)
+    weight, ignored = case.pop("weight", False), case.pop("ignored", 0)
+    ignore_index = case.get("ignore_index", -100)
+    x, target, w = make_case(
+        17, 301, dtype, weight=weight, ignored=ignored, ignore_index=ignore_index, seed=1
+    )
+    if ignore_index >= 0:  # some real class-`ignore_index` targets must exist too
+        target[target == ignore_index] = ignore_index
+    upstream = torch.randn(17, dtype=dtype) if reduction == "none" else None
+    assert_close_to_torch(x, target, w, reduction, upstream, **case)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weight", [False, True])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_probability_targets_match_torch(smoothing, weight, reduction, dtype):
+    x, target, w = make_case(13, 257, dtype, soft=True, weight=weight, seed=2)
+    upstream = torch.randn(13, dtype=dtype) if reduction == "none" else None
+    assert_close_to_torch(x, target, w, reduction, upstream, label_smoothing=smoothing)
+
+
+def test_unnormalised_probability_targets():
+    x, _, w = make_case(6, 50, torch.float64, weight=True)
+    target = torch.rand(6, 50, dtype=torch.float64) * 3 - 1
+    assert_close_to_torch(x, target, w, "mean", label_smoothing=0.3)
+
+
+def test_k_dim_input_flattened_matches_torch():
+    """The functional layer moves the class dim last and flattens; denominators survive."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 7, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 7, (2, 3, 4), generator=gen)
+    target[0, 1] = -100
+    w = torch.rand(7, dtype=torch.float64)
+    ref = F.cross_entropy(x, target, w, label_smoothing=0.1)
+    (ref_grad,) = torch.autograd.grad(ref, x)
+    rows_x = x.movedim(1, -1).reshape(-1, 7)
+    loss, _, _ = fused_cross_entropy(
+        rows_x, target.reshape(-1), w, RowOptions(label_smoothing=0.1), "mean"
+    )
+    (grad,) = torch.autograd.grad(loss, x)
+    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-15)
+
+
+def test_uint8_targets():
+    x, target, _ = make_case(9, 20, torch.float64)
+    target = target.to(torch.uint8)
+    target[0] = 255
+    assert_close_to_torch(x, target, None, "mean", ignore_index=255)
+
+
+def test_large_logit_offset_is_as_accurate_as_torch():
+    """Sums are taken relative to the row maximum, so a large common offset costs nothing."""
+    x, target, w = make_case(11, 500, torch.float32, weight=True, seed=4)
+    x = x + 1000
+    assert_close_to_torch(x, target, w, "mean", label_smoothing=0.1)
+    xs, ts, _ = make_case(11, 500, torch.float32, soft=True, seed=4)
+    assert_close_to_torch(xs + 1000, ts, None, "sum", label_smoothing=0.1)
+
+
+# ------------------------------------------------------------------------------------------------
+# special values and degenerate shapes
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("soft", [False, True])
+def test_empty_input(reduction, soft):
+    x = torch.empty(0, 5, requires_grad=True)
+    target = torch.empty(0, 5) if soft else torch.empty(0, dtype=torch.long)
+    loss, _, lse = fused_cross_entropy(x, target, None, RowOptions(), reduction)
+    ref = F.cross_entropy(x, target, reduction=reduction)
+    torch.testing.assert_close(loss, ref, equal_nan=True)
+    assert str(loss.item() if loss.dim() == 0 else "") == str(ref.item() if ref.dim() == 0 else "")
+    assert lse.shape == (0,)
+    if reduction != "mean":
+        loss.sum().backward()
+        assert x.grad.shape == (0, 5)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("weight", [False, True])
+def test_all_ignored_mean_is_nan_with_zero_gradient(weight, smoothing):
+    x, target, w = make_case(6, 9, torch.float32, weight=weight)
+    target[:] = -100
+    loss, grad, z, lse = fused(x, target, w, "mean", label_smoothing=smoothing)
+    assert loss.isnan() and z.isnan()
+    assert torch.equal(grad, torch.zeros_like(grad))
+    assert torch.equal(lse, torch.zeros_like(lse))
+
+
+def test_zero_weight_targets_give_nan_like_torch():
+    x, target, _ = make_case(5, 4, torch.float64)
+    w = torch.tensor([0.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+    target[:] = 0
+    target[0] = -100
+    assert_close_to_torch(x, target, w, "mean")
+
+
+def test_non_finite_logits_follow_torch():
+    x, target, _ = make_case(6, 5, torch.float64)
+    target[0] = -100
+    x[0, 1] = math.nan  # ignored row: loss 0, gradient nan (torch computes 0 * nan)
+    x[1, 2] = math.inf  # kept row: nan
+    x[2, (target[2] + 1) % 5] = -math.inf  # -inf at a non-target class: finite
+    for smoothing in (0.0, 0.1):
+        ours_loss, ours_grad, _, _ = fused(x, target, None, "none", label_smoothing=smoothing)
+        ref_loss, ref_grad = torch_ce(x, target, None, "none", label_smoothing=smoothing)
+        torch.testing.assert_close(ours_loss, ref_loss, equal_nan=True)
+        torch.testing.assert_close(ours_grad, ref_grad, equal_nan=True)
+
+
+def test_class_count_one():
+    x = torch.randn(4, 1, dtype=torch.float64)
+    assert_close_to_torch(x, torch.zeros(4, dtype=torch.long), None, "mean")
+
+
+# ------------------------------------------------------------------------------------------------
+# z-loss, soft-capping and the lse output against the row contract
+
+
+EXTRA_OPTIONS = [
+    dict(z_loss=1e-3),
+    dict(softcap=4.0),
+    dict(softcap=2.5, z_loss=0.01, label_smoothing=0.1),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("weight", [False, True])
+@pytest.mark.parametrize("options", EXTRA_OPTIONS, ids=str)
+def test_rows_kernel_matches_contract_reference(options, weight, soft, dtype):
+    x, target, w = make_case(19, 130, dtype, soft=soft, weight=weight, ignored=0 if soft else 3)
+    x = x * 3
+    opts = RowOptions(**options)
+    grad, ref_grad = torch.empty_like(x), torch.empty_like(x)
+    loss, lse = cpu.cross_entropy_rows(x, target, w, opts, grad, block_rows=4)
+    ref_loss, ref_lse = rows.cross_entropy_rows(x, target, w, opts, ref_grad)
+    assert loss.dtype == ref_loss.dtype and lse.dtype == ref_lse.dtype
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(loss, ref_loss, **tol)
+    torch.testing.assert_close(lse, ref_lse, **tol)
+    if dtype == torch.bfloat16:  # both round the same float32 values; allow one bf16 ulp
+        torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=8e-3, atol=1e-6)
+    else:
+        torch.testing.assert_close(grad, ref_grad, **tol)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("soft", [False, True])
+def test_z_loss_and_softcap_formulas_by_float64_autograd(reduction, soft):
+    zeta, cap, eps = 0.02, 3.0, 0.1
+    x, target, w = make_case(
+        10, 40, torch.float64, soft=soft, weight=True, ignored=0 if soft else 2
+    )
+    x = x * 3
+    leaf = x.clone().requires_grad_()
+    z = cap * torch.tanh(leaf / cap)
+    base = F.cross_entropy(z, target, w, reduction="none", label_smoothing=eps)
+    lse = torch.logsumexp(z, 1)
+    kept = torch.ones(10, dtype=torch.bool) if soft else target != -100
+    z_rows = torch.where(kept, zeta * lse**2, 0.0)
+    per_row = base + z_rows
+    if reduction == "none":
+        ref, ref_z = per_row, z_rows
+    elif reduction == "sum":
+        ref, ref_z = per_row.sum(), z_rows.sum()
+    else:
+        denom = 10.0 if soft else w[target[kept]].sum()
+        ref, ref_z = per_row.sum() / denom, z_rows.sum() / denom
+    upstream = torch.randn_like(ref)
+    (ref_grad,) = torch.autograd.grad(ref, leaf, upstream)
+    options = dict(z_loss=zeta, softcap=cap, label_smoothing=eps)
+    loss, grad, z_out, lse_out = fused(x, target, w, reduction, upstream, **options)
+    torch.testing.assert_close(loss, ref.detach(), rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(z_out, ref_z.detach(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(lse_out, torch.where(kept, lse, 0.0).detach(), rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_lse_and_z_loss_outputs(dtype):
+    x, target, _ = make_case(8, 33, dtype, ignored=2)
+    leaf = x.clone().requires_grad_()
+    loss, z, lse = fused_cross_entropy(leaf, target, None, RowOptions(z_loss=0.5), "sum")
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert lse.dtype == acc and not lse.requires_grad and not z.requires_grad
+    assert loss.dtype == dtype and z.dtype == dtype and loss.requires_grad
+    kept = target != -100
+    expected = torch.where(kept, torch.logsumexp(x.to(acc), 1), 0.0)
+    torch.testing.assert_close(lse, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(z.to(acc), (0.5 * lse * lse).sum().to(dtype).to(acc))
+    plain, _, _ = fused_cross_entropy(x, target, None, RowOptions(), "sum")
+    torch.testing.assert_close(loss.detach().to(acc), (plain + z).to(acc), rtol=2e-2, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# autograd contract: no saved probabilities, in-place scaling, second backward, no grad
+
+
+def test_gradient_buffer_becomes_grad_without_copy(monkeypatch):
+    pointers = []  # (keeping the buffer itself alive here would force autograd to copy it)
+    original = cpu.empty_gradient
+
+    def recording(like):
+        buffer = original(like)
+        pointers.append(buffer.data_ptr())
+        return buffer
+
+    monkeypatch.setattr(cpu, "empty_gradient", recording)
+    x, target, _ = make_case(20, 50, torch.float32)
+    x.requires_grad_()
+    loss, _, _ = fused_cross_entropy(x, target, None, RowOptions(), "mean")
+    assert len(pointers) == 1
+    loss.backward()
+    assert x.grad.data_ptr() == pointers[0]
+
+
+def test_no_gradient_buffer_without_grad(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cpu, "empty_gradient", lambda like: calls.append(like))
+    x, target, _ = make_case(20, 50, torch.float32)
+    ref = F.cross_entropy(x, target)
+    loss, _, _ = fused_cross_entropy(x, target, None, RowOptions(), "mean")
+    with torch.no_grad():
+        loss2, _, _ = fused_cross_entropy(x.requires_grad_(), target, None, RowOptions(), "mean")
+    assert calls == [] and not loss.requires_grad and not loss2.requires_grad
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(loss2, ref)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_second_backward_raises(inplace):
+    x, target, _ = make_case(6, 10, torch.float32)
+    leaf = x.clone().requires_grad_()
+    logits = leaf * 1 if inplace else leaf
+    loss, _, _ = fused_cross_entropy(
+        logits, target, None, RowOptions(), "mean", inplace_backward=inplace
+    )
+    loss.backward(retain_graph=True)
+    first = leaf.grad.clone()
+    with pytest.raises(RuntimeError, match="retain_graph"):
+        loss.backward()
+    torch.testing.assert_close(first, torch_ce(x, target, None)[1])
+
+
+def test_double_backward_raises():
+    x, target, _ = make_case(6, 10, torch.float64)
+    x.requires_grad_()
+    loss, _, _ = fused_cross_entropy(x, target, None, RowOptions(), "mean")
+    with pytest.raises(RuntimeError, match="create_graph"):
+        torch.autograd.grad(loss, x, create_graph=True)
+
+
+def test_scaling_by_upstream_gradient_of_two_losses():
+    """The loss participates in a larger graph; the upstream gradient is not 1."""
+    x, target, w = make_case(12, 30, torch.float64, weight=True, ignored=2)
+    leaf = x.clone().requires_grad_()
+    loss, _, _ = fused_cross_entropy(leaf, target, w, RowOptions(), "mean")
+    (3.5 * loss + leaf.sum()).backward()
+    ref_leaf = x.clone().requires_grad_()
+    (3.5 * F.cross_entropy(ref_leaf, target, w) + ref_leaf.sum()).backward()
+    torch.testing.assert_close(leaf.grad, ref_leaf.grad, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_non_finite_upstream_keeps_ignored_rows_zero(reduction):
+    x, target, _ = make_case(5, 6, torch.float64, ignored=2)
+    upstream = torch.full((5,) if reduction == "none" else (), math.inf, dtype=torch.float64)
+    ours = fused(x, target, None, reduction, upstream)[1]
+    ref = torch_ce(x, target, None, reduction, upstream)[1]
+    ignored = target == -100
+    assert torch.equal(ours[ignored], ref[ignored]) and not ours[ignored].any()
+    # Kept rows are non-finite in both (torch's target entry is inf - inf = nan, ours -inf).
+    assert not ours[~ignored].isfinite().any() and not ref[~ignored].isfinite().any()
+
+
+# ------------------------------------------------------------------------------------------------
+# in-place mode
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize(
+    "options", [dict(), dict(label_smoothing=0.1, z_loss=1e-3, softcap=5.0)], ids=str
+)
+def test_inplace_equals_out_of_place(options, reduction, dtype):
+    x, target, w = make_case(21, 77, dtype, weight=True, ignored=3)
+    upstream = torch.randn(21, dtype=dtype) if reduction == "none" else None
+    out = fused(x, target, w, reduction, upstream, **options)
+    inp = fused(x, target, w, reduction, upstream, inplace=True, **options)
+    for a, b in zip(out, inp, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_inplace_writes_the_gradient_into_the_logits():
+    x, target, _ = make_case(9, 40, torch.float32, ignored=2)
+    h = x.clone().requires_grad_()
+    logits = h * 1
+    ptr = logits.data_ptr()
+    expected = torch_ce(x, target, None)[1]
+    reference, _, _ = fused_cross_entropy(x, target, None, RowOptions(), "mean")
+    loss, _, _ = fused_cross_entropy(
+        logits, target, None, RowOptions(), "mean", inplace_backward=True
+    )
+    assert logits.data_ptr() == ptr and logits._version > 0
+    # 1/D of the mean is folded into the gradient written by the forward.
+    torch.testing.assert_close(logits.detach(), expected)
+    torch.testing.assert_close(loss, reference)
+    loss.backward()
+    torch.testing.assert_close(h.grad, expected)
+    torch.testing.assert_close(logits.detach(), expected)  # (an upstream of 1: nothing to scale)
+
+
+def test_inplace_through_a_matmul_matches():
+    gen = torch.Generator().manual_seed(5)
+    hidden = torch.randn(16, 8, generator=gen, dtype=torch.float64)
+    classifier = torch.randn(40, 8, generator=gen, dtype=torch.float64)
+    target = torch.randint(0, 40, (16,), generator=gen)
+    grads = []
+    for inplace in (False, True):
+        h = hidden.clone().requires_grad_()
+        wc = classifier.clone().requires_grad_()
+        loss, _, _ = fused_cross_entropy(
+            h @ wc.T, target, None, RowOptions(), "mean", inplace_backward=inplace
+        )
+        loss.backward()
+        grads.append((h.grad, wc.grad))
+    for a, b in zip(*grads, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_inplace_without_grad_leaves_logits_untouched():
+    x, target, _ = make_case(5, 7, torch.float32)
+    original = x.clone()
+    fused_cross_entropy(x, target, None, RowOptions(), "mean", inplace_backward=True)
+    with torch.no_grad():
+        y = x.clone().requires_grad_()
+        fused_cross_entropy(y, target, None, RowOptions(), "mean", inplace_backward=True)
+    assert torch.equal(x, original) and torch.equal(y, original)
+
+
+@pytest.mark.parametrize(
+    "make_logits",
+    [
+        lambda h: h,  # leaf
+        lambda h: h.view(h.shape),  # view of a leaf
+        lambda h: torch.tanh(h * 1),  # saved result
+        lambda h: torch.exp(h * 1),
+        lambda h: torch.sigmoid(h * 1),
+        lambda h: torch.softmax(h * 1, dim=1),
+        lambda h: torch.tanh(h * 1).view(-1).view(h.shape),  # saved result behind views
+    ],
+    ids=["leaf", "leaf-view", "tanh", "exp", "sigmoid", "softmax", "tanh-view"],
+)
+def test_inplace_refuses_when_autograd_needs_the_logits(make_logits):
+    x, target, _ = make_case(4, 6, torch.float32)
+    h = x.clone().requires_grad_()
+    logits = make_logits(h)
+    before = logits.detach().clone()
+    with pytest.raises(RuntimeError, match="inplace_backward"):
+        fused_cross_entropy(logits, target, None, RowOptions(), "mean", inplace_backward=True)
+    assert torch.equal(logits.detach(), before)
+
+
+def test_inplace_misuse_is_caught_by_the_version_counter():
+    x, target, _ = make_case(4, 6, torch.float32)
+    h = x.clone().requires_grad_()
+    logits = h * 1
+    aux = (logits**2).sum()  # saves the logits for its backward
+    loss, _, _ = fused_cross_entropy(
+        logits, target, None, RowOptions(), "mean", inplace_backward=True
+    )
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (loss + aux).backward()
+    # A write to the logits after the call is caught the same way.
+    logits = h * 1
+    loss, _, _ = fused_cross_entropy(
+        logits, target, None, RowOptions(), "mean", inplace_backward=True
+    )
+    with torch.no_grad():
+        logits.zero_()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+# ------------------------------------------------------------------------------------------------
+# unsupported combinations, argument errors
+
+
+def test_unsupported_combinations_raise_fused_unsupported():
+    x, soft, w = make_case(3, 4, torch.float32, soft=True, weight=True)
+    index = torch.tensor([0, 1, 2])
+    cases = [
+        (x, soft.clone().requires_grad_(), None),
+        (x, index, w.clone().requires_grad_()),
+        (x, soft.double(), None),  # loss would be float64
+        (x, soft, w.double()),
+        (x.to(torch.int32), index, None),
+    ]
+    for logits, target, weight in cases:
+        with pytest.raises(FusedUnsupported):
+            fused_cross_entropy(logits, target, weight, RowOptions(), "mean")
+    assert issubclass(FusedUnsupported, NotImplementedError)
+
+
+def test_argument_errors():
+    x, target, _ = make_case(3, 4, torch.float32)
+    with pytest.raises(ValueError, match="available: cpu, triton"):
+        fused_cross_entropy(x, target, None, RowOptions(), "mean", kernel="cuda")
+    with pytest.raises(ValueError, match="not a valid value for reduction"):
+        fused_cross_entropy(x, target, None, RowOptions(), "avg")
+    with pytest.raises(ValueError, match="2-D"):
+        fused_cross_entropy(x[0], target[0], None, RowOptions(), "mean")
+
+
+def test_non_contiguous_logits_and_targets():
+    x, soft, _ = make_case(6, 10, torch.float64, soft=True)
+    xt = x.T.contiguous().T  # class stride 6
+    st_ = soft.T.contiguous().T
+    assert xt.stride(1) != 1
+    assert_close_to_torch(xt, st_, None, "mean")
+
+
+# ------------------------------------------------------------------------------------------------
+# determinism, compile, kernel internals
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_bitwise_deterministic(dtype):
+    x, target, w = make_case(50, 333, dtype, weight=True, ignored=5)
+    options = dict(label_smoothing=0.1, z_loss=1e-4)
+    first = fused(x, target, w, "mean", **options)
+    for _ in range(2):
+        again = fused(x, target, w, "mean", **options)
+        for a, b in zip(first, again, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_softmax_out_may_alias_its_input():
+    """The kernel softmaxes its work buffer in place; guard that ATen allows it."""
+    x = torch.randn(7, 1000)
+    expected = torch.softmax(x, 1)
+    torch.ops.aten._softmax.out(x, 1, False, out=x)
+    assert torch.equal(x, expected)
+
+
+def _compiled_step(backend):
+    gen = torch.Generator().manual_seed(6)
+    hidden = torch.randn(12, 8, generator=gen, requires_grad=True)
+    classifier = torch.randn(8, 30, generator=gen, requires_grad=True)
+    target = torch.randint(0, 30, (12,), generator=gen)
+    target[0] = -100
+
+    def step(h, y, inplace):
+        logits = h @ classifier
+        loss, _, lse = fused_cross_entropy(
+            logits, y, None, RowOptions(z_loss=1e-3, softcap=20.0), "mean", inplace_backward=inplace
+        )
+        return loss, lse
+
+    compiled = torch.compile(step, backend=backend, fullgraph=True)
+    for inplace in (False, True):
+        results = []
+        for fn in (step, compiled):
+            hidden.grad = classifier.grad = None
+            loss, lse = fn(hidden, target, inplace)
+            loss.backward()
+            results.append((loss.detach(), lse, hidden.grad.clone(), classifier.grad.clone()))
+        for a, b in zip(*results, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(backend):
+    torch._dynamo.reset()
+    # Compile from scratch: an on-disk cache entry made for another version of the ops' schema
+    # must not decide the outcome (and the test must not leave entries behind).
+    with (
+        torch._inductor.config.patch(fx_graph_cache=False),
+        torch._functorch.config.patch(enable_autograd_cache=False),
+    ):
+        _compiled_step(backend)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    m=st.integers(1, 12),
+    c=st.integers(1, 40),
+    soft=st.booleans(),
+    weight=st.booleans(),
+    smoothing=st.sampled_from([0.0, 0.05, 1.0]),
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+    ignored=st.integers(0, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_property_float64_equals_torch(m, c, soft, weight, smoothing, reduction, ignored, seed):
+    x, target, w = make_case(
+        m, c, torch.float64, soft=soft, weight=weight, ignored=min(ignored, m), seed=seed
+    )
+    upstream = torch.randn(m, dtype=torch.float64) if reduction == "none" else None
+    assert_close_to_torch(x, target, w, reduction, upstream, label_smoothing=smoothing)
+
+
+def test_registered_ops_have_fake_kernels():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(4, 9, dtype=torch.bfloat16)
+        y = torch.empty(4, dtype=torch.long)
+        loss, _, lse, pending, grad = torch.ops.crossent.fused_cross_entropy(
+            x, y, None, -100, 0.0, 0.0, None, "none", "cpu", True
+        )
+    assert loss.shape == (4,) and loss.dtype == torch.bfloat16
+    assert lse.dtype == torch.float32 and grad.shape == (4, 9) and pending.shape == ()
+    assert _fused_op.KERNELS == ("cpu", "triton")
