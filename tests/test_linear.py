@@ -682,11 +682,12 @@ def test_default_budget_rule():
     assert linear.default_memory_budget(8192, torch.bfloat16) == 32 * 2**20
 
 
+@pytest.mark.parametrize("blocks", ["several", "one"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_tensor_core_path_through_interpreter(dtype):
+def test_tensor_core_path_through_interpreter(dtype, blocks):
     """float16/bfloat16 with the Triton kernel: the logits block stays in the input dtype, dZ is
-    rounded once, dW accumulates in float32 (the CUDA recipe; off CUDA the float32-output GEMMs
-    are emulated). Several row blocks, so the float32 accumulation is exercised."""
+    rounded once, dW accumulates in float32 over several row blocks (the CUDA recipe; off CUDA
+    the float32-output GEMMs are emulated), or is one GEMM written in the input dtype."""
     pytest.importorskip("triton")
     from crossent._dispatch import triton_usable
 
@@ -696,9 +697,10 @@ def test_tensor_core_path_through_interpreter(dtype):
         pytest.skip("Triton serves CUDA tensors (or CPU ones under TRITON_INTERPRET=1)")
     work = linear_blocks.workload(v, d, dtype, kernel="triton")
     assert work.tensor_cores
-    budget = linear_blocks.working_bytes(work, linear_blocks.MIN_ROWS, v, 0, False)
+    rows = linear_blocks.MIN_ROWS if blocks == "several" else n
+    budget = linear_blocks.working_bytes(work, rows, v, 0, False)
     plan = linear.plan_blocks(n, d, v, dtype, budget, kernel="triton")
-    assert not plan.vocab_blocked and plan.rows < n
+    assert not plan.vocab_blocked and (plan.rows < n) == (blocks == "several")
     ref = _errors(lambda a, c: F.cross_entropy(a @ c.T, target), x, w, target, torch.float64)
     eager = _errors(lambda a, c: F.cross_entropy(a @ c.T, target), x, w, target, dtype)
     ours = _errors(

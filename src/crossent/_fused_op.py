@@ -4,9 +4,9 @@ Only torch code paths import this module (it registers the ``crossent::`` ops on
 
 Forward (``crossent::fused_cross_entropy``): one sweep of the row kernel computes the per-row
 losses, the log-sum-exps and, when a gradient will be needed, the gradient itself. For ``mean``
-the CPU kernel folds ``1/D`` into the gradient rows while they are in cache; with a kernel that
-cannot, ``1/D`` stays *pending* for the backward. Nothing of size ``N x C`` is saved except the
-gradient.
+the row kernel folds ``1/D`` into the gradient rows while they are in cache (``row_scale``);
+a factor the forward could not apply would stay *pending* for the backward. Nothing of size
+``N x C`` is saved except the gradient.
 
 Backward (``crossent::scale_gradient_rows_``): multiplies the saved gradient **in place** by the
 upstream gradient times the pending factor (a scalar for ``mean``/``sum``, one value per row for
@@ -108,12 +108,9 @@ def _forward(
     _check_targets(target, logits.shape[1], options.ignore_index)
     denominator = _denominator(target, weight, options.ignore_index, acc)
     rows_kernel = _rows_kernel(kernel)
-    fold = kernel == "cpu" and reduction == "mean" and grad is not None
-    if kernel == "cpu":
-        row_scale = 1.0 / denominator if fold else None
-        rows, lse = rows_kernel(logits, target, weight, options, grad, row_scale=row_scale)
-    else:
-        rows, lse = rows_kernel(logits, target, weight, options, grad)
+    fold = reduction == "mean" and grad is not None
+    row_scale = 1.0 / denominator if fold else None
+    rows, lse = rows_kernel(logits, target, weight, options, grad, row_scale=row_scale)
     if reduction == "mean" and not fold:
         pending = 1.0 / denominator
     else:
@@ -222,6 +219,9 @@ def _scale_op(grad, scale, kept):
     stay 0 (times a non-finite scale too, as in torch)."""
     if grad.numel() == 0:
         return
+    if grad.is_cuda and _triton_scaler() is not None:
+        _triton_scaler()(grad, scale, kept)  # skips rows whose factor is 1, on the device
+        return
     if scale.dim() == 0 and grad.device.type == "cpu" and scale.device.type == "cpu":
         value = float(scale)  # a CPU read, not a device synchronisation
         if value == 1.0:
@@ -233,6 +233,15 @@ def _scale_op(grad, scale, kept):
     if kept is not None:
         rows = torch.where(kept, rows, torch.zeros((), dtype=rows.dtype, device=rows.device))
     grad.mul_(rows[:, None])
+
+
+def _triton_scaler():
+    """``crossent.backends.triton.scale_rows_`` if Triton is importable, else None."""
+    try:
+        from crossent.backends.triton import scale_rows_
+    except ImportError:
+        return None
+    return scale_rows_
 
 
 @_scale_op.register_fake

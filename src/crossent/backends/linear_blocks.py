@@ -55,6 +55,7 @@ rows, no atomics: bitwise-identical results run to run for a fixed thread count.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -266,6 +267,19 @@ class BlockResult(NamedTuple):
     grad_bias: torch.Tensor | None
 
 
+@functools.cache
+def _float32_output_gemm() -> bool:
+    """Whether this torch has CUDA GEMMs of float16/bfloat16 operands with a float32 output
+    (``torch.mm(..., out_dtype=torch.float32)``); checked once, on first use."""
+    import torch
+
+    try:
+        a = torch.ones(2, 2, dtype=torch.bfloat16, device="cuda")
+        return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
+
+
 def _row_kernel(kernel: str):
     if kernel == "cpu":
         from crossent.backends import cpu
@@ -340,7 +354,11 @@ class _Engine:
         self.loss = torch.zeros(n, dtype=self.acc, device=device)
         self.lse = torch.zeros(n, dtype=self.acc, device=device)
         # Written (not accumulated) by the first row block; zeroed by run() if there is none.
-        self.grad_w = _empty_gradient((v, d), self.acc, device) if self.want_w else None
+        # On the tensor-core path with a single row block, dW is one GEMM (float32 accumulation
+        # inside it) written straight in the input dtype: no float32 accumulator at all.
+        single_block = self.tensor_cores and plan.rows >= n
+        w_dtype = x.dtype if single_block else self.acc
+        self.grad_w = _empty_gradient((v, d), w_dtype, device) if self.want_w else None
         self.grad_b = torch.empty(v, dtype=self.acc, device=device) if self.want_b else None
         self.grad_x = None  # allocated by run(): zeros only when rows are skipped
         self.first_block = True
@@ -386,11 +404,18 @@ class _Engine:
         import torch
 
         if out.dtype != a.dtype:  # tensor-core path: low-precision operands, float32 output
-            if out.device.type == "cuda":
+            if out.device.type == "cuda" and _float32_output_gemm():
                 if accumulate:
                     torch.addmm(out, a, b, out_dtype=out.dtype, out=out)
                 else:
                     torch.mm(a, b, out_dtype=out.dtype, out=out)
+                return
+            if out.device.type == "cuda":  # older torch: each block's product rounded once
+                product = torch.mm(a, b)
+                if accumulate:
+                    out.add_(product)
+                else:
+                    out.copy_(product)
                 return
             a, b = a.to(out.dtype), b.to(out.dtype)  # no out_dtype kernel off CUDA (tests)
         if self.alpha == 1.0:

@@ -14,9 +14,10 @@ deterministic and costs nothing at import or at the first call:
   2 fp64 elements), so the per-lane online-softmax state stays a few registers;
 * ``num_warps = 16`` for long rows, fewer for short ones (at least one full access per lane);
 * ``num_stages = 3`` (two blocks of loads in flight ahead of the arithmetic);
-* a persistent grid: as many rows in flight as fit in ``L2_FRACTION`` of the L2 cache (so the
-  gradient sweep re-reads from L2), at least one program per SM, at most the kernel's occupancy
-  and never more programs than rows.
+* one program per row, scheduled by the hardware (``programs=0``). Measured on an H100 (bf16,
+  8192 x 128256, in place): 2.18 ms against 2.70 ms for a persistent grid sized to keep the rows
+  in flight within ``L2_FRACTION`` of the L2 cache (still available as ``programs=None``) and
+  2.19 ms for two programs per SM.
 """
 
 from __future__ import annotations
@@ -63,15 +64,15 @@ def choose_config(num_cols: int, element_size: int) -> KernelConfig:
     """The default launch parameters for rows of ``num_cols`` elements of ``element_size``.
 
     >>> choose_config(128256, 2)
-    KernelConfig(block=4096, num_warps=16, num_stages=3, programs=None, l2_hints=True)
+    KernelConfig(block=4096, num_warps=16, num_stages=3, programs=0, l2_hints=True)
     >>> choose_config(1000, 4)
-    KernelConfig(block=1024, num_warps=8, num_stages=3, programs=None, l2_hints=True)
+    KernelConfig(block=1024, num_warps=8, num_stages=3, programs=0, l2_hints=True)
     """
     per_lane = max(1, 16 // element_size)
     block = min(_next_power_of_2(num_cols), 16 * _WARP * per_lane)
     block = max(block, 16)
     num_warps = max(1, min(16, block // (_WARP * per_lane)))
-    return KernelConfig(block=block, num_warps=num_warps)
+    return KernelConfig(block=block, num_warps=num_warps, programs=0)
 
 
 def _interpreting() -> bool:
