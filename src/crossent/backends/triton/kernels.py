@@ -17,17 +17,22 @@ The online log-sum-exp keeps one running (max, sum) pair per lane of the block (
 vector), not one per row: each element costs one exponential (``exp(-|z - m|)``, the side that
 grew is rescaled), and the cross-warp reduction happens once per row instead of once per block.
 
-What is recomputed. The gradient sweep re-reads the logits instead of keeping ``z`` on chip: a
-row of a 128k vocabulary is 250 KB in bf16 and does not fit in registers or shared memory. The
-grid is sized so that the rows in flight (``G`` rows, ``G`` >= one per SM) fit in a fraction of
-the L2 cache, the statistics sweep loads with ``evict_last`` and the gradient sweep walks the
-row backwards (last block first, the most recently loaded) with ``evict_first``; so the second
-read is served by L2 and device memory sees one read of the logits and one write of the
-gradient. (The eviction hints ride on plain loads; with ``NUM_STAGES`` > 1 the loads become
-``cp.async`` copies that bypass L1 and carry no L2 policy, so both are kept as options and
-measured by ``benchmarks/gpu.py``.) Softcap's ``tanh`` is recomputed in the second sweep
-(cheaper than storing it). An ignored row costs one store of zeros per gradient element and
-reads nothing.
+What is recomputed. The gradient sweep re-reads the logits instead of keeping ``z`` on chip: a row
+of a 128k vocabulary is 250 KB in bf16 and does not fit in registers or shared memory. Softcap's
+``tanh`` is recomputed in the second sweep (cheaper than storing it). An ignored row costs one
+store of zeros per gradient element and reads nothing. The kernel supports two ways of making that
+second read cheap, both measured by ``benchmarks/gpu.py``: a persistent grid sized so that the rows
+in flight fit in a fraction of L2 (``programs=None``), with the statistics sweep loading
+``evict_last`` and the gradient sweep walking the row backwards with ``evict_first``; and one
+program per row, scheduled by the hardware (``programs=0``). Measured on an H100 (2026-11-26,
+N=8192, V=128256 bf16, ``benchmarks/records/``), one program per row is as fast as the best
+persistent grid (63-65% of the copy bandwidth in the configuration sweep, 2.08 ms = 67% in the main
+timing; one program per SM: 52%) and needs no tuning, so it is the default. 67% is what three
+passes over device memory (read, re-read, write) cost at full bandwidth: the re-read is not served
+by L2 at that concurrency, and the persistent grids that would keep it in L2 (about one row per SM
+in flight) keep too few loads in flight to saturate the memory system. Reaching one read and one
+write needs the row on chip between the sweeps (a row split across the SMs of a cluster, reduced
+through distributed shared memory), which this kernel does not attempt.
 
 What memory is saved. Nothing of size ``R x C`` is allocated: per-row outputs are ``(R,)``
 vectors; the gradient goes to the caller's buffer (possibly the logits themselves).
