@@ -253,6 +253,32 @@ def test_class_count_one():
     assert_close_to_torch(x, torch.zeros(4, dtype=torch.long), None, "mean")
 
 
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_k_dim_input_with_one_class(soft, reduction):
+    """(N, 1, d1, d2): the flattened rows have a class stride that is not 1 (a size-1 dim has
+    no meaningful stride); found by fuzzing the public API against torch."""
+    import crossent
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 1, 2, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    if soft:
+        target = torch.rand(3, 1, 2, 2, generator=gen, dtype=torch.float64)
+    else:
+        target = torch.zeros(3, 2, 2, dtype=torch.long)
+        target[1, 0, 1] = -100
+    w = torch.tensor([0.7], dtype=torch.float64)
+    ref = F.cross_entropy(x, target, w, reduction=reduction, label_smoothing=0.5)
+    ours = crossent.cross_entropy(
+        x, target, w, reduction=reduction, label_smoothing=0.5, impl="fused"
+    )
+    upstream = torch.rand(ref.shape, generator=gen, dtype=torch.float64)
+    (ref_grad,) = torch.autograd.grad(ref, x, upstream)
+    (grad,) = torch.autograd.grad(ours, x, upstream)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-15)
+
+
 # ------------------------------------------------------------------------------------------------
 # z-loss, soft-capping and the lse output against the row contract
 

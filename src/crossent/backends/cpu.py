@@ -135,8 +135,10 @@ def cross_entropy_rows(
     (0.15317821, 4.1531782)
     """
     num_rows = logits.shape[0]
-    unit = logits.numel() == 0 or logits.stride(1) == 1
-    if not unit or (grad is not None and grad.numel() and grad.stride(1) != 1):
+    def unit(t: torch.Tensor) -> bool:  # a single class has no stride to speak of
+        return t.numel() == 0 or t.shape[1] == 1 or t.stride(1) == 1
+
+    if not unit(logits) or (grad is not None and not unit(grad)):
         raise ValueError("cross_entropy_rows expects unit stride along the class dimension")
     acc = accumulation_dtype(logits.dtype)
     if num_rows == 0:
