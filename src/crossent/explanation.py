@@ -933,7 +933,7 @@ def _explain_bce(args: _Args) -> _Parts:
 
     with np.errstate(all="ignore"):
         log_p = np.log(p)
-        log_1mp = np.log(1 - p)
+        log_1mp = np.log1p(-p)  # as the loss computes it (exact for tiny p)
     floor = -100.0
     clamped_p = np.maximum(log_p, floor)
     clamped_1mp = np.maximum(log_1mp, floor)

@@ -6,19 +6,20 @@ never enter the denominator).
 
 binary_cross_entropy on probabilities ``p`` (PyTorch clamps each log term at -100)::
 
-    L     = -w [y max(log p, -100) + (1 - y) max(log(1 - p), -100)]
+    L     = -w [y max(log p, -100) + (1 - y) max(log1p(-p), -100)]
     dL/dp = s w (p - y) / max(p (1 - p), 1e-12)        (1e-12 as float32, as in PyTorch)
-    dL/dy = s w (log(1 - p) - log p)                    (not clamped: +-inf at p in {0, 1})
+    dL/dy = -s w logit(p) = -s w log(p / (1 - p))      (not clamped: +-inf at p in {0, 1})
 
 binary_cross_entropy_with_logits on logits ``x`` with ``pos_weight`` ``pw`` (ones if None),
 ``log_sigmoid(x) = min(x, 0) - log1p(exp(-|x|))``::
 
     L     = w [(1 - y) x - (1 + (pw - 1) y) log_sigmoid(x)]
-    dL/dx = s w [sigmoid(x) (1 + (pw - 1) y) - pw y]
-    dL/dy = s w [-x - (pw - 1) log_sigmoid(x)]
+    dL/dx = s w [(pw y + 1 - y) sigmoid(x) - pw y]
+    dL/dy = s w [log_sigmoid(-x) - pw log_sigmoid(x)]   (= -x without pos_weight)
 
-The logits formula is evaluated in PyTorch's order, so float64 results agree with it to the last
-bits (including its cancellation for confident negatives, e.g. x = -30, y = 0).
+Every formula is evaluated in PyTorch's order and with its functions (``log1p``, ``logit``), so
+float64 results agree with it to the last bits, including its cancellations (confident negatives,
+e.g. x = -30, y = 0) and its infinities (e.g. dL/dy at x = -inf with pw < 1 is +inf, not NaN).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def binary_cross_entropy(
     w = _weight(xp, weight, ct)
     floor = xp.asarray(-100.0, dtype=ct)
     log_p = xp.log(p)
-    log_1mp = xp.log(1 - p)
+    log_1mp = xp.log1p(-p)  # exact for tiny p, where log(1 - p) would round 1 - p first
     losses = w * ((y - 1) * xp.maximum(log_1mp, floor) - y * xp.maximum(log_p, floor))
     loss = xp.astype(reduce(xp, losses, reduction), input.dtype)
     if not want_grad:
@@ -73,7 +74,7 @@ def binary_cross_entropy(
     s = _scale(xp, reduction, grad_output, tuple(input.shape), ct)
     eps = xp.asarray(BCE_GRAD_EPSILON, dtype=ct)
     grad_p = s * w * (p - y) / xp.maximum(p * (1 - p), eps)
-    grad_y = s * w * (log_1mp - log_p)
+    grad_y = -(s * w * xp.log(p / (1 - p)))  # torch: -logit(p), one rounding
     shape = tuple(input.shape)
     return LossGrads(
         loss,
@@ -128,8 +129,9 @@ def binary_cross_entropy_with_logits(
         grad_x = s * w * (sig - y)
         grad_y = -s * w * x
     else:
-        grad_x = s * w * (sig * (1 + (pw - 1) * y) - pw * y)
-        grad_y = s * w * (-x - (pw - 1) * ls)
+        pw_y = pw * y
+        grad_x = s * w * ((pw_y + 1 - y) * sig - pw_y)
+        grad_y = s * w * (log_sigmoid(xp, -x) - pw * ls)
     shape = tuple(input.shape)
     return LossGrads(
         loss,

@@ -1,0 +1,79 @@
+"""Edge values where a formula's order of operations decides the last bits (found by fuzzing the
+public API against torch): float64 values and gradients, torch tensors and NumPy arrays, must
+equal torch's to 1e-12 relative, infinities included."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+import crossent  # noqa: E402
+
+INF = math.inf
+
+
+def _torch_grads(fn, input, target, **kwargs):
+    x = torch.tensor(input, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor(target, dtype=torch.float64, requires_grad=True)
+    loss = fn(x, y, **kwargs)
+    gx, gy = torch.autograd.grad(loss, (x, y))
+    return loss.detach(), gx, gy
+
+
+def _assert_same(ours, ref):
+    ours = torch.as_tensor(np.asarray(ours), dtype=torch.float64)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=0, equal_nan=True)
+
+
+BCE_CASES = [
+    # tiny p: log1p(-p) keeps the loss exact where log(1 - p) rounds 1 - p first
+    ([1e-10], [0.0]),
+    # (not p = 5e-324: torch's own vectorised log1p returns 0 for that subnormal, its scalar BCE
+    # kernel 5e-324; crossent follows the torch op there, an absolute difference of 5e-324)
+    ([1e-12, 3e-9], [0.25, 0.0]),
+    # target gradient -logit(p) near p = 1/2 (cancellation), and at the ends
+    ([0.5000001], [0.0]),
+    ([0.4999999, 0.7], [1.0, 0.3]),
+    ([1 - 1e-9], [0.5]),
+]
+
+
+@pytest.mark.parametrize(("p", "y"), BCE_CASES)
+def test_binary_cross_entropy_edge_values(p, y):
+    ref_loss, ref_gx, ref_gy = _torch_grads(F.binary_cross_entropy, p, y, reduction="sum")
+    loss, gx, gy = _torch_grads(crossent.binary_cross_entropy, p, y, reduction="sum")
+    for ours, ref in ((loss, ref_loss), (gx, ref_gx), (gy, ref_gy)):
+        _assert_same(ours, ref)
+    out = crossent.binary_cross_entropy_and_grad(np.array(p), np.array(y), reduction="sum")
+    for ours, ref in ((out.loss, ref_loss), (out.grad_input, ref_gx), (out.grad_target, ref_gy)):
+        _assert_same(ours, ref)
+
+
+LOGIT_CASES = [
+    # input gradient with pos_weight: torch's grouping (pw y + 1 - y) sigmoid(x) - pw y
+    ([33.10197013164175], [1.0], [3.68881033496826]),
+    ([-30.0, 12.5, 0.0], [0.0, 1.0, 0.5], [0.3, 2.0, 7.0]),
+    # target gradient log_sigmoid(-x) - pw log_sigmoid(x): +inf at x = -inf with pw < 1
+    ([-INF], [0.5], [0.5]),
+    ([INF, -INF], [0.5, 0.2], [2.0, 1.0]),
+]
+
+
+@pytest.mark.parametrize(("x", "y", "pw"), LOGIT_CASES)
+def test_binary_cross_entropy_with_logits_edge_values(x, y, pw):
+    pos_weight = torch.tensor(pw, dtype=torch.float64)
+    kwargs = dict(reduction="sum", pos_weight=pos_weight)
+    ref = _torch_grads(F.binary_cross_entropy_with_logits, x, y, **kwargs)
+    ours = _torch_grads(crossent.binary_cross_entropy_with_logits, x, y, **kwargs)
+    for a, b in zip(ours, ref, strict=True):
+        _assert_same(a, b)
+    out = crossent.binary_cross_entropy_with_logits_and_grad(
+        np.array(x), np.array(y), reduction="sum", pos_weight=np.array(pw)
+    )
+    for a, b in zip((out.loss, out.grad_input, out.grad_target), ref, strict=True):
+        _assert_same(a, b)
