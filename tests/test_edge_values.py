@@ -77,3 +77,31 @@ def test_binary_cross_entropy_with_logits_edge_values(x, y, pw):
     )
     for a, b in zip((out.loss, out.grad_input, out.grad_target), ref, strict=True):
         _assert_same(a, b)
+
+
+NLL_CASES = [
+    # the total kept weight is 0: the target entry is -0/0 = NaN, every other entry stays 0
+    dict(target=[0], weight=[0.0, 1.0, 1.0], reduction="mean", upstream=1.0),
+    # an infinite upstream gradient for one position touches only its target entry
+    dict(target=[0, 2], weight=None, reduction="none", upstream=[INF, 1.0]),
+    dict(target=[1, -100], weight=[0.5, 2.0, 1.0], reduction="none", upstream=[-INF, INF]),
+]
+
+
+@pytest.mark.parametrize("case", NLL_CASES, ids=str)
+def test_nll_loss_writes_only_target_entries(case):
+    logp = [[-0.5, -1.0, -2.0], [-1.0, -2.0, -0.1]][: len(case["target"])]
+    target = torch.tensor(case["target"])
+    weight = None if case["weight"] is None else torch.tensor(case["weight"], dtype=torch.float64)
+    upstream = torch.tensor(case["upstream"], dtype=torch.float64)
+    grads = []
+    for fn in (F.nll_loss, crossent.nll_loss):
+        x = torch.tensor(logp, dtype=torch.float64, requires_grad=True)
+        loss = fn(x, target, weight, reduction=case["reduction"])
+        grads.append(torch.autograd.grad(loss, x, upstream)[0])
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=0, equal_nan=True)
+    out = crossent.nll_loss_and_grad(
+        np.array(logp), target.numpy(), None if weight is None else weight.numpy(),
+        reduction=case["reduction"], grad_output=upstream.numpy(),
+    )  # fmt: skip
+    _assert_same(out.grad_input, grads[0])

@@ -226,6 +226,9 @@ def nll_loss(
     if not want_grad:
         return LossGrads(loss)
     s = upstream_scale(xp, reduction, grad_output, denominator, num_rows, ct)
-    g = -s * xp.reshape(w_row, (-1, 1)) * _onehot(xp, safe, num_classes, ct)
-    g = xp.where(xp.reshape(kept, (-1, 1)), g, zero)
+    # Only the target entries are written (as in torch): a non-finite scale (a zero total weight,
+    # an infinite upstream gradient) leaves the other entries 0 instead of multiplying them.
+    classes = xp.arange(num_classes, dtype=safe.dtype, device=_device(safe))
+    hit = (xp.reshape(safe, (-1, 1)) == classes) & xp.reshape(kept, (-1, 1))
+    g = xp.where(hit, -s * xp.reshape(w_row, (-1, 1)), zero)
     return LossGrads(loss, xp.astype(from_rows(xp, g, input.shape), input.dtype))
