@@ -105,3 +105,54 @@ def test_nll_loss_writes_only_target_entries(case):
         reduction=case["reduction"], grad_output=upstream.numpy(),
     )  # fmt: skip
     _assert_same(out.grad_input, grads[0])
+
+
+ACCEPTED_ARGUMENTS = [
+    dict(ignore_index=np.int64(1)),
+    dict(ignore_index=np.int32(-100)),
+    dict(ignore_index=torch.tensor(2)),
+    dict(label_smoothing=np.float32(0.25)),
+    dict(label_smoothing=np.float64(0.1)),
+    dict(label_smoothing=True),
+    dict(label_smoothing=torch.tensor(0.3)),
+    dict(label_smoothing=np.int64(0)),
+]
+
+
+@pytest.mark.parametrize("kwargs", ACCEPTED_ARGUMENTS, ids=repr)
+def test_argument_types_torch_accepts(kwargs):
+    """NumPy scalars and 0-d tensors are accepted wherever torch's argument parser takes them."""
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([0, 1, 2, 1])
+    expected = F.cross_entropy(x, target, **kwargs)
+    torch.testing.assert_close(crossent.cross_entropy(x, target, **kwargs), expected, rtol=1e-12,
+                               atol=0)  # fmt: skip
+    ours = crossent.cross_entropy(x.numpy(), target.numpy(), **kwargs)
+    _assert_same(ours, expected)
+
+
+REJECTED_ARGUMENTS = [
+    dict(ignore_index=True),
+    dict(ignore_index=1.0),
+    dict(ignore_index=np.float64(1.0)),
+    dict(label_smoothing="0.1"),
+    dict(label_smoothing=torch.tensor([0.1])),
+]
+
+
+@pytest.mark.parametrize("kwargs", REJECTED_ARGUMENTS, ids=repr)
+def test_argument_types_torch_rejects(kwargs):
+    x, target = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    with pytest.raises(TypeError):
+        F.cross_entropy(x, target, **kwargs)
+    with pytest.raises(TypeError, match="must be"):
+        crossent.cross_entropy(x, target, **kwargs)
+
+
+@pytest.mark.parametrize("dim", [np.int64(1), torch.tensor(-1)], ids=repr)
+def test_softmax_dim_as_numpy_or_tensor_integer(dim):
+    x = torch.randn(2, 5, dtype=torch.float64)
+    torch.testing.assert_close(crossent.softmax(x, dim), F.softmax(x, dim), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        crossent.logsumexp(x, dim), torch.logsumexp(x, int(dim)), rtol=1e-12, atol=0
+    )

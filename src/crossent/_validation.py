@@ -16,6 +16,8 @@ Deliberate deviations from torch, each documented where it applies:
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -41,22 +43,51 @@ def check_reduction(reduction: Any) -> str:
     return reduction
 
 
+def int_argument(value: Any, name: str) -> int:
+    """An integer argument as torch's parser takes it: ints, NumPy integers and 0-d integer
+    tensors (anything with ``__index__``), not bools or floats (TypeError)."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{name} must be an int, not {type(value).__name__} ({value!r})")
+
+
+def float_argument(value: Any, name: str) -> float:
+    """A float argument as torch's parser takes it: Python and NumPy numbers (bools too) and
+    0-d tensors or arrays; anything else is a TypeError."""
+    if isinstance(value, numbers.Real) or (
+        getattr(value, "ndim", None) == 0 and not isinstance(value, (str, bytes))
+    ):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(f"{name} must be a float, not {type(value).__name__} ({value!r})")
+
+
+def check_extras(z_loss: Any, softcap: Any) -> tuple[float, float | None]:
+    """The fused extras: ``z_loss`` a finite coefficient >= 0, ``softcap`` None or finite > 0."""
+    z = float_argument(z_loss, "z_loss")
+    if not (math.isfinite(z) and z >= 0):
+        raise ValueError(f"z_loss must be a finite coefficient >= 0, got {z_loss}")
+    if softcap is None:
+        return z, None
+    cap = float_argument(softcap, "softcap")
+    if not (math.isfinite(cap) and cap > 0):
+        raise ValueError(f"softcap must be a finite value > 0 (or None), got {softcap}")
+    return z, cap
+
+
 def check_ignore_index(ignore_index: Any) -> int:
-    """ignore_index must be a Python int (torch: TypeError for a float)."""
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(
-            f"ignore_index must be int, not {type(ignore_index).__name__} ({ignore_index!r})"
-        )
-    return ignore_index
+    """ignore_index must be an integer (torch: TypeError for a float or a bool)."""
+    return int_argument(ignore_index, "ignore_index")
 
 
 def check_label_smoothing(label_smoothing: Any) -> float:
     """label_smoothing in [0, 1]: >1 is torch's RuntimeError; <0 or NaN is our ValueError."""
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
-        raise TypeError(
-            f"label_smoothing must be a float, not {type(label_smoothing).__name__}"
-        )
-    value = float(label_smoothing)
+    value = float_argument(label_smoothing, "label_smoothing")
     if math.isnan(value) or value < 0:
         raise ValueError(
             f"label_smoothing must be between 0.0 and 1.0, got {value}. (PyTorch silently "
@@ -365,8 +396,7 @@ def check_bce_with_logits_args(
 
 def normalize_dim(dim: Any, ndim: int) -> int:
     """A dim in [-max(ndim,1), max(ndim,1)) -> [0, ndim); IndexError otherwise (torch's text)."""
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise TypeError(f"dim must be an int, not {type(dim).__name__}")
+    dim = int_argument(dim, "dim")
     rank = max(ndim, 1)
     if not -rank <= dim < rank:
         raise IndexError(
@@ -378,7 +408,7 @@ def normalize_dim(dim: Any, ndim: int) -> int:
 
 def normalize_dims(dim: Any, ndim: int) -> tuple[int, ...]:
     """logsumexp's dim: an int or a non-empty tuple of distinct dims."""
-    dims = (dim,) if isinstance(dim, int) and not isinstance(dim, bool) else tuple(dim)
+    dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
     if len(dims) == 0:
         raise RuntimeError(
             "logsumexp needs at least one dim: dim=() would reduce nothing "

@@ -347,27 +347,13 @@ def cross_entropy_with_extras(
     )
 
 
-def _check_extras(z_loss: Any, softcap: Any) -> tuple[float, float | None]:
-    if isinstance(z_loss, bool) or not isinstance(z_loss, (int, float)):
-        raise TypeError(f"z_loss must be a float, not {type(z_loss).__name__}")
-    if not (z_loss >= 0 and z_loss < float("inf")):
-        raise ValueError(f"z_loss must be a finite number >= 0, got {z_loss}")
-    if softcap is not None:
-        if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
-            raise TypeError(f"softcap must be a float or None, not {type(softcap).__name__}")
-        if not (softcap > 0 and softcap < float("inf")):
-            raise ValueError(f"softcap must be a finite number > 0 (or None), got {softcap}")
-        softcap = float(softcap)
-    return float(z_loss), softcap
-
-
 def _cross_entropy_dispatch(
     input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, impl,
     inplace_backward, *, want_extras=True,
 ) -> CrossEntropyOutput:
     """Validate once, then run the fused torch path or the reference (which computes the
     ``z_loss``/``lse`` extras only when ``want_extras``)."""
-    z_loss, softcap = _check_extras(z_loss, softcap)
+    z_loss, softcap = check.check_extras(z_loss, softcap)
     choice = resolve_impl(impl, input)
     xp, layout, options = _prepare_cross_entropy(
         input, target, weight, ignore_index, reduction, label_smoothing,

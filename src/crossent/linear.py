@@ -443,21 +443,9 @@ def _check_devices(*tensors: Tensor | None) -> None:
 
 
 def _check_extras(z_loss: Any, softcap: Any, memory_budget: Any) -> tuple[float, float | None]:
-    if isinstance(z_loss, bool) or not isinstance(z_loss, (int, float)):
-        raise TypeError(f"z_loss must be a float, not {type(z_loss).__name__}")
-    if not (math.isfinite(z_loss) and z_loss >= 0):
-        raise ValueError(f"z_loss must be a finite coefficient >= 0, got {z_loss}")
-    if softcap is not None:
-        if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
-            raise TypeError(f"softcap must be a float or None, not {type(softcap).__name__}")
-        if not (math.isfinite(softcap) and softcap > 0):
-            raise ValueError(f"softcap must be a finite value > 0 (or None), got {softcap}")
-        softcap = float(softcap)
+    z_loss, softcap = check.check_extras(z_loss, softcap)
     if memory_budget is not None:
-        if isinstance(memory_budget, bool) or not isinstance(memory_budget, int):
-            raise TypeError(
-                f"memory_budget must be an int (bytes) or None, not {type(memory_budget).__name__}"
-            )
+        memory_budget = check.int_argument(memory_budget, "memory_budget (bytes)")
         if memory_budget <= 0:
             raise ValueError(
                 f"memory_budget must be a positive number of bytes, got {memory_budget}"
@@ -713,6 +701,8 @@ def linear_cross_entropy_with_extras(
         )
     if choice == "reference":
         return _reference(input, linear_weight, target, linear_bias, weight, call)
+    if memory_budget is not None:
+        memory_budget = check.int_argument(memory_budget, "memory_budget (bytes)")
     return _blocked(
         input, linear_weight, target, linear_bias, weight, call, _kernel_for(choice), memory_budget
     )
