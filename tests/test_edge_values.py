@@ -156,3 +156,27 @@ def test_softmax_dim_as_numpy_or_tensor_integer(dim):
     torch.testing.assert_close(
         crossent.logsumexp(x, dim), torch.logsumexp(x, int(dim)), rtol=1e-12, atol=0
     )
+
+
+@pytest.mark.parametrize("row", [[INF, 1.0, 0.0], [math.nan, 1.0, 0.0], [-INF, -INF, -INF]])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("impl", ["reference", "fused", "numpy"])
+def test_ignored_rows_with_non_finite_logits_follow_torch(row, smoothing, impl):
+    """Torch's log-softmax backward gives an ignored row 0 * softmax: NaN for non-finite logits,
+    and an infinite upstream gradient at an ignored position changes nothing."""
+    x = torch.tensor([row, [0.5, 1.0, -2.0], [0.1, 0.2, 0.3]], dtype=torch.float64)
+    target = torch.tensor([0, 1, 0])
+    upstream = torch.tensor([1.0, 2.0, INF], dtype=torch.float64)
+    kwargs = dict(ignore_index=0, reduction="none", label_smoothing=smoothing)
+    leaf = x.clone().requires_grad_()
+    expected = torch.autograd.grad(F.cross_entropy(leaf, target, **kwargs), leaf, upstream)[0]
+    if impl == "numpy":
+        out = crossent.cross_entropy_and_grad(
+            x.numpy(), target.numpy(), grad_output=upstream.numpy(), **kwargs
+        )
+        _assert_same(out.grad_input, expected)
+        return
+    leaf = x.clone().requires_grad_()
+    loss = crossent.cross_entropy(leaf, target, impl=impl, **kwargs)
+    (grad,) = torch.autograd.grad(loss, leaf, upstream)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=0, equal_nan=True)

@@ -163,7 +163,9 @@ def _index_cross_entropy(
     g = (1 - eps) * xp.reshape(w_row, (-1, 1)) * (p - _onehot(xp, safe, num_classes, ct))
     if eps > 0:
         g = g + (eps / num_classes) * (xp.sum(w) * p - w)
-    g = xp.where(xp.reshape(kept, (-1, 1)), s * g, zero)
+    # An ignored row's gradient is 0 * p, as torch's log-softmax backward computes it: NaN where
+    # the row's logits are not finite (p is NaN), 0 otherwise, whatever its upstream gradient.
+    g = xp.where(xp.reshape(kept, (-1, 1)), s * g, zero * p)
     return LossGrads(loss, xp.astype(from_rows(xp, g, input.shape), input.dtype))
 
 
