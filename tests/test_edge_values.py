@@ -180,3 +180,29 @@ def test_ignored_rows_with_non_finite_logits_follow_torch(row, smoothing, impl):
     loss = crossent.cross_entropy(leaf, target, impl=impl, **kwargs)
     (grad,) = torch.autograd.grad(loss, leaf, upstream)
     torch.testing.assert_close(grad, expected, rtol=1e-12, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    ("q", "smoothing"),
+    [
+        ([0.2, 0.3, 0.5], 1.0),
+        ([0.0, 0.3, 0.7], 0.5),
+        ([0.0, 0.3, 0.7], 0.0),
+        ([0.1, 0.2, 0.7], 0.2),
+    ],
+)
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+def test_probability_targets_at_a_masked_logit(q, smoothing, impl):
+    """A -inf logit (a masked class): torch smooths the target first, q' = q (1 - eps) + eps/C,
+    so the loss is +inf where q' > 0 there and NaN where q' = 0 (0 * -inf)."""
+    x = torch.tensor([[-INF, 1.0, 2.0], [0.5, -1.0, 0.0]], dtype=torch.float64)
+    target = torch.tensor([q, [0.2, 0.2, 0.6]], dtype=torch.float64)
+    kwargs = dict(reduction="none", label_smoothing=smoothing)
+    results = []
+    for fn in (F.cross_entropy, lambda *a, **k: crossent.cross_entropy(*a, impl=impl, **k)):
+        leaf = x.clone().requires_grad_()
+        loss = fn(leaf, target, **kwargs)
+        results.append((loss.detach(), torch.autograd.grad(loss, leaf, torch.ones(2))[0]))
+    (ref_loss, ref_grad), (loss, grad) = results
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=0, equal_nan=True)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-15, equal_nan=True)

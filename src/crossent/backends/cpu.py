@@ -22,7 +22,7 @@ is read from memory once and then re-read from cache by a handful of torch ops (
 * general sweep (label smoothing, soft-capping, probability targets): the block's ``z`` (soft-
   capped, upcast) is formed in a float32/float64 work block (the gradient rows themselves when
   the dtypes agree), shifted by its row maximum, reduced into the weighted row sums the loss
-  needs (``sum_c w_c (z_c - m)``, ``sum_c w_c q_c``, ``sum_c w_c q_c (z_c - m)``; the shift
+  needs (``sum_c w_c (z_c - m)``, ``sum_c w_c q'_c``, ``sum_c w_c q'_c (z_c - m)``; the shift
   keeps them as accurate as torch's log-softmax sums), softmaxed in place, and turned into the
   gradient in place (coefficient, target or soft-target term, smoothing term, ``1 - tanh**2``)
   before one rounding copy into a low-precision gradient.
@@ -156,11 +156,11 @@ class _Rows:
     """Per-row state of one call: coefficients computed up front, statistics filled by a sweep.
 
     With ``s_i`` the row scale (0 for ignored rows), the gradient of row ``i`` is
-    ``p * a_i - b_i e_{y_i} - c_i w`` (class indices) or ``p * a_i - s_i (1 - eps) w q_i -
-    c_i w`` (probabilities), with ``a_i = s_i (total target weight + 2 zeta lse_i)``,
-    ``b_i = s_i (1 - eps) w[y_i]``, ``c_i = s_i eps / C``, then times ``1 - tanh**2`` under
-    soft-capping. The loss needs the row maximum ``m``, ``max p`` and, depending on the options,
-    the target logit and the weighted sums of ``z - m`` and ``q``.
+    ``p * a_i - b_i e_{y_i} - c_i w`` (class indices) or ``p * a_i - s_i w q'_i``
+    (probabilities, smoothed as ``q' = q (1 - eps) + eps / C``), with ``a_i = s_i (total target
+    weight + 2 zeta lse_i)``, ``b_i = s_i (1 - eps) w[y_i]``, ``c_i = s_i eps / C``, then times
+    ``1 - tanh**2`` under soft-capping. The loss needs the row maximum ``m``, ``max p`` and,
+    depending on the options, the target logit and the weighted sums of ``z - m`` and ``q'``.
     """
 
     def __init__(self, logits, target, weight, options, grad, row_scale, block_rows):
@@ -202,7 +202,7 @@ class _Rows:
         # Statistics filled by the sweeps.
         self.row_max, self.p_max = vector(), vector()
         self.z_y = vector() if not self.probs else None
-        self.sum_wu = vector() if self.eps > 0 else None
+        self.sum_wu = vector() if self.eps > 0 and not self.probs else None
         self.sum_wq = vector() if self.probs else None
         self.sum_wqu = vector() if self.probs else None
         # Gradient coefficients (class indices; the probability path forms a_i per block).
@@ -242,13 +242,8 @@ class _Rows:
         eps, num_classes = self.eps, self.num_classes
         log_sum = torch.log(self.p_max).neg_()  # log sum_c exp(z_c - m), as max p = 1 / sum
         lse = self.row_max + log_sum
-        if self.probs:
-            wq = (1.0 - eps) * self.sum_wq
-            wqu = (1.0 - eps) * self.sum_wqu
-            if eps > 0:
-                wq = wq + (eps / num_classes) * self.total_weight
-                wqu = wqu + (eps / num_classes) * self.sum_wu
-            loss = log_sum * wq - wqu
+        if self.probs:  # the sums are over the smoothed target q'
+            loss = log_sum * self.sum_wq - self.sum_wqu
         else:
             loss = (log_sum - (self.z_y - self.row_max)) * self.w_y
             if eps > 0:
@@ -328,7 +323,9 @@ def _general_sweep(rows: _Rows) -> None:
     work_is_grad = grad is not None and grad.dtype == acc
     work = None if work_is_grad else rows.block_buffer()
     tanh_buf = rows.block_buffer() if cap is not None else None
-    q_buf = rows.block_buffer() if rows.probs and target.dtype != acc else None
+    # Probability targets are smoothed explicitly, q' = q (1 - eps) + eps / C, as torch does:
+    # a term q'_c (z_c - m) is then NaN only where torch's is (q'_c = 0 at a -inf logit).
+    q_buf = rows.block_buffer() if rows.probs and (target.dtype != acc or eps > 0) else None
     prod_buf = rows.block_buffer() if rows.probs else None
     for start, stop in rows.blocks():
         count = stop - start
@@ -349,11 +346,13 @@ def _general_sweep(rows: _Rows) -> None:
             idx_b = rows.index[start:stop, None]
             torch.gather(u_b, 1, idx_b, out=rows.z_y[start:stop, None])
         u_b.sub_(m_b[:, None])
-        if eps > 0:
+        if eps > 0 and not rows.probs:
             out = rows.sum_wu[start:stop]
             torch.sum(u_b, 1, out=out) if w is None else torch.mv(u_b, w, out=out)
         if rows.probs:
             q_b = target[start:stop] if q_buf is None else q_buf[:count].copy_(target[start:stop])
+            if eps > 0:
+                q_b.mul_(1.0 - eps).add_(eps / num_classes)
             prod_b = prod_buf[:count]
             torch.mul(q_b, u_b, out=prod_b)
             if w is None:
@@ -370,22 +369,20 @@ def _general_sweep(rows: _Rows) -> None:
 
         s_b = rows.scale[start:stop]
         if rows.probs:
-            a_b = (1.0 - eps) * rows.sum_wq[start:stop] + (eps / num_classes) * rows.total_weight
-            a_b = s_b * a_b
+            a_b = s_b * rows.sum_wq[start:stop]
         else:
             a_b = rows.a[start:stop]
         if rows.zeta != 0.0:
             a_b = a_b + (2.0 * rows.zeta) * s_b * rows.lse_of(start, stop)
         p_b.mul_(a_b[:, None])
-        if rows.probs:  # - s (1 - eps) w q
-            if eps != 1.0:
-                if w is None:
-                    torch.mul(q_b, s_b[:, None], out=prod_b)
-                else:
-                    torch.mul(q_b, w, out=prod_b)
-                    prod_b.mul_(s_b[:, None])
-                p_b.sub_(prod_b, alpha=1.0 - eps)
-            c_b = s_b * (eps / num_classes) if eps > 0 else None
+        if rows.probs:  # - s w q'
+            if w is None:
+                torch.mul(q_b, s_b[:, None], out=prod_b)
+            else:
+                torch.mul(q_b, w, out=prod_b)
+                prod_b.mul_(s_b[:, None])
+            p_b.sub_(prod_b)
+            c_b = None
         else:  # - b e_y
             picked = torch.gather(p_b, 1, idx_b)
             picked.sub_(rows.b[start:stop, None])
