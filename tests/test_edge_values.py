@@ -206,3 +206,10 @@ def test_probability_targets_at_a_masked_logit(q, smoothing, impl):
     (ref_loss, ref_grad), (loss, grad) = results
     torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=0, equal_nan=True)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-15, equal_nan=True)
+
+
+@pytest.mark.parametrize("value", [2.0, math.nan, INF, -INF])
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_zero_dim_softmax_of_non_finite_values(value, name):
+    expected = getattr(torch, name)(torch.tensor(value, dtype=torch.float64), 0)
+    _assert_same(getattr(crossent, name)(np.array(value), 0), expected)

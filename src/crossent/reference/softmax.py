@@ -31,7 +31,7 @@ def _shifted(xp: Any, x: Any, axis: int) -> Any:
 def log_softmax(xp: Any, x: Any, axis: int) -> Any:
     """``(x - max) - log(sum(exp(x - max)))`` along ``axis``; input dtype out."""
     if x.ndim == 0:
-        return xp.zeros_like(x)
+        return x - x  # 0, or NaN for a non-finite x (as torch)
     if x.shape[axis] == 0:
         return x
     work = xp.astype(x, compute_dtype(xp, x.dtype))
@@ -43,7 +43,7 @@ def log_softmax(xp: Any, x: Any, axis: int) -> Any:
 def softmax(xp: Any, x: Any, axis: int) -> Any:
     """``exp(x - max) / sum(exp(x - max))`` along ``axis``; input dtype out."""
     if x.ndim == 0:
-        return xp.ones_like(x)
+        return xp.ones_like(x) + (x - x)  # 1, or NaN for a non-finite x (as torch)
     if x.shape[axis] == 0:
         return x
     work = xp.astype(x, compute_dtype(xp, x.dtype))
