@@ -213,3 +213,31 @@ def test_probability_targets_at_a_masked_logit(q, smoothing, impl):
 def test_zero_dim_softmax_of_non_finite_values(value, name):
     expected = getattr(torch, name)(torch.tensor(value, dtype=torch.float64), 0)
     _assert_same(getattr(crossent, name)(np.array(value), 0), expected)
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+@pytest.mark.parametrize("targets", [[0], [0, -100], [-100, -100]], ids=str)
+def test_smoothed_mean_with_zero_kept_weight_is_nan(impl, targets):
+    """Every kept target has weight 0 (D = 0): torch's smoothed mean is NaN, not inf, and so is
+    the gradient of every kept row; ignored rows stay 0."""
+    x = torch.tensor([[0.0, 1.0], [2.0, 3.0]], dtype=torch.float64)[: len(targets)]
+    target = torch.tensor(targets)
+    weight = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    results = []
+    for fn in (F.cross_entropy, lambda *a, **k: crossent.cross_entropy(*a, impl=impl, **k)):
+        leaf = x.clone().requires_grad_()
+        loss = fn(leaf, target, weight, label_smoothing=0.1)
+        results.append((loss.detach(), torch.autograd.grad(loss, leaf)[0]))
+    (ref_loss, ref_grad), (loss, grad) = results
+    assert torch.isnan(ref_loss) and torch.isnan(loss)
+    torch.testing.assert_close(grad, ref_grad, equal_nan=True)
+
+
+def test_smoothed_linear_mean_with_zero_kept_weight_is_nan():
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, dtype=torch.float64)
+    args = (x, w, torch.tensor([0, 0]))
+    kwargs = dict(weight=torch.tensor([0.0, 1.0, 1.0, 1.0], dtype=torch.float64),
+                  label_smoothing=0.1)  # fmt: skip
+    assert torch.isnan(F.linear_cross_entropy(*args, **kwargs))
+    assert torch.isnan(crossent.linear_cross_entropy(*args, **kwargs))

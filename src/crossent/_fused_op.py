@@ -116,6 +116,10 @@ def _forward(
     else:
         pending = torch.ones((), dtype=acc, device=logits.device)
     loss = _reduce(rows, reduction, denominator)
+    if reduction == "mean" and not target.is_floating_point():
+        loss = _reduction.smoothed_index_mean(
+            _torch_namespace(), loss, denominator, options.label_smoothing
+        )
     if options.z_loss:
         z_rows = options.z_loss * lse * lse
     else:

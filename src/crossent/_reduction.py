@@ -63,3 +63,16 @@ def reduce(xp: Any, losses: Any, reduction: str, denominator: Any | None = None)
     if denominator is None:
         denominator = math.prod(losses.shape)
     return total / denominator
+
+
+def smoothed_index_mean(xp: Any, mean: Any, denominator: Any, label_smoothing: float) -> Any:
+    """The smoothed class-index ``mean`` with torch's value at a zero denominator: NaN.
+
+    torch adds ``(1 - eps) * hard_sum / D`` and ``(eps / C) * smooth_sum / D``; with ``D = 0``
+    (every kept target has weight 0) the first is ``0/0``, so the mean is NaN even where
+    ``(hard_sum + smooth_sum) / D`` alone would be ``inf``. Unchanged without smoothing.
+    """
+    if label_smoothing <= 0:
+        return mean
+    nan = xp.asarray(math.nan, dtype=mean.dtype)
+    return xp.where(denominator == 0, nan, mean)

@@ -248,6 +248,10 @@ def _forward_op(input, linear_weight, target, linear_bias, weight, *args):
     res = _run_engine(tensors, opts, row_scale, grads)
     out_dtype = _result_dtype(input, target, weight)
     loss = _reduce(res.loss, opts.reduction, denominator)
+    if opts.reduction == "mean" and not target.dtype.is_floating_point:
+        import array_api_compat.torch as xp
+
+        loss = _reduction.smoothed_index_mean(xp, loss, denominator, opts.label_smoothing)
     if target.dtype.is_floating_point and opts.reduction == "sum" and input.shape[0] == 0:
         loss = -loss  # torch's probability-target sum over no rows is -0.0
     z_rows = opts.z_loss * res.lse * res.lse if opts.z_loss else torch.zeros_like(res.lse)
@@ -644,6 +648,10 @@ def _blocked(
         else:
             denominator = _denominator(t.reshape(-1), weight, call.ignore_index, acc)
         loss, z = loss / denominator, z / denominator
+        if not call.probabilities:
+            import array_api_compat.torch as xp
+
+            loss = _reduction.smoothed_index_mean(xp, loss, denominator, call.label_smoothing)
     dtype = parts[0][0].dtype
     return CrossEntropyOutput(loss.to(dtype), z.to(dtype), lse)
 

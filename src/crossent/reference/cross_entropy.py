@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from crossent._array import compute_dtype, result_type
-from crossent._reduction import kept_weight, reduce
+from crossent._reduction import kept_weight, reduce, smoothed_index_mean
 from crossent.reference.softmax import constant
 
 
@@ -154,11 +154,16 @@ def _index_cross_entropy(
         losses = (1 - eps) * losses + (eps / num_classes) * smooth
     denominator = xp.sum(w_row)
     loss = reduce(xp, xp.reshape(losses, position_shape(input.shape)), reduction, denominator)
+    if reduction == "mean":
+        loss = smoothed_index_mean(xp, loss, denominator, eps)
     loss = xp.astype(loss, input.dtype)
     if not want_grad:
         return LossGrads(loss)
 
     s = upstream_scale(xp, reduction, grad_output, denominator, num_rows, ct)
+    if reduction == "mean":
+        # D = 0: torch's gradient of every kept row is NaN (its nll part is 0/0 at the target).
+        s = xp.where(denominator == 0, xp.asarray(xp.nan, dtype=ct), s)
     p = xp.exp(logp)
     g = (1 - eps) * xp.reshape(w_row, (-1, 1)) * (p - _onehot(xp, safe, num_classes, ct))
     if eps > 0:
