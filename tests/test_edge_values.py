@@ -241,3 +241,26 @@ def test_smoothed_linear_mean_with_zero_kept_weight_is_nan():
                   label_smoothing=0.1)  # fmt: skip
     assert torch.isnan(F.linear_cross_entropy(*args, **kwargs))
     assert torch.isnan(crossent.linear_cross_entropy(*args, **kwargs))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool], ids=str)
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_probability_targets_accept_integer_and_bool_weights(dtype, smoothing):
+    """torch promotes an integer or bool class weight on the probability path."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, generator=gen, dtype=torch.float64)
+    q = torch.softmax(torch.randn(2, 3, generator=gen, dtype=torch.float64), 1)
+    weight = torch.tensor([1, 0, 2]).to(dtype)
+    expected = F.cross_entropy(x, q, weight, label_smoothing=smoothing)
+    ours = crossent.cross_entropy(x, q, weight, label_smoothing=smoothing)
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=0)
+    _assert_same(crossent.cross_entropy(x.numpy(), q.numpy(), weight.numpy(),
+                                        label_smoothing=smoothing), expected)  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 2), (2, 2, 0)])
+def test_empty_k_dim_input_accepts_uint8_targets(shape):
+    x = torch.randn(shape, dtype=torch.float64)
+    target = torch.zeros((shape[0], shape[2]), dtype=torch.uint8)
+    expected = F.cross_entropy(x, target, reduction="sum")
+    torch.testing.assert_close(crossent.cross_entropy(x, target, reduction="sum"), expected)

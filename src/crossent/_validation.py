@@ -129,13 +129,21 @@ class ClassTargetLayout:
     batched: bool  # False for an unbatched (C,) input
 
 
-def _index_target_shape_checks(input: Any, target: Any) -> None:
-    """nll_loss's shape rules for class-index targets (torch's order and exception types)."""
+def _index_target_shape_checks(xp: Any, input: Any, target: Any) -> None:
+    """nll_loss's shape rules for class-index targets (torch's order and exception types; for a
+    1-D input torch checks the target's dtype between its two shape rules)."""
     ndim = input.ndim
     if ndim == 0:
         raise ValueError("Expected 1 or more dimensions (got 0)")
     if ndim == 1:
-        if target.ndim > 1 or (target.ndim == 1 and target.shape[0] != 1):
+        if target.ndim > 1:
+            raise RuntimeError(
+                f"0D or 1D target tensor expected, multi-target not supported: a (C,) input "
+                f"takes a 0-d (or (1,)) class index, got a target of shape "
+                f"{shape_str(target.shape)}"
+            )
+        _index_target_dtype_check(xp, input, target)
+        if target.ndim == 1 and target.shape[0] != 1:
             raise ValueError(
                 f"For 1D input, 1D target must have size 1, but got target size: "
                 f"{target.shape[0] if target.ndim == 1 else shape_str(target.shape)}"
@@ -146,6 +154,12 @@ def _index_target_shape_checks(input: Any, target: Any) -> None:
         raise ValueError(
             f"Expected input batch_size ({input.shape[0]}) to match target batch_size "
             f"({target_batch})."
+        )
+    if target.ndim == 0:
+        raise IndexError(
+            f"Dimension specified as 0 but tensor has no dimensions: an input of shape "
+            f"{shape_str(input.shape)} takes class indices of shape "
+            f"{shape_str(_index_shape(tuple(input.shape)))}, got a 0-d target"
         )
     if ndim == 2:
         if target.ndim != 1:
@@ -167,7 +181,7 @@ def _index_target_shape_checks(input: Any, target: Any) -> None:
 
 def _index_target_dtype_check(xp: Any, input: Any, target: Any) -> None:
     name = dtype_name(target.dtype)
-    if name == "uint8" and input.ndim > 2:
+    if name == "uint8" and input.ndim > 2 and math.prod(input.shape) > 0:
         raise RuntimeError(
             f"expected scalar type Long but found Byte: uint8 class-index targets are accepted "
             f"only for 1-D and 2-D inputs, got an input of {input.ndim} dimensions; "
@@ -193,14 +207,9 @@ def check_class_weight(
     """Class weights: numel C (1-D except nll's K-dim path); index path needs the input dtype."""
     if weight is None:
         return
-    size = math.prod(weight.shape)
-    one_dim_required = probabilities or input.ndim <= 2 or op == "cross_entropy"
-    if size != num_classes or (one_dim_required and weight.ndim != 1):
-        prefix = "cross_entropy: " if probabilities else ""
-        raise RuntimeError(
-            f"{prefix}weight tensor should be defined either for all {num_classes} classes or no "
-            f"classes but got weight tensor of shape: {shape_str(weight.shape)}"
-        )
+    _check_weight_size(weight, num_classes, input.ndim, probabilities=probabilities, op=op)
+    if probabilities:
+        return  # torch promotes integer and bool weights of the probability path
     if not is_floating(xp, weight.dtype):
         raise RuntimeError(
             f"class weight must be floating point, got {dtype_name(weight.dtype)}"
@@ -212,14 +221,31 @@ def check_class_weight(
         )
 
 
+def _check_weight_size(
+    weight: Any, num_classes: int, input_ndim: int, *, probabilities: bool, op: str
+) -> None:
+    """numel C, and 1-D except on nll's K-dim path (torch: RuntimeError)."""
+    if weight is None:
+        return
+    size = math.prod(weight.shape)
+    one_dim_required = probabilities or input_ndim <= 2 or op == "cross_entropy"
+    if size != num_classes or (one_dim_required and weight.ndim != 1):
+        prefix = "cross_entropy: " if probabilities else ""
+        raise RuntimeError(
+            f"{prefix}weight tensor should be defined either for all {num_classes} classes or no "
+            f"classes but got weight tensor of shape: {shape_str(weight.shape)}"
+        )
+
+
 def check_nll_args(xp: Any, input: Any, target: Any, weight: Any) -> int:
     """All metadata checks of nll_loss; returns the number of classes."""
     if input.ndim == 0:
         raise ValueError("Expected 1 or more dimensions (got 0)")
-    _index_target_shape_checks(input, target)
+    _index_target_shape_checks(xp, input, target)
     _index_target_dtype_check(xp, input, target)
-    check_floating_input(xp, input, "nll_loss")
     num_classes = input.shape[0] if input.ndim == 1 else input.shape[1]
+    _check_weight_size(weight, num_classes, input.ndim, probabilities=False, op="nll_loss")
+    check_floating_input(xp, input, "nll_loss")
     check_class_weight(xp, input, weight, num_classes, probabilities=False, op="nll_loss")
     check_not_differentiable(weight, "nll_loss_forward", "weight")
     return num_classes
@@ -254,6 +280,13 @@ def check_cross_entropy_args(
             xp, input, weight, num_classes, probabilities=True, op="cross_entropy"
         )
         return ClassTargetLayout(True, num_classes, input.ndim > 1)
+    # torch takes the log-softmax over dim 1 (dim 0 for a (C,) input) before nll_loss's checks
+    if input.ndim == 0:
+        raise IndexError(
+            "Dimension out of range (expected to be in range of [-1, 0], but got 1): "
+            "cross_entropy needs an input of shape (C,), (N, C) or (N, C, d1, ...), got a 0-d one"
+        )
+    check_floating_input(xp, input, "cross_entropy")
     num_classes = check_nll_args(xp, input, target, weight)
     if label_smoothing > 0 and weight is not None and weight.ndim != 1:
         check_class_weight(
@@ -386,6 +419,11 @@ def check_bce_with_logits_args(
         )
     check_broadcast_weight(weight, tuple(input.shape), "weight")
     check_broadcast_weight(pos_weight, tuple(input.shape), "pos_weight")
+    if pos_weight is not None and dtype_name(pos_weight.dtype) == "bool":
+        raise RuntimeError(
+            "Subtraction, the `-` operator, with a bool tensor is not supported: pos_weight must "
+            "be a numeric tensor (torch computes pos_weight - 1), got bool"
+        )
     check_not_differentiable(weight, "binary_cross_entropy_with_logits", "weight")
     check_not_differentiable(pos_weight, "binary_cross_entropy_with_logits", "pos_weight")
 

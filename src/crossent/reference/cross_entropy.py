@@ -177,7 +177,9 @@ def _index_cross_entropy(
 def _soft_cross_entropy(
     xp, input, target, weight, reduction, eps, want_grad, grad_output
 ) -> LossGrads:
-    out_dtype = result_type(xp, input.dtype, target.dtype, None if weight is None else weight.dtype)
+    # An integer or bool weight (torch promotes it) does not change the floating result type.
+    float_weight = weight is not None and xp.isdtype(weight.dtype, "real floating")
+    out_dtype = result_type(xp, input.dtype, target.dtype, weight.dtype if float_weight else None)
     ct = compute_dtype(xp, out_dtype)
     x = to_rows(xp, xp.astype(input, ct))
     q = to_rows(xp, xp.astype(target, ct))
@@ -202,7 +204,7 @@ def _soft_cross_entropy(
         loss,
         xp.astype(from_rows(xp, grad_x, input.shape), input.dtype),
         xp.astype(from_rows(xp, grad_q, target.shape), target.dtype),
-        None if weight is None else xp.astype(grad_w, weight.dtype),
+        xp.astype(grad_w, weight.dtype) if float_weight else None,
     )
 
 
