@@ -264,3 +264,27 @@ def test_empty_k_dim_input_accepts_uint8_targets(shape):
     target = torch.zeros((shape[0], shape[2]), dtype=torch.uint8)
     expected = F.cross_entropy(x, target, reduction="sum")
     torch.testing.assert_close(crossent.cross_entropy(x, target, reduction="sum"), expected)
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (3, 1), (1, 1, 3)], ids=str)
+@pytest.mark.parametrize("impl", ["reference", "fused", "numpy"])
+def test_k_dim_input_takes_any_weight_of_c_elements(shape, impl):
+    """torch accepts a class weight of any shape with C elements for (N, C, d...) inputs (without
+    label smoothing); the fused path used to misread a (C, 1) weight."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 2, generator=gen, dtype=torch.float64)
+    target = torch.tensor([[0, 1], [2, 0]])
+    weight = torch.rand(3, generator=gen, dtype=torch.float64).reshape(shape)
+    leaf = x.clone().requires_grad_()
+    expected = F.cross_entropy(leaf, target, weight)
+    (expected_grad,) = torch.autograd.grad(expected, leaf)
+    if impl == "numpy":
+        out = crossent.cross_entropy_and_grad(x.numpy(), target.numpy(), weight.numpy())
+        _assert_same(out.loss, expected.detach())
+        _assert_same(out.grad_input, expected_grad)
+        return
+    leaf = x.clone().requires_grad_()
+    loss = crossent.cross_entropy(leaf, target, weight, impl=impl)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(loss, leaf)[0], expected_grad, rtol=1e-12,
+                               atol=1e-15)  # fmt: skip

@@ -222,7 +222,8 @@ def _prepare_cross_entropy(
     input, target, weight, ignore_index, reduction, label_smoothing, *, check_range=True
 ):
     """Validate; the target range is checked here unless the caller defers it to the fused op
-    (which checks it inside a custom op, invisible to torch.compile)."""
+    (which checks it inside a custom op, invisible to torch.compile). Returns the weight as the
+    kernels take it: 1-D (torch accepts any weight of C elements for K-dim inputs)."""
     xp = namespace(input, target, weight)
     reduction = check.check_reduction(reduction)
     ignore_index = check.check_ignore_index(ignore_index)
@@ -238,7 +239,9 @@ def _prepare_cross_entropy(
         "reduction": reduction,
         "label_smoothing": label_smoothing,
     }
-    return xp, layout, options
+    if weight is not None and weight.ndim != 1:  # K-dim inputs take any weight of C elements
+        weight = xp.reshape(weight, (-1,))
+    return xp, layout, options, weight
 
 
 def cross_entropy(
@@ -355,7 +358,7 @@ def _cross_entropy_dispatch(
     ``z_loss``/``lse`` extras only when ``want_extras``)."""
     z_loss, softcap = check.check_extras(z_loss, softcap)
     choice = resolve_impl(impl, input)
-    xp, layout, options = _prepare_cross_entropy(
+    xp, layout, options, weight = _prepare_cross_entropy(
         input, target, weight, ignore_index, reduction, label_smoothing,
         check_range=choice == "reference",
     )
@@ -437,7 +440,7 @@ def cross_entropy_and_grad(
         "cross_entropy", input, target, weight, ignore_index=ignore_index, reduction=reduction,
         label_smoothing=label_smoothing,
     )
-    xp, layout, options = _prepare_cross_entropy(
+    xp, layout, options, weight = _prepare_cross_entropy(
         input, target, weight, ignore_index, reduction, label_smoothing
     )
     _check_grad_output(xp, grad_output, options["reduction"], _loss_shape(input, layout))
