@@ -74,5 +74,5 @@ def smoothed_index_mean(xp: Any, mean: Any, denominator: Any, label_smoothing: f
     """
     if label_smoothing <= 0:
         return mean
-    nan = xp.asarray(math.nan, dtype=mean.dtype)
+    nan = xp.asarray(math.nan, dtype=mean.dtype, device=getattr(mean, "device", None))
     return xp.where(denominator == 0, nan, mean)

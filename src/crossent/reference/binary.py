@@ -64,7 +64,7 @@ def binary_cross_entropy(
     p = xp.astype(input, ct)
     y = xp.astype(target, ct)
     w = _weight(xp, weight, ct)
-    floor = xp.asarray(-100.0, dtype=ct)
+    floor = xp.asarray(-100.0, dtype=ct, device=getattr(p, "device", None))
     log_p = xp.log(p)
     log_1mp = xp.log1p(-p)  # exact for tiny p, where log(1 - p) would round 1 - p first
     losses = w * ((y - 1) * xp.maximum(log_1mp, floor) - y * xp.maximum(log_p, floor))
@@ -72,7 +72,7 @@ def binary_cross_entropy(
     if not want_grad:
         return LossGrads(loss)
     s = _scale(xp, reduction, grad_output, tuple(input.shape), ct)
-    eps = xp.asarray(BCE_GRAD_EPSILON, dtype=ct)
+    eps = xp.asarray(BCE_GRAD_EPSILON, dtype=ct, device=getattr(p, "device", None))
     grad_p = s * w * (p - y) / xp.maximum(p * (1 - p), eps)
     grad_y = -(s * w * xp.log(p / (1 - p)))  # torch: -logit(p), one rounding
     shape = tuple(input.shape)
