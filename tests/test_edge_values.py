@@ -288,3 +288,14 @@ def test_k_dim_input_takes_any_weight_of_c_elements(shape, impl):
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
     torch.testing.assert_close(torch.autograd.grad(loss, leaf)[0], expected_grad, rtol=1e-12,
                                atol=1e-15)  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 3), (2, 0)], ids=str)
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_softmax_of_an_empty_integer_tensor_is_returned_unchanged(shape, name):
+    """torch runs no kernel on an empty integer tensor (a non-empty one is NotImplementedError)."""
+    x = torch.empty(shape, dtype=torch.long)
+    expected = getattr(F, name)(x, -1)
+    for ours in (getattr(crossent, name)(x, -1), getattr(crossent, name)(x.numpy(), -1)):
+        assert tuple(ours.shape) == tuple(expected.shape)
+        assert str(ours.dtype).endswith("int64")

@@ -80,9 +80,11 @@ def _quiet(xp: Any) -> Iterator[None]:
 
 
 def _cast(xp: Any, input: Any, dtype: Any, op: str) -> Any:
+    """The input cast to ``dtype``; a non-floating input is refused unless it is empty (torch
+    runs no kernel then and returns it unchanged)."""
     if dtype is not None:
         input = xp.astype(input, dtype)
-    if not is_floating(xp, input.dtype):
+    if not is_floating(xp, input.dtype) and math.prod(input.shape) > 0:
         raise NotImplementedError(
             f"{op} expects a floating-point input, got {input.dtype}; pass dtype=... "
             f"(e.g. a float32 dtype) to cast before the op"
@@ -106,6 +108,8 @@ def softmax(input: Any, dim: int, dtype: Any = None) -> Any:
     xp = namespace(input)
     axis = check.normalize_dim(dim, input.ndim)
     input = _cast(xp, input, dtype, "softmax")
+    if not is_floating(xp, input.dtype):  # empty: nothing to compute
+        return input
     if is_torch(input):
         import torch
 
@@ -129,6 +133,8 @@ def log_softmax(input: Any, dim: int, dtype: Any = None) -> Any:
     xp = namespace(input)
     axis = check.normalize_dim(dim, input.ndim)
     input = _cast(xp, input, dtype, "log_softmax")
+    if not is_floating(xp, input.dtype):  # empty: nothing to compute
+        return input
     if is_torch(input):
         import torch
 
