@@ -299,3 +299,17 @@ def test_softmax_of_an_empty_integer_tensor_is_returned_unchanged(shape, name):
     for ours in (getattr(crossent, name)(x, -1), getattr(crossent, name)(x.numpy(), -1)):
         assert tuple(ours.shape) == tuple(expected.shape)
         assert str(ours.dtype).endswith("int64")
+
+
+def test_numpy_results_are_arrays_even_when_reduced():
+    """The result has the input's array type: 0-d ndarrays, not NumPy scalars."""
+    x = np.array([[0.1, 0.2, 0.7], [0.8, 0.1, 0.1]])
+    t = np.array([2, 0])
+    results = [
+        crossent.cross_entropy(x, t), crossent.nll_loss(np.log(x), t),
+        crossent.binary_cross_entropy(x, x), crossent.binary_cross_entropy_with_logits(x, x),
+        crossent.softmax(np.array(2.0), 0), crossent.log_softmax(np.array(2.0), 0),
+        crossent.logsumexp(x, (0, 1)), crossent.cross_entropy_and_grad(x, t).loss,
+        *crossent.cross_entropy_with_extras(x, t, z_loss=1e-3),
+    ]  # fmt: skip
+    assert all(type(r) is np.ndarray for r in results), [type(r) for r in results]

@@ -67,6 +67,12 @@ class LossAndGrad(NamedTuple):
     grad_target: Any | None
 
 
+def _as_array(value: Any) -> Any:
+    """NumPy reductions and 0-d arithmetic give NumPy scalars; hand back 0-d arrays instead, so
+    the result has the input's array type (other array types are returned as they are)."""
+    return np.asarray(value) if isinstance(value, np.generic) else value
+
+
 @contextlib.contextmanager
 def _quiet(xp: Any) -> Iterator[None]:
     """NaN and inf are legitimate results (an all-ignored mean is 0/0, BCE's gradient at p = 0
@@ -115,7 +121,7 @@ def softmax(input: Any, dim: int, dtype: Any = None) -> Any:
 
         return torch.softmax(input, axis)
     with _quiet(xp):
-        return reference.softmax(xp, input, axis)
+        return _as_array(reference.softmax(xp, input, axis))
 
 
 def log_softmax(input: Any, dim: int, dtype: Any = None) -> Any:
@@ -140,7 +146,7 @@ def log_softmax(input: Any, dim: int, dtype: Any = None) -> Any:
 
         return torch.log_softmax(input, axis)
     with _quiet(xp):
-        return reference.log_softmax(xp, input, axis)
+        return _as_array(reference.log_softmax(xp, input, axis))
 
 
 def logsumexp(input: Any, dim: int | tuple[int, ...], keepdim: bool = False) -> Any:
@@ -165,7 +171,7 @@ def logsumexp(input: Any, dim: int | tuple[int, ...], keepdim: bool = False) -> 
 
         return torch.logsumexp(input, axes, keepdim)
     with _quiet(xp):
-        return reference.logsumexp(xp, input, axes, keepdim)
+        return _as_array(reference.logsumexp(xp, input, axes, keepdim))
 
 
 # ------------------------------------------------------------------------------------------
@@ -196,7 +202,7 @@ def _run_reference(fn, options, input, target, weight, pos_weight=None):
 
         return torch_reference.apply(fn, options, input, target, weight, pos_weight)
     with _quiet(xp):
-        return fn(xp, input, target, weight, pos_weight, **options).loss
+        return _as_array(fn(xp, input, target, weight, pos_weight, **options).loss)
 
 
 def _run_reference_grad(fn, options, input, target, weight, pos_weight, grad_output):
@@ -207,10 +213,11 @@ def _run_reference_grad(fn, options, input, target, weight, pos_weight, grad_out
 
         context = torch.no_grad()
     with context, _quiet(xp):
-        return fn(
+        out = fn(
             xp, input, target, weight, pos_weight, want_grad=True, grad_output=grad_output,
             **options,
         )
+    return type(out)(*(_as_array(part) for part in out))
 
 
 def _check_grad_output(xp: Any, grad_output: Any, reduction: str, loss_shape: tuple) -> None:
@@ -416,7 +423,7 @@ def _reference_extras(xp, input, target, weight, layout, options, z_loss, softca
         z_term = xp.astype(z_term, loss.dtype)
     if z_loss:
         loss = loss + z_term
-    return CrossEntropyOutput(loss, constant(z_term), constant(lse))
+    return CrossEntropyOutput(*(_as_array(v) for v in (loss, constant(z_term), constant(lse))))
 
 
 def cross_entropy_and_grad(
