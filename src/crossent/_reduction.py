@@ -74,5 +74,7 @@ def smoothed_index_mean(xp: Any, mean: Any, denominator: Any, label_smoothing: f
     """
     if label_smoothing <= 0:
         return mean
-    nan = xp.asarray(math.nan, dtype=mean.dtype, device=getattr(mean, "device", None))
-    return xp.where(denominator == 0, nan, mean)
+    # denominator * nan: a NaN on the right device without creating an array (no host copy, so
+    # the fused ops stay capturable in a CUDA graph) and outside the loss's autograd graph (the
+    # class weights of the index path never require grad)
+    return xp.where(denominator == 0, denominator * math.nan, mean)

@@ -28,6 +28,7 @@ nll_loss (input already log-probabilities ``a``)::
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 from crossent._array import compute_dtype, result_type
@@ -163,7 +164,7 @@ def _index_cross_entropy(
     s = upstream_scale(xp, reduction, grad_output, denominator, num_rows, ct)
     if reduction == "mean":
         # D = 0: torch's gradient of every kept row is NaN (its nll part is 0/0 at the target).
-        s = xp.where(denominator == 0, xp.asarray(xp.nan, dtype=ct, device=_device(s)), s)
+        s = xp.where(denominator == 0, denominator * math.nan, s)
     p = xp.exp(logp)
     g = (1 - eps) * xp.reshape(w_row, (-1, 1)) * (p - _onehot(xp, safe, num_classes, ct))
     if eps > 0:
