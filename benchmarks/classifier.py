@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import Case, Provider
+from benchmarks.harness import Case, Provider, cpu_model
 
 BASELINE = "sklearn LinearModelLoss"
 #: crossent's objective may exceed scikit-learn's final objective by at most this, relative.
@@ -273,22 +273,13 @@ def run_digits() -> dict[str, Any]:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     import os
 
     import sklearn
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (
-        f"{cpu}, {cores} cores available, Python {platform.python_version()}, "
+        f"{cpu_model()}, {cores} cores available, Python {platform.python_version()}, "
         f"NumPy {np.__version__}, scikit-learn {sklearn.__version__}, "
         f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
     )

@@ -447,21 +447,25 @@ def _memory_child(argv: Sequence[str]) -> None:
 # reporting
 
 
-def machine_description(threads: int) -> dict[str, Any]:
-    """CPU model, core count, threads used, torch/python versions (for every result file)."""
-    import torch
-
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what ``platform`` knows."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return cpu
+
+
+def machine_description(threads: int) -> dict[str, Any]:
+    """CPU model, core count, threads used, torch/python versions (for every result file)."""
+    import torch
+
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "logical_cores": os.cpu_count(),
         "threads": threads,

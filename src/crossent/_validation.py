@@ -129,9 +129,9 @@ class ClassTargetLayout:
     batched: bool  # False for an unbatched (C,) input
 
 
-def _index_target_shape_checks(xp: Any, input: Any, target: Any) -> None:
-    """nll_loss's shape rules for class-index targets (torch's order and exception types; for a
-    1-D input torch checks the target's dtype between its two shape rules)."""
+def _index_target_checks(xp: Any, input: Any, target: Any) -> None:
+    """nll_loss's shape and dtype rules for class-index targets, in torch's order and with its
+    exception types (for a 1-D input torch checks the dtype between its two shape rules)."""
     ndim = input.ndim
     if ndim == 0:
         raise ValueError("Expected 1 or more dimensions (got 0)")
@@ -169,14 +169,15 @@ def _index_target_shape_checks(xp: Any, input: Any, target: Any) -> None:
                 f"{shape_str(target.shape)} (a target with the input's shape "
                 f"{shape_str(input.shape)} is read as class probabilities)"
             )
-        return
-    expected = (input.shape[0], *input.shape[2:])
-    if tuple(target.shape) != expected:
-        raise RuntimeError(
-            f"Expected target size {shape_str(expected)}, got {shape_str(target.shape)} "
-            f"(input {shape_str(input.shape)} has its classes in dim 1; an (N, L, C) model output "
-            f"must be permuted to (N, C, L))"
-        )
+    else:
+        expected = (input.shape[0], *input.shape[2:])
+        if tuple(target.shape) != expected:
+            raise RuntimeError(
+                f"Expected target size {shape_str(expected)}, got {shape_str(target.shape)} "
+                f"(input {shape_str(input.shape)} has its classes in dim 1; an (N, L, C) model "
+                f"output must be permuted to (N, C, L))"
+            )
+    _index_target_dtype_check(xp, input, target)
 
 
 def _index_target_dtype_check(xp: Any, input: Any, target: Any) -> None:
@@ -205,16 +206,20 @@ def check_class_weight(
     xp: Any, input: Any, weight: Any, num_classes: int, *, probabilities: bool, op: str
 ) -> None:
     """Class weights: numel C (1-D except nll's K-dim path); index path needs the input dtype."""
+    _check_weight_size(weight, num_classes, input.ndim, probabilities=probabilities, op=op)
+    if not probabilities:  # torch promotes integer and bool weights of the probability path
+        _check_weight_dtype(xp, input, weight)
+
+
+def _check_weight_dtype(xp: Any, input: Any, weight: Any) -> None:
+    """Index-path class weights are floating, in the input's dtype (torch: RuntimeError)."""
     if weight is None:
         return
-    _check_weight_size(weight, num_classes, input.ndim, probabilities=probabilities, op=op)
-    if probabilities:
-        return  # torch promotes integer and bool weights of the probability path
     if not is_floating(xp, weight.dtype):
         raise RuntimeError(
             f"class weight must be floating point, got {dtype_name(weight.dtype)}"
         )
-    if not probabilities and dtype_name(weight.dtype) != dtype_name(input.dtype):
+    if dtype_name(weight.dtype) != dtype_name(input.dtype):
         raise RuntimeError(
             f"expected scalar type {dtype_name(input.dtype)} but found "
             f"{dtype_name(weight.dtype)}: class weights must have the input's dtype"
@@ -238,15 +243,13 @@ def _check_weight_size(
 
 
 def check_nll_args(xp: Any, input: Any, target: Any, weight: Any) -> int:
-    """All metadata checks of nll_loss; returns the number of classes."""
-    if input.ndim == 0:
-        raise ValueError("Expected 1 or more dimensions (got 0)")
-    _index_target_shape_checks(xp, input, target)
-    _index_target_dtype_check(xp, input, target)
+    """All metadata checks of nll_loss, in torch's order (target, weight size, input dtype,
+    weight dtype); returns the number of classes."""
+    _index_target_checks(xp, input, target)
     num_classes = input.shape[0] if input.ndim == 1 else input.shape[1]
     _check_weight_size(weight, num_classes, input.ndim, probabilities=False, op="nll_loss")
     check_floating_input(xp, input, "nll_loss")
-    check_class_weight(xp, input, weight, num_classes, probabilities=False, op="nll_loss")
+    _check_weight_dtype(xp, input, weight)
     check_not_differentiable(weight, "nll_loss_forward", "weight")
     return num_classes
 

@@ -382,6 +382,7 @@ class _Call(NamedTuple):
     softcap: float | None
     out_features: tuple[int, ...]
     batched: bool
+    memory_budget: int | None  # bytes; None = default_memory_budget
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -446,15 +447,13 @@ def _check_devices(*tensors: Tensor | None) -> None:
         )
 
 
-def _check_extras(z_loss: Any, softcap: Any, memory_budget: Any) -> tuple[float, float | None]:
-    z_loss, softcap = check.check_extras(z_loss, softcap)
-    if memory_budget is not None:
-        memory_budget = check.int_argument(memory_budget, "memory_budget (bytes)")
-        if memory_budget <= 0:
-            raise ValueError(
-                f"memory_budget must be a positive number of bytes, got {memory_budget}"
-            )
-    return float(z_loss), softcap
+def _check_memory_budget(memory_budget: Any) -> int | None:
+    if memory_budget is None:
+        return None
+    memory_budget = check.int_argument(memory_budget, "memory_budget (bytes)")
+    if memory_budget <= 0:
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+    return memory_budget
 
 
 def _prepare(
@@ -490,7 +489,7 @@ def _prepare(
     label_smoothing = check.check_label_smoothing(label_smoothing)
     check.check_cross_entropy_args(xp, logits, target, weight, ignore_index, label_smoothing)
     _check_devices(input, linear_weight, linear_bias, target, weight)
-    z_loss, softcap = _check_extras(z_loss, softcap, memory_budget)
+    z_loss, softcap = check.check_extras(z_loss, softcap)
     return _Call(
         probabilities,
         ignore_index,
@@ -500,6 +499,7 @@ def _prepare(
         softcap,
         out_features,
         input.dim() == 2,
+        _check_memory_budget(memory_budget),
     )
 
 
@@ -709,11 +709,10 @@ def linear_cross_entropy_with_extras(
         )
     if choice == "reference":
         return _reference(input, linear_weight, target, linear_bias, weight, call)
-    if memory_budget is not None:
-        memory_budget = check.int_argument(memory_budget, "memory_budget (bytes)")
     return _blocked(
-        input, linear_weight, target, linear_bias, weight, call, _kernel_for(choice), memory_budget
-    )
+        input, linear_weight, target, linear_bias, weight, call, _kernel_for(choice),
+        call.memory_budget,
+    )  # fmt: skip
 
 
 def linear_cross_entropy(
