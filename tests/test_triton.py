@@ -181,6 +181,115 @@ def test_matches_reference(
     check(run_kernel(*inputs, options, grad_mode, config), run_reference(*inputs, options), dtype)
 
 
+#: The split-row kernel: (classes, rows, config). Several chunks with a masked last one (also a
+#: part count that is not a power of two), one chunk wider than the row, prefetching or not,
+#: more rows than groups. In the interpreter a split over several programs runs as two launches
+#: (records, then gradient); one part per row runs the single-launch (cooperative) path.
+SPLIT_SHAPES = [
+    (200, 9, KernelConfig(block=64, num_warps=1, chunk=64)),
+    (1000, 7, KernelConfig(block=64, num_warps=2, chunk=256, prefetch=True, programs=3)),
+    (4097, 5, KernelConfig(block=64, num_warps=4, chunk=1024, prefetch=True)),
+    (300, 11, KernelConfig(block=64, num_warps=2, chunk=512, prefetch=True, programs=4)),
+    (3, 6, KernelConfig(block=16, num_warps=1, chunk=16, programs=2)),
+    (200, 9, KernelConfig(block=16, num_warps=1, chunk=64, chunk_in_registers=False)),
+    (1000, 7, KernelConfig(block=64, num_warps=2, chunk=256, chunk_in_registers=False)),
+]
+
+
+def split_table():
+    cases = []
+    for dtype_name in DTYPES:
+        combos = itertools.product(OPTIONS, (False, True), (False, True))
+        for i, (option_name, probabilities, weighted) in enumerate(combos):
+            num_classes, num_rows, config = SPLIT_SHAPES[(i + len(cases)) % len(SPLIT_SHAPES)]
+            grad_mode = ("buffer", "inplace")[(i + len(cases)) % 2]
+            kind = "prob" if probabilities else "index"
+            case_id = (
+                f"{dtype_name}-C{num_classes}-chunk{config.chunk}-{option_name}-{kind}"
+                f"-{'w' if weighted else 'nw'}-{grad_mode}"
+            )
+            cases.append(
+                pytest.param(
+                    *(dtype_name, num_classes, num_rows, config),
+                    *(option_name, probabilities, weighted, grad_mode),
+                    id=case_id,
+                )
+            )
+    return cases
+
+
+@pytest.mark.parametrize(
+    "dtype_name,num_classes,num_rows,config,option_name,probabilities,weighted,grad_mode",
+    split_table(),
+)
+def test_split_rows_match_reference(
+    dtype_name, num_classes, num_rows, config, option_name, probabilities, weighted, grad_mode
+):
+    dtype = DTYPES[dtype_name]
+    options = OPTIONS[option_name]
+    inputs = make_inputs(num_rows, num_classes, dtype, options, probabilities, weighted, seed=7)
+    check(run_kernel(*inputs, options, grad_mode, config), run_reference(*inputs, options), dtype)
+
+
+@pytest.mark.parametrize("dtype_name", ["bf16", "f64"])
+def test_split_rows_are_bitwise_consistent(dtype_name):
+    """The split kernel: same bits in a buffer, in place, with or without prefetching, on any
+    grid and run to run; its log-sum-exp recomputes its gradient within one rounding."""
+    dtype = DTYPES[dtype_name]
+    options = OPTIONS["everything"]
+    for probabilities in (False, True):
+        inputs = make_inputs(7, 1000, dtype, options, probabilities, True, seed=8)
+        config = KernelConfig(block=64, num_warps=2, chunk=256)
+        loss, lse, grad = run_kernel(*inputs, options, "buffer", config)
+        for other in (
+            run_kernel(*inputs, options, "inplace", config),
+            run_kernel(*inputs, options, "buffer", KernelConfig(64, 2, chunk=256, prefetch=True)),
+            run_kernel(*inputs, options, "buffer", KernelConfig(64, 2, chunk=256, programs=4)),
+            run_kernel(*inputs, options, "buffer", config),
+        ):
+            for a, b in zip(other, (loss, lse, grad), strict=True):
+                assert torch.equal(a, b)
+        recomputed = torch.full_like(grad, float("nan"))
+        cross_entropy_rows_grad(*inputs, options, lse, recomputed, config=config)
+        torch.testing.assert_close(recomputed, grad, **tolerances(dtype)["grad"])
+
+
+def test_split_rows_ignored_and_infinite():
+    """Ignored rows of NaN logits are zeros; -inf logits (a masked vocabulary) get a zero
+    gradient and leave the loss finite, whichever part holds them."""
+    config = KernelConfig(block=64, num_warps=1, chunk=128)
+    logits = torch.full((3, 1000), float("nan"), device=DEVICE)
+    target = torch.full((3,), -100, device=DEVICE)
+    grad = torch.full_like(logits, float("nan"))
+    options = RowOptions(z_loss=0.1)
+    loss, lse = cross_entropy_rows(logits, target, None, options, grad, config=config)
+    assert torch.equal(loss, torch.zeros(3, device=DEVICE))
+    assert torch.equal(lse, torch.zeros(3, device=DEVICE))
+    assert torch.equal(grad, torch.zeros_like(grad))
+
+    options = RowOptions(z_loss=1e-3)
+    logits, target, weight = make_inputs(5, 1000, torch.float32, options, False, True, seed=9)
+    logits[:, 100:300] = float("-inf")
+    logits[:, :1] = float("-inf")
+    target = torch.where(target == options.ignore_index, target, 500)
+    result = run_kernel(logits, target, weight, options, "buffer", config)
+    check(result, run_reference(logits, target, weight, options), torch.float32)
+    assert torch.isfinite(result[0]).all()
+    assert torch.equal(result[2][:, 100:300], torch.zeros_like(result[2][:, 100:300]))
+
+
+def test_default_config_splits_long_rows(monkeypatch):
+    """With SPLIT_MIN_COLS set, long rows get the split kernel; short ones the row kernel."""
+    from crossent.backends.triton import choose_config
+    from crossent.backends.triton import cross_entropy as triton_ce
+
+    assert choose_config(128256, 2).chunk == 0  # off by default (measured slower)
+    monkeypatch.setattr(triton_ce, "SPLIT_MIN_COLS", 32768)
+    assert choose_config(128256, 2).chunk == 16384
+    assert choose_config(128256, 4).chunk == 8192
+    assert choose_config(4097, 2).chunk == 0
+
+
 @pytest.mark.parametrize("dtype_name", ["bf16", "f32"])
 def test_default_config_and_more_rows(dtype_name):
     """The heuristic launch configuration (one full 4096 block and a 1-column tail) on 33 rows."""
