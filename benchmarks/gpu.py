@@ -228,169 +228,6 @@ def gemm_rate(run: Run, device):
 # 2. row-kernel correctness
 
 
-def row_kernel_config(num_cols: int, element_size: int):
-    """The row kernel's default configuration (one program per row, no split)."""
-    from crossent.backends.triton import cross_entropy as triton_ce
-
-    saved = triton_ce.SPLIT_MIN_COLS
-    triton_ce.SPLIT_MIN_COLS = None
-    try:
-        return original_choose_config()(num_cols, element_size)
-    finally:
-        triton_ce.SPLIT_MIN_COLS = saved
-
-
-_ORIGINAL_CHOOSE_CONFIG: list = []
-
-
-def original_choose_config():
-    """The library's ``choose_config`` (captured before any benchmark replaces it)."""
-    if not _ORIGINAL_CHOOSE_CONFIG:
-        from crossent.backends.triton import cross_entropy as triton_ce
-
-        _ORIGINAL_CHOOSE_CONFIG.append(triton_ce.choose_config)
-    return _ORIGINAL_CHOOSE_CONFIG[0]
-
-
-#: Split-row kernel variants: chunk and block in bytes (so the same variant serves every dtype),
-#: warps, pipelining stages, chunk held in registers or streamed twice (second read from L2).
-SPLIT_VARIANTS = {
-    "held 32 KB, 16 warps, prefetch": dict(chunk_bytes=32768, warps=16, hold=True, prefetch=True),
-    "held 64 KB, 32 warps, prefetch": dict(chunk_bytes=65536, warps=32, hold=True, prefetch=True),
-    "streamed 32 KB, 4 KB blocks, 8 warps": dict(chunk_bytes=32768, block_bytes=4096, warps=8),
-    "streamed 32 KB, 4 KB blocks, 8 warps, stages=1": dict(
-        chunk_bytes=32768, block_bytes=4096, warps=8, stages=1),
-    "streamed 32 KB, 4 KB blocks, 8 warps, no L2 hints": dict(
-        chunk_bytes=32768, block_bytes=4096, warps=8, hints=False),
-    "streamed 16 KB, 2 KB blocks, 4 warps": dict(chunk_bytes=16384, block_bytes=2048, warps=4),
-    "streamed 16 KB, 4 KB blocks, 8 warps, stages=1": dict(
-        chunk_bytes=16384, block_bytes=4096, warps=8, stages=1),
-    "streamed 64 KB, 8 KB blocks, 16 warps": dict(chunk_bytes=65536, block_bytes=8192, warps=16),
-    "streamed 32 KB, 8 KB blocks, 16 warps, stages=1": dict(
-        chunk_bytes=32768, block_bytes=8192, warps=16, stages=1),
-}  # fmt: skip
-
-
-def split_variant(name: str, num_cols: int, element_size: int):
-    """The launch configuration of a named split variant for rows of ``num_cols`` elements."""
-    from crossent.backends.triton import KernelConfig
-
-    spec = SPLIT_VARIANTS[name]
-    chunk = spec["chunk_bytes"] // element_size
-    block = spec.get("block_bytes", 4096 * 2) // element_size
-    return KernelConfig(
-        block=min(block, chunk),
-        num_warps=spec["warps"],
-        num_stages=spec.get("stages", 3),
-        programs=0,
-        l2_hints=spec.get("hints", True),
-        chunk=chunk,
-        prefetch=spec.get("prefetch", False),
-        chunk_in_registers=spec.get("hold", False),
-    )
-
-
-def config_chooser(split_name: str | None):
-    """A ``choose_config`` replacement: the named split variant for long rows (None: none)."""
-
-    def choose(num_cols: int, element_size: int):
-        if split_name is not None and num_cols >= 32768:
-            return split_variant(split_name, num_cols, element_size)
-        return row_kernel_config(num_cols, element_size)
-
-    return choose
-
-
-def with_chooser(fn, chooser):
-    """``fn`` with ``crossent.backends.triton.cross_entropy.choose_config`` replaced while it
-    runs (benchmark only: the forward computes the gradients, so all kernel work is inside)."""
-
-    def wrapped(*args, **kwargs):
-        from crossent.backends.triton import cross_entropy as triton_ce
-
-        original_choose_config()
-        saved = triton_ce.choose_config
-        triton_ce.choose_config = chooser
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            triton_ce.choose_config = saved
-
-    return wrapped
-
-
-def split_smoke_main() -> int:
-    """(subprocess) Every split-kernel variant once, cooperatively, against the row kernel."""
-    import torch
-
-    from crossent.backends.rows import RowOptions
-    from crossent.backends.triton import cross_entropy_rows
-
-    device = torch.device("cuda")
-    results = {}
-    for dtype, num_cols in ((torch.bfloat16, 128256), (torch.float32, 50257)):
-        x, target, _ = make_row_inputs(1024, num_cols, dtype, "index", False, -100, device, 5)
-        options = RowOptions(label_smoothing=0.1, z_loss=1e-4)
-        ref_grad = torch.empty_like(x)
-        ref = cross_entropy_rows(x, target, None, options, ref_grad,
-                                 config=row_kernel_config(num_cols, x.element_size()))  # fmt: skip
-        for name in SPLIT_VARIANTS:
-            config = split_variant(name, num_cols, x.element_size())
-            t0 = time.monotonic()
-            grad = torch.full_like(x, float("nan"))
-            loss, lse = cross_entropy_rows(x, target, None, options, grad, config=config)
-            torch.cuda.synchronize()
-            again = x.clone()
-            loss2, _ = cross_entropy_rows(again, target, None, options, again, config=config)
-            torch.cuda.synchronize()
-            results[f"{dtype} {name}"] = {
-                "seconds": round(time.monotonic() - t0, 2),
-                "loss": rel_err(loss, ref[0]),
-                "lse": rel_err(lse, ref[1]),
-                "grad": rel_err(grad, ref_grad),
-                "bitwise": bool(torch.equal(loss, loss2) and torch.equal(grad, again)),
-            }
-            print(f"{dtype} {name}: {results[f'{dtype} {name}']}", flush=True)
-    print("SPLIT-SMOKE " + json.dumps(results), flush=True)
-    return 0
-
-
-def split_smoke(run: Run, device, small: bool):
-    """Launch every split variant in a subprocess with a timeout: a hang (a group of programs
-    not resident together) must not end the run. On failure the split kernel is switched off
-    for the rest of the run (``SPLIT_MIN_COLS = None``)."""
-    import subprocess
-
-    from crossent.backends.triton import cross_entropy as triton_ce
-
-    if small:
-        run.log("split smoke: skipped (dry run: the interpreter runs the two-launch mode)")
-        return
-    try:
-        done = subprocess.run(
-            [sys.executable, __file__, "--split-smoke"],
-            capture_output=True, text=True, timeout=110, check=False,
-        )  # fmt: skip
-        output = done.stdout + done.stderr
-        lines = [line for line in done.stdout.splitlines() if line.startswith("SPLIT-SMOKE ")]
-        results = json.loads(lines[-1].removeprefix("SPLIT-SMOKE ")) if lines else None
-    except subprocess.TimeoutExpired as exc:
-        output = f"TIMEOUT after {exc.timeout}s: {exc.stdout!r:.2000}"
-        results = None
-    run.log("split smoke output:\n" + output[-3000:])
-    ok = results is not None and all(
-        r["bitwise"] and r["loss"] < 1e-5 and r["lse"] < 1e-5 and r["grad"] < 4e-3
-        for r in results.values()
-    )
-    run.results["split_smoke"] = results
-    run.check("split kernel: every variant completes, matches the row kernel, bitwise repeat", ok,
-              "" if results is None else json.dumps(results)[:1500])  # fmt: skip
-    if not ok:
-        triton_ce.SPLIT_MIN_COLS = None
-        run.results["info"]["split_disabled"] = True
-        run.log("split kernel DISABLED for the rest of the run")
-
-
 GRAD_REL_TOL = {"bfloat16": 4e-3, "float16": 6e-4, "float32": 1e-5, "float64": 1e-12}
 STAT_REL_TOL = {"bfloat16": 1e-5, "float16": 1e-5, "float32": 1e-5, "float64": 1e-12}
 
@@ -420,7 +257,7 @@ def row_correctness(run: Run, device, small: bool):
 
     from crossent.backends import rows
     from crossent.backends.rows import RowOptions
-    from crossent.backends.triton import choose_config, cross_entropy_rows, cross_entropy_rows_grad
+    from crossent.backends.triton import cross_entropy_rows, cross_entropy_rows_grad
 
     big_v = 1000 if small else 128256
     huge_v = 1500 if small else 256000
@@ -486,25 +323,12 @@ def row_correctness(run: Run, device, small: bool):
             RowOptions(z_loss=1e-4),
             True,
         ),
-        (
-            "bf16 V=128256 smooth+weight, row kernel (no split)",
-            64,
-            big_v,
-            torch.bfloat16,
-            "index",
-            True,
-            RowOptions(label_smoothing=0.1),
-            False,
-        ),
     ]
     if not small:
         cases = [(n, r * 4, *rest) for (n, r, *rest) in cases]
     for seed, (name, num_rows, num_classes, dtype, kind, weighted, options, scaled) in enumerate(
         cases
     ):
-        config_override = None
-        if "row kernel" in name:
-            config_override = row_kernel_config(num_classes, dtype.itemsize)
         x, target, weight = make_row_inputs(
             num_rows, num_classes, dtype, kind, weighted, options.ignore_index, device, seed
         )
@@ -512,8 +336,7 @@ def row_correctness(run: Run, device, small: bool):
         if scaled:
             scale = torch.randn(num_rows, device=device, dtype=torch.float32)
         grad = torch.full_like(x, float("nan"))
-        call = functools.partial(cross_entropy_rows, config=config_override)
-        loss, lse = call(x, target, weight, options, grad, row_scale=scale)
+        loss, lse = cross_entropy_rows(x, target, weight, options, grad, row_scale=scale)
         grad64 = torch.empty_like(x, dtype=torch.float64)
         t64 = target.double() if kind == "prob" else target
         loss64, lse64 = rows.cross_entropy_rows(
@@ -541,9 +364,9 @@ def row_correctness(run: Run, device, small: bool):
         )
 
         again = torch.empty_like(x)
-        loss2, lse2 = call(x, target, weight, options, again, row_scale=scale)
+        loss2, lse2 = cross_entropy_rows(x, target, weight, options, again, row_scale=scale)
         inplace = x.clone()
-        loss3, _ = call(inplace, target, weight, options, inplace, row_scale=scale)
+        loss3, _ = cross_entropy_rows(inplace, target, weight, options, inplace, row_scale=scale)
         recomputed = torch.full_like(x, float("nan"))
         cross_entropy_rows_grad(x, target, weight, options, lse, recomputed, row_scale=scale)
         bitwise = (
@@ -552,14 +375,9 @@ def row_correctness(run: Run, device, small: bool):
             and torch.equal(grad, again)
             and torch.equal(loss, loss3)
             and torch.equal(grad, inplace)
+            and torch.equal(grad, recomputed)
         )
-        # The row kernel recomputes the same bits; after the split kernel (another summation
-        # order of the weighted sums) the recomputed gradient is within one rounding.
-        if choose_config(num_classes, x.element_size()).chunk and not config_override:
-            recompute_ok = rel_err(recomputed, grad) <= GRAD_REL_TOL[key] / 4
-        else:
-            recompute_ok = torch.equal(grad, recomputed)
-        run.check(f"bitwise repeat/in-place, recompute: {name}", bitwise and recompute_ok)
+        run.check(f"bitwise repeat/in-place/recompute: {name}", bitwise)
         del x, target, weight, grad, grad64, again, inplace, recomputed
         free_memory()
 
@@ -886,7 +704,7 @@ def triton_launches(fn) -> str:
         synchronize()
     finally:
         hook_chain.launch_enter_hook.remove(hook)
-    mine = {k: v for k, v in counts.items() if "rows_kernel" in k}
+    mine = {k: v for k, v in counts.items() if "cross_entropy_rows" in k or "scale_rows" in k}
     if not mine:
         return f"NO crossent Triton kernel launched (other Triton launches: {sum(counts.values())})"
     return "launches: " + ", ".join(f"{k}x{v}" for k, v in sorted(mine.items()))
@@ -954,31 +772,16 @@ def logits_timings(run: Run, device, small: bool):
 
         return fn, fresh_leaf
 
-    def kernel_inplace(config=None):
+    def kernel_inplace():
         work = base.clone()
         inv = 1.0 / (target != -100).sum().to(torch.float32)
         one = torch.ones((), device=device)
 
         def fn():
-            cross_entropy_rows(work, target, None, options, work, row_scale=inv, config=config)
+            cross_entropy_rows(work, target, None, options, work, row_scale=inv)
             scale_rows_(work, one)  # the backward of the recommended wiring: skipped at 1
 
         return fn, None
-
-    def row_kernel_inplace():
-        return kernel_inplace(row_kernel_config(v, 2))
-
-    def best_split_inplace():
-        return kernel_inplace(split_variant(best_split_name(run), v, 2))
-
-    def crossent_api_best_split():
-        import crossent
-
-        call = with_chooser(
-            lambda x, t: crossent.cross_entropy(x, t, impl="triton"),
-            config_chooser(best_split_name(run)),
-        )
-        return autograd_build(call)
 
     def kernel_buffer():
         grad = torch.empty_like(base)
@@ -1012,13 +815,8 @@ def logits_timings(run: Run, device, small: bool):
         return autograd_build(compiled_ce)
 
     providers = [
-        ("crossent kernel (default), in place + scale_rows_ (fwd+bwd floor)", kernel_inplace, None),
-        ("crossent row kernel (no split), in place + scale_rows_", row_kernel_inplace, None),
-        (f"crossent split kernel [{best_split_name(run)}], in place + scale_rows_",
-         best_split_inplace, None),
-        (f"crossent.cross_entropy(impl='triton') fwd+bwd, split [{best_split_name(run)}]",
-         crossent_api_best_split, None),
-        ("crossent kernel (default), gradient buffer", kernel_buffer, None),
+        ("crossent kernel, in place + scale_rows_ (fwd+bwd floor)", kernel_inplace, None),
+        ("crossent kernel, gradient buffer", kernel_buffer, None),
         ("crossent kernel, forward only (loss, lse)", kernel_forward_only, None),
         ("crossent.cross_entropy(impl='triton') fwd+bwd", crossent_api, None),
         ("torch eager F.cross_entropy fwd+bwd", torch_eager, None),
@@ -1040,23 +838,35 @@ def config_sweep(run: Run, device, small: bool):
     import torch
 
     from crossent.backends.rows import RowOptions
-    from crossent.backends.triton import KernelConfig, cross_entropy_rows
+    from crossent.backends.triton import KernelConfig, choose_config, cross_entropy_rows
 
     sms = 2 if small else torch.cuda.get_device_properties(device).multi_processor_count
-    row = row_kernel_config(128256, 2)
-    b, w = row.block, row.num_warps
-    main = [(f"split: {name}", split_variant(name, 128256, 2)) for name in SPLIT_VARIANTS]
-    main += [
-        ("row kernel: grid = rows", row),
-        ("row kernel: grid = rows, stages=1", KernelConfig(b, w, 1, programs=0)),
-        ("row kernel: grid = 2/SM", KernelConfig(b, w, programs=2 * sms)),
-    ]  # fmt: skip
-    gemma = [(f"split: {name}", split_variant(name, 256000, 2)) for name in SPLIT_VARIANTS]
-    gemma += [("row kernel: grid = rows, stages=1", KernelConfig(b, w, 1, programs=0))]
-    gemma += [("row kernel: grid = rows", row_kernel_config(256000, 2))]
-    if run.results["info"].get("split_disabled"):
-        main = [m for m in main if not m[0].startswith("split")]
-        gemma = [g for g in gemma if not g[0].startswith("split")]
+    default = choose_config(128256, 2)
+    b, w = default.block, default.num_warps
+    main = [
+        ("default", None),
+        ("stages=1", KernelConfig(b, w, num_stages=1)),
+        ("stages=2", KernelConfig(b, w, num_stages=2)),
+        ("stages=4", KernelConfig(b, w, num_stages=4)),
+        ("no L2 hints", KernelConfig(b, w, l2_hints=False)),
+        ("no hints, stages=1", KernelConfig(b, w, 1, l2_hints=False)),
+        ("grid = rows", KernelConfig(b, w, programs=0)),
+        ("grid = rows, stages=1", KernelConfig(b, w, 1, programs=0)),
+        ("grid = 1/SM", KernelConfig(b, w, programs=sms)),
+        ("grid = 2/SM", KernelConfig(b, w, programs=2 * sms)),
+        ("grid = 2/SM, stages=1", KernelConfig(b, w, 1, programs=2 * sms)),
+        ("block 8192, 32 warps", KernelConfig(8192, 32)),
+        ("block 8192, 32 warps, 1/SM", KernelConfig(8192, 32, programs=sms)),
+        ("block 8192, 16 warps", KernelConfig(8192, 16)),
+        ("block 2048, 8 warps", KernelConfig(2048, 8)),
+        ("block 2048, 8 warps, 4/SM", KernelConfig(2048, 8, programs=4 * sms)),
+    ]
+    gemma = [
+        ("default", None),
+        ("stages=1", KernelConfig(b, w, num_stages=1)),
+        ("grid = rows", KernelConfig(b, w, programs=0)),
+        ("grid = 2/SM", KernelConfig(b, w, programs=2 * sms)),
+    ]
     shapes = [((64, 1000) if small else (8192, 128256), main)]
     if not small:
         shapes.append(((4096, 256000), gemma))
@@ -1081,73 +891,16 @@ def config_sweep(run: Run, device, small: bool):
                 row = {
                     "shape": f"{n}x{v}",
                     "config": name,
-                    "spec": repr(config),
+                    "spec": repr(config or choose_config(v, 2)),
                     "ms": ms,
                     "tb_s": tb_s,
                     "pct_copy_bw": 100 * tb_s / copy,
                 }
                 run.results["sweep"].append(row)
-                best = run.results.setdefault("best_config", {})
-                if name != "default" and (v not in best or ms < best[v][1]):
-                    best[v] = (name, ms)
                 run.log(f"sweep {n}x{v} {name}: {ms:.3f} ms, {tb_s:.3f} TB/s, "
                         f"{row['pct_copy_bw']:.1f}% of copy")  # fmt: skip
             except Exception as exc:
                 run.log(f"sweep {name}: failed {type(exc).__name__}: {exc}")
-        del x
-        free_memory()
-    best = run.results.get("best_config", {}).get(128256)
-    if best is not None and best[0].startswith("split: "):
-        run.results["info"]["best_split"] = best[0].removeprefix("split: ")
-    run.log(f"sweep: best at V=128256: {best}; best split used below: "
-            f"{run.results['info'].get('best_split')}")  # fmt: skip
-
-
-def best_split_name(run: Run) -> str:
-    return run.results["info"].get("best_split") or next(iter(SPLIT_VARIANTS))
-
-
-def few_rows_sweep(run: Run, device, small: bool):
-    """Few long rows (the row kernel then occupies few SMs): row kernel vs split variants."""
-    import torch
-
-    from crossent.backends.rows import RowOptions
-    from crossent.backends.triton import cross_entropy_rows
-
-    shapes = [(4, 1000), (16, 1000)]
-    if not small:
-        shapes = [(16, 128256), (64, 128256), (256, 128256), (1024, 128256), (16, 256000),
-                  (128, 256000)]  # fmt: skip
-    names = list(SPLIT_VARIANTS)
-    if run.results["info"].get("split_disabled"):
-        names = []
-    reps = 2 if small else 20
-    for n, v in shapes:
-        x = (3 * torch.randn(n, v, device=device)).to(torch.bfloat16)
-        target = torch.randint(0, v, (n,), device=device)
-        nbytes = 4 * n * v
-        configs = [("row kernel", row_kernel_config(v, 2))]
-        configs += [(f"split: {name}", split_variant(name, v, 2)) for name in names]
-        for name, config in configs:
-            if run.remaining() < 30:
-                run.log(f"few rows: stopping before {name!r} (budget)")
-                return
-            try:
-                ms = median_ms(
-                    functools.partial(
-                        cross_entropy_rows, x, target, None, RowOptions(), x, config=config
-                    ),
-                    reps=reps,
-                )
-                tb_s = nbytes / (ms * 1e-3) / 1e12
-                copy = run.results["info"].get("copy_tb_s") or float("nan")
-                row = {"shape": f"{n}x{v}", "config": name, "spec": repr(config), "ms": ms,
-                       "tb_s": tb_s, "pct_copy_bw": 100 * tb_s / copy}  # fmt: skip
-                run.results["sweep"].append(row)
-                run.log(f"few rows {n}x{v} {name}: {ms * 1e3:.1f} us, {tb_s:.3f} TB/s, "
-                        f"{row['pct_copy_bw']:.1f}% of copy")  # fmt: skip
-            except Exception as exc:
-                run.log(f"few rows {name}: failed {type(exc).__name__}: {exc}")
         del x
         free_memory()
 
@@ -1310,18 +1063,8 @@ def linear_timings(run: Run, device, small: bool):
                 "crossent.linear_cross_entropy(impl='triton')",
                 lambda: autograd_build(crossent_linear),
             ),
-            (
-                "crossent.linear_cross_entropy(impl='triton'), row kernel (no split)",
-                lambda: autograd_build(with_chooser(crossent_linear, config_chooser(None))),
-            ),
-            (
-                f"crossent.linear_cross_entropy(impl='triton'), split [{best_split_name(run)}]",
-                lambda: autograd_build(
-                    with_chooser(crossent_linear, config_chooser(best_split_name(run)))
-                ),
-            ),
         ]
-        for rows in (8192,) if not small else (16, 64):
+        for rows in (2048, 4096, 8192) if not small else (16, 64):
             providers.append(
                 (
                     f"recipe, {rows}-row blocks",
@@ -1555,84 +1298,13 @@ def compile_check() -> int:
         {"block": 2048, "warps": 8},
         {"cols": 256000, "z": True, "cap": True, "smooth": True, "weight": True},
     ]
-    split_fn = kernels.cross_entropy_split_rows_kernel
-
-    def split_variant_compiled(dtype="bf16", prob=False, weight=False, smooth=False, z=False,
-                               cap=False, scaled=False, chunk=16384, cols=128256, warps=16,
-                               prefetch=True, phase=0, hold=True, block=4096,
-                               stages=3):  # fmt: skip
-        acc = tl.float64 if dtype == "fp64" else tl.float32
-        acc_name = "fp64" if dtype == "fp64" else "fp32"
-        split = -(-cols // chunk)
-        signature = {
-            "logits_ptr": f"*{dtype}", "logits_row_stride": "i64",
-            "target_ptr": f"*{dtype}" if prob else "*i64", "target_row_stride": "i64",
-            "weight_ptr": "*fp32" if weight else "constexpr", "grad_ptr": f"*{dtype}",
-            "grad_row_stride": "i64", "row_scale_ptr": "*fp32" if scaled else "constexpr",
-            "row_scale_stride": "i32", "loss_ptr": f"*{acc_name}", "lse_ptr": f"*{acc_name}",
-            "n_rows": "i32", "ignore_index": "i32", "label_smoothing": "fp64", "z_loss": "fp64",
-            "softcap": "fp64", "partial_ptr": f"*{acc_name}", "counter_ptr": "*i32",
-        }  # fmt: skip
-        constants = dict(
-            N_COLS=cols, CHUNK=chunk, SPLIT=split, SPLIT_P2=1 << (split - 1).bit_length(),
-            PHASE=phase, PREFETCH=prefetch and hold, HOLD=hold, BLOCK=block, NUM_STAGES=stages,
-            STATS_POLICY="evict_last", PROB_TARGET=prob, HAS_WEIGHT=weight,
-            SMOOTHING=smooth, Z_LOSS=z, SOFTCAP=cap, HAS_ROW_SCALE=scaled,
-            LOAD_POLICY="evict_first", STORE_POLICY="evict_first", ACC=acc,
-            LOWEST=-1.7976931348623157e308 if acc == tl.float64 else -3.4028234663852886e38,
-        )  # fmt: skip
-        for name in ("weight_ptr", "row_scale_ptr"):
-            if signature[name] == "constexpr":
-                constants[name] = None
-        for name in constants:
-            signature[name] = "constexpr"
-        attrs = {
-            (split_fn.arg_names.index(name),): aligned
-            for name in ("logits_ptr", "logits_row_stride", "grad_ptr", "grad_row_stride",
-                         "partial_ptr")
-        }  # fmt: skip
-        source = ASTSource(split_fn, signature=signature, constexprs=constants, attrs=attrs)
-        begin = time.monotonic()
-        compiled = triton.compile(
-            source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}
-        )
-        return f"{time.monotonic() - begin:4.1f}s smem={compiled.metadata.shared:6d} " + resources(
-            compiled
-        )
-
-    split_variants = [
-        {},
-        {"prefetch": False},
-        {"chunk": 8192, "warps": 8},
-        {"chunk": 8192, "warps": 8, "prefetch": False},
-        {"chunk": 32768, "warps": 32},
-        {"cols": 256000, "z": True, "cap": True, "smooth": True, "weight": True},
-        {"prob": True, "weight": True, "smooth": True, "scaled": True},
-        {"dtype": "fp32", "chunk": 8192, "cols": 50257, "z": True, "cap": True},
-        {"phase": 1},
-        {"phase": 2},
-        {"dtype": "fp64", "chunk": 4096, "cols": 40000, "prob": True, "cap": True, "z": True},
-        {"hold": False, "chunk": 16384, "block": 2048, "warps": 8},
-        {"hold": False, "chunk": 8192, "block": 1024, "warps": 4},
-        {"hold": False, "chunk": 8192, "block": 2048, "warps": 8},
-        {"hold": False, "chunk": 16384, "block": 4096, "warps": 16},
-        {"hold": False, "chunk": 32768, "block": 4096, "warps": 16},
-        {"hold": False, "chunk": 16384, "block": 2048, "warps": 8, "stages": 1},
-        {"hold": False, "chunk": 16384, "block": 2048, "warps": 8, "cols": 256000, "z": True,
-         "cap": True, "smooth": True, "weight": True},
-    ]
     failures = 0
-    for label, compile_variant, specs in (
-        ("row", variant, variants),
-        ("split", split_variant_compiled, split_variants),
-    ):
-        for spec in specs:
-            name = f"{label} {json.dumps(spec)}"
-            try:
-                print(f"{name:90s} {compile_variant(**spec)}", flush=True)
-            except Exception as exc:
-                failures += 1
-                print(f"{name:90s} FAILED {type(exc).__name__}: {exc}", flush=True)
+    for spec in variants:
+        try:
+            print(f"{json.dumps(spec):90s} {variant(**spec)}", flush=True)
+        except Exception as exc:
+            failures += 1
+            print(f"{json.dumps(spec):90s} FAILED {type(exc).__name__}: {exc}", flush=True)
     return 1 if failures else 0
 
 
@@ -1656,7 +1328,6 @@ def parse_args(argv=None):
     parser.add_argument("--budget-s", type=float, default=280.0, help="soft time budget")
     parser.add_argument("--gemm", action="store_true", help="also time dW-style GEMMs")
     parser.add_argument("--only", default="", help="comma-separated section names to run")
-    parser.add_argument("--split-smoke", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=os.environ.get("OUT", "results"), help="output folder")
     return parser.parse_args(argv)
 
@@ -1665,8 +1336,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.compile_check:
         return compile_check()
-    if args.split_smoke:
-        return split_smoke_main()
     if args.dry_run:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
     import torch
@@ -1683,18 +1352,16 @@ def main(argv=None) -> int:
         ("device info", device_info, (run, device)),
         ("copy bandwidth", copy_bandwidth, (run, device)),
         ("GEMM rate", gemm_rate, (run, device)),
-        ("split smoke", split_smoke, (run, device, small)),
         ("row correctness", row_correctness, (run, device, small)),
         ("graph capture", graph_capture, (run, device)),
         ("beyond int32", beyond_int32, (run, device, small)),
         ("scale_rows_", scale_rows_check, (run, device)),
         ("linear correctness", linear_correctness, (run, device, small)),
         ("invalid target", invalid_target_check, (run, device, small)),
-        ("config sweep", config_sweep, (run, device, small)),
         ("logits timings", logits_timings, (run, device, small)),
-        ("few rows", few_rows_sweep, (run, device, small)),
-        ("api overhead", api_overhead, (run, device, small)),
+        ("config sweep", config_sweep, (run, device, small)),
         ("linear timings", linear_timings, (run, device, small)),
+        ("api overhead", api_overhead, (run, device, small)),
         *([("gemm out_dtype", gemm_out_dtype, (run, device, small))] if args.gemm else []),
         ("torch.compile timings", deferred_timings, (run, device, small)),
     ]

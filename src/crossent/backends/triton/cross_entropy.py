@@ -36,13 +36,6 @@ if TYPE_CHECKING:
 #: writes, the weights/targets and other traffic).
 L2_FRACTION = 0.6
 
-#: Rows of at least this many classes use the split-row kernel when a gradient is written
-#: (``KernelConfig.chunk``); None keeps every row in one program.
-SPLIT_MIN_COLS: int | None = None
-
-#: Bytes of logits one program of the split-row kernel holds in registers.
-SPLIT_CHUNK_BYTES = 32768
-
 _WARP = 32
 
 
@@ -54,15 +47,6 @@ class KernelConfig:
     row in the interpreter; 0 = one program per row (hardware-scheduled). ``l2_hints``: load
     the statistics sweep with ``evict_last`` and the gradient sweep (and stores) with
     ``evict_first``.
-
-    ``chunk`` > 0 selects the split-row kernel for calls that write a gradient: each row is
-    split into chunks of ``chunk`` columns (a power of two), one program per chunk holding it
-    in registers, so the logits are read once (see ``kernels.cross_entropy_split_rows_kernel``).
-    There ``programs`` caps the grid (rounded down to whole rows' worth of chunks; None or 0 =
-    every program the device holds at once) and ``prefetch`` loads a group's next row while it
-    waits for the current one's statistics. ``chunk_in_registers=False``: each program streams
-    its chunk twice in ``block``-column blocks (``num_stages``, ``l2_hints`` as in the row
-    kernel), the second read served by L2. Calls without a gradient use the row kernel.
     """
 
     block: int
@@ -70,9 +54,6 @@ class KernelConfig:
     num_stages: int = 3
     programs: int | None = None
     l2_hints: bool = True
-    chunk: int = 0
-    prefetch: bool = False
-    chunk_in_registers: bool = True
 
 
 def _next_power_of_2(n: int) -> int:
@@ -83,28 +64,15 @@ def choose_config(num_cols: int, element_size: int) -> KernelConfig:
     """The default launch parameters for rows of ``num_cols`` elements of ``element_size``.
 
     >>> choose_config(128256, 2)
-    KernelConfig(block=4096, num_warps=16, num_stages=3, programs=0, l2_hints=True,
-                 chunk=0, prefetch=False, chunk_in_registers=True)
+    KernelConfig(block=4096, num_warps=16, num_stages=3, programs=0, l2_hints=True)
     >>> choose_config(1000, 4)
-    KernelConfig(block=1024, num_warps=8, num_stages=3, programs=0, l2_hints=True,
-                 chunk=0, prefetch=False, chunk_in_registers=True)
+    KernelConfig(block=1024, num_warps=8, num_stages=3, programs=0, l2_hints=True)
     """
     per_lane = max(1, 16 // element_size)
     block = min(_next_power_of_2(num_cols), 16 * _WARP * per_lane)
     block = max(block, 16)
     num_warps = max(1, min(16, block // (_WARP * per_lane)))
-    config = KernelConfig(block=block, num_warps=num_warps, programs=0)
-    if SPLIT_MIN_COLS is not None and num_cols >= SPLIT_MIN_COLS:
-        chunk = _next_power_of_2(max(16, SPLIT_CHUNK_BYTES // element_size))
-        block = min(chunk, 8 * _WARP * per_lane)
-        config = KernelConfig(
-            block=block,
-            num_warps=max(1, block // (_WARP * per_lane)),
-            programs=0,
-            chunk=chunk,
-            chunk_in_registers=False,
-        )
-    return config
+    return KernelConfig(block=block, num_warps=num_warps, programs=0)
 
 
 def _interpreting() -> bool:
@@ -230,8 +198,6 @@ def _launch(logits, target, weight, options, grad, row_scale, lse_in, config):
 
     acc = accumulation_dtype(logits.dtype)
     grad_from_lse = lse_in is not None
-    if config is None:
-        config = choose_config(num_cols, logits.element_size())
     if grad_from_lse:
         loss = lse = lse_in
     else:
@@ -243,6 +209,8 @@ def _launch(logits, target, weight, options, grad, row_scale, lse_in, config):
     eps = float(options.label_smoothing)
     zeta = float(options.z_loss)
     cap = options.softcap
+    if config is None:
+        config = choose_config(num_cols, logits.element_size())
     hints = config.l2_hints
     constexprs = dict(
         N_COLS=num_cols,
@@ -281,9 +249,6 @@ def _launch(logits, target, weight, options, grad, row_scale, lse_in, config):
         zeta,
         float(cap) if cap is not None else 1.0,
     )
-    if config.chunk and grad is not None and not grad_from_lse:
-        _launch_split(args, constexprs, config, logits, target, num_rows, num_cols)
-        return loss, lse
     kernel = kernels.cross_entropy_rows_kernel
 
     def occupancy(device_index: int) -> int:
@@ -301,60 +266,6 @@ def _launch(logits, target, weight, options, grad, row_scale, lse_in, config):
     with _on_device(logits.device):
         kernel[(grid,)](*args, **constexprs)
     return loss, lse
-
-
-def _launch_split(args, constexprs, config, logits, target, num_rows, num_cols) -> None:
-    """Launch the split-row kernel: cooperative on CUDA when a whole grid of groups fits on the
-    device at once, else (and in the interpreter) as two launches (records, then gradient)."""
-    import torch
-
-    from crossent.backends.triton import kernels
-
-    chunk = config.chunk
-    if chunk & (chunk - 1) or chunk < 16:
-        raise ValueError(f"expected a chunk that is a power of two >= 16, got {chunk}")
-    split = -(-num_cols // chunk)
-    acc = constexprs["ACC"]
-    acc_dtype = torch.float64 if acc == _triton_dtype(torch.float64) else torch.float32
-    partials = torch.empty(num_rows * split * 8, dtype=acc_dtype, device=logits.device)
-    hold = config.chunk_in_registers
-    if not hold and (config.block > chunk or chunk % config.block):
-        raise ValueError(f"expected a block dividing the chunk, got {config.block} and {chunk}")
-    split_constexprs = {
-        k: v for k, v in constexprs.items() if k not in ("WRITE_GRAD", "GRAD_FROM_LSE",
-                                                         "GRAD_LOAD_POLICY")
-    }  # fmt: skip
-    split_constexprs.update(
-        CHUNK=chunk,
-        SPLIT=split,
-        SPLIT_P2=_next_power_of_2(split),
-        HOLD=hold,
-        PREFETCH=config.prefetch and hold,
-        LOAD_POLICY=constexprs["GRAD_LOAD_POLICY"],
-    )
-    kernel = kernels.cross_entropy_split_rows_kernel
-    groups = 0
-    if logits.device.type == "cuda":
-        index = logits.device.index if logits.device.index is not None else 0
-        counter = torch.zeros(1, dtype=torch.int32, device=logits.device)
-        key = ("split", index, logits.dtype, target.dtype, tuple(sorted(
-            (k, str(v)) for k, v in split_constexprs.items())))  # fmt: skip
-        warm_args = (*args, partials, counter)
-        resident = _device_limits(index)[0] * _occupancy(
-            key, index, lambda: kernel.warmup(*warm_args, grid=(1,), PHASE=0, **split_constexprs)
-        )
-        cap = min(resident, config.programs) if config.programs else resident
-        groups = min(num_rows, cap // split)
-    elif split == 1:
-        groups = min(num_rows, config.programs or num_rows)  # no waiting: any grid will do
-    with _on_device(logits.device):
-        if groups >= 1:
-            counter = torch.zeros(groups, dtype=torch.int32, device=logits.device)
-            kernel[(groups * split,)](*args, partials, counter, PHASE=0, **split_constexprs)
-        else:
-            grid = (num_rows * split,)
-            kernel[grid](*args, partials, None, PHASE=1, **split_constexprs)
-            kernel[grid](*args, partials, None, PHASE=2, **split_constexprs)
 
 
 def _triton_dtype(dtype):
