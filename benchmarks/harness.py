@@ -12,7 +12,8 @@ repository root (with ``PYTHONPATH=src`` unless crossent is installed). For ever
    (it includes ``torch.compile``'s compilation) and never enters the medians;
 3. **measures peak extra memory** of each provider in a fresh subprocess: peak RSS minus the RSS
    once the inputs exist (``/proc/self/clear_refs`` resets the high-water mark after a warm-up
-   call; the child runs with ``MALLOC_MMAP_THRESHOLD_=131072`` so freed buffers leave the RSS);
+   call; the child runs with ``MALLOC_MMAP_THRESHOLD_=131072`` so freed buffers leave the RSS,
+   and crossent's gradient-buffer pool is emptied after the warm-up, so a pooled buffer counts);
 4. prints a Markdown table (times, ratios to the baseline provider, memory, errors) and writes
    ``<suite>.csv``, ``<suite>.json`` and ``<suite>.md`` into ``--out`` (default ``results/``),
    together with the machine description, the load average and how busy the CPUs were with
@@ -375,6 +376,16 @@ def _reset_peak_rss() -> bool:
     return True
 
 
+def _release_caches() -> None:
+    """Let go of what the warm-up left cached for reuse (crossent's gradient-buffer pool), so
+    that the measured call's peak counts every buffer it needs, as a first call's would."""
+    try:
+        from crossent.backends import cpu
+    except ImportError:  # pragma: no cover - crossent (or torch) missing
+        return
+    cpu.release_pooled_buffers()
+
+
 def measure_memory_here(case: Case, provider: Provider) -> float:
     """Peak RSS growth (bytes) of one forward+backward, measured in the current process."""
     fn = provider.build(case)
@@ -382,6 +393,7 @@ def measure_memory_here(case: Case, provider: Provider) -> float:
     _timed_call(fn, _state(provider, inputs))  # warm-up: lazy initialisation, compilation
     _clear_grads(inputs)
     gc.collect()
+    _release_caches()
     state = _state(provider, inputs)
     gc.collect()
     if _reset_peak_rss() and (base := _status_kib("VmRSS")) is not None:

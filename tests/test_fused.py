@@ -381,6 +381,64 @@ def test_gradient_buffer_becomes_grad_without_copy(monkeypatch):
     assert x.grad.data_ptr() == pointers[0]
 
 
+def test_pool_hands_out_only_buffers_no_tensor_refers_to(monkeypatch):
+    """The gradient-buffer pool: a buffer comes back only once no tensor (or view) refers to
+    it; at most POOL_BUFFERS are kept; release_pooled_buffers lets them all go."""
+    monkeypatch.setattr(cpu, "POOL_MIN_BYTES", 1024)
+    cpu.release_pooled_buffers()
+    like = torch.empty(64, 100)
+    first = cpu.empty_gradient(like)
+    second = cpu.empty_gradient(like)
+    assert first.shape == like.shape and first.dtype == like.dtype and first.is_contiguous()
+    assert first.data_ptr() % 64 == 0
+    owned = {first.data_ptr(), second.data_ptr()}
+    assert len(owned) == 2
+    view = first[10:]
+    del first
+    third = cpu.empty_gradient(like)  # `first` lives on in its view: not handed out again
+    assert third.data_ptr() not in owned
+    del view, second
+    fourth = cpu.empty_gradient(like)  # second's buffer (still kept) is free again
+    assert fourth.data_ptr() in owned
+    assert len(cpu._POOL._buffers) == 2
+    other = cpu.empty_gradient(torch.empty(64, 100, dtype=torch.bfloat16))  # another size
+    assert other.dtype == torch.bfloat16 and other.data_ptr() not in owned
+    cpu.release_pooled_buffers()
+    assert cpu._POOL._buffers == []
+
+
+def test_pool_off_and_small_buffers_are_plain_allocations(monkeypatch):
+    like = torch.empty(8, 8)
+    assert cpu.empty_gradient(like).untyped_storage().resizable()  # below POOL_MIN_BYTES
+    monkeypatch.setattr(cpu, "POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(cpu, "POOL_BUFFERS", 0)
+    assert cpu.empty_gradient(like).untyped_storage().resizable()
+
+
+def test_pooled_gradients_of_consecutive_steps(monkeypatch):
+    """A live gradient is never overwritten by the next call; a freed one is reused."""
+    monkeypatch.setattr(cpu, "POOL_MIN_BYTES", 1024)
+    cpu.release_pooled_buffers()
+    x, target, _ = make_case(40, 70, torch.float32)
+    expected = torch.func.grad(lambda z: F.cross_entropy(z, target))(x)
+    grads = []
+    for _ in range(3):
+        leaf = x.clone().requires_grad_()
+        loss, _, _ = fused_cross_entropy(leaf, target, None, RowOptions(), "mean")
+        loss.backward()
+        grads.append(leaf.grad)
+    assert len({g.data_ptr() for g in grads}) == 3
+    for g in grads:
+        torch.testing.assert_close(g, expected)
+    pointers = {g.data_ptr() for g in grads}
+    del grads, leaf
+    leaf = x.clone().requires_grad_()
+    fused_cross_entropy(leaf, target, None, RowOptions(), "mean")[0].backward()
+    assert leaf.grad.data_ptr() in pointers
+    torch.testing.assert_close(leaf.grad, expected)
+    cpu.release_pooled_buffers()
+
+
 def test_no_gradient_buffer_without_grad(monkeypatch):
     calls = []
     monkeypatch.setattr(cpu, "empty_gradient", lambda like: calls.append(like))

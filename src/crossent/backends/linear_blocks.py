@@ -674,7 +674,7 @@ class _Engine:
 
 
 def _empty_gradient(shape, dtype, device):
-    """An uninitialised gradient buffer (with the CPU kernel's huge-page hint for large ones)."""
+    """An uninitialised gradient buffer (large CPU ones from the CPU kernel's buffer pool)."""
     import torch
 
     if device.type == "cpu":
