@@ -644,6 +644,10 @@ def linear_correctness(run: Run, device, small: bool):
             run.log(f"linear {name}: skipped ({exc})")
             continue
         second = grads_of(fn)
+        x.grad = w.grad = None
+        (2.5 * fn()).backward()  # an upstream factor other than 1 scales dX and dW on the device
+        scaled_ok = max(rel_err(x.grad, 2.5 * first[1]), rel_err(w.grad, 2.5 * first[2])) < 1e-2
+        run.check(f"linear upstream factor 2.5 scales dX, dW: {name}", scaled_ok)
         err = errors(first)
         # bf16 logits/gradients: the error must be of torch's own order (which rounds the
         # logits, dZ and dX to bf16 too), with a floor of 4e-3 for dX/dW and 1e-3 for the loss.

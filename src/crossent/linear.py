@@ -327,10 +327,19 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _scale_in_place(grads: tuple[Tensor, ...], grad_output: Tensor) -> None:
+    """``grad *= grad_output`` for each gradient, skipped when the factor is exactly 1: read on
+    the host for a CPU factor, on the device (Triton ``scale_rows_``) for a CUDA one, so the
+    usual ``loss.backward()`` adds no sweep over dW and no host synchronisation."""
     if grad_output.device.type == "cpu" and float(grad_output) == 1.0:
         return  # a CPU read, not a device synchronisation
+    from crossent._fused_op import _triton_scaler
+
+    scaler = _triton_scaler() if grad_output.is_cuda else None
     for grad in grads:
-        grad.mul_(grad_output)
+        if scaler is not None and grad.is_cuda and grad.dim() == 2 and grad.stride(1) == 1:
+            scaler(grad, grad_output)
+        else:
+            grad.mul_(grad_output)
 
 
 def _backward(ctx, grad_loss, grad_z, grad_lse, grad_gx, grad_gw, grad_gb):
