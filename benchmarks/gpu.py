@@ -958,8 +958,8 @@ def api_overhead(run: Run, device, small: bool):
 
 
 def invalid_target_check(run: Run, device, small: bool):
-    """An out-of-range class index raises IndexError on the public Triton path (the flag is
-    read after the launches), in place too, and in place leaves the logits untouched."""
+    """An out-of-range class index raises IndexError on the public Triton path, in place too,
+    and in place leaves the logits untouched."""
     import torch
 
     import crossent

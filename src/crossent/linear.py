@@ -327,19 +327,17 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _scale_in_place(grads: tuple[Tensor, ...], grad_output: Tensor) -> None:
-    """``grad *= grad_output`` for each gradient, skipped when the factor is exactly 1: read on
-    the host for a CPU factor, on the device (Triton ``scale_rows_``) for a CUDA one, so the
-    usual ``loss.backward()`` adds no sweep over dW and no host synchronisation."""
-    if grad_output.device.type == "cpu" and float(grad_output) == 1.0:
-        return  # a CPU read, not a device synchronisation
-    from crossent._fused_op import _triton_scaler
+    """``grad *= grad_output`` for each gradient, through the fused loss's row scaler for the
+    2-D ones (``crossent::scale_gradient_rows_``: a factor of exactly 1 is skipped, read on the
+    host for a CPU factor and on the device for a CUDA one, so the usual ``loss.backward()``
+    adds no sweep over dW and no host synchronisation)."""
+    from crossent import _fused_op  # noqa: F401  (registers the crossent:: ops)
 
-    scaler = _triton_scaler() if grad_output.is_cuda else None
     for grad in grads:
-        if scaler is not None and grad.is_cuda and grad.dim() == 2 and grad.stride(1) == 1:
-            scaler(grad, grad_output)
-        else:
-            grad.mul_(grad_output)
+        if grad.dim() == 2:
+            torch.ops.crossent.scale_gradient_rows_(grad, grad_output, None)
+        elif grad_output.device.type != "cpu" or float(grad_output) != 1.0:
+            grad.mul_(grad_output)  # the (V,) bias gradient
 
 
 def _backward(ctx, grad_loss, grad_z, grad_lse, grad_gx, grad_gw, grad_gb):

@@ -69,8 +69,8 @@ BLOCK_BYTES = 16 * 2**20
 #: Gradient buffers at least this large come from the buffer pool (:func:`empty_gradient`).
 POOL_MIN_BYTES = 32 * 2**20
 
-#: Buffers the pool keeps (most recently used first): freed ones wait there for reuse, so after
-#: the last call up to this many large buffers stay allocated until
+#: Buffers the pool keeps (the most recently used ones): freed ones wait there for reuse, so
+#: after the last call up to this many large buffers stay allocated until
 #: :func:`release_pooled_buffers`. 0 turns the pool off.
 POOL_BUFFERS = 2
 
