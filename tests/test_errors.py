@@ -64,6 +64,30 @@ def test_ignored_targets_are_not_range_checked() -> None:
     assert np.isfinite(loss)
 
 
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+@pytest.mark.parametrize(
+    ("targets", "ignore_index", "bad"),
+    [
+        ([0, 2, -100], -100, None),
+        ([0, 3, -100], -100, "Target 3"),
+        ([-1, 2, 1], -100, "Target -1"),
+        ([1, 1, 0], 1, None),  # an ignore_index inside [0, C) is an ordinary class value
+        ([1, -2, 0], 1, "Target -2"),
+        ([5, 3, 0], 5, "Target 3"),  # ignored 5 is fine, 3 is not
+    ],
+)
+def test_target_range_on_every_torch_path(targets, ignore_index, bad, impl) -> None:
+    x, t = torch.randn(3, 3, requires_grad=True), torch.tensor(targets)
+    for weight in (None, torch.rand(3) + 0.5):
+        if bad is None:
+            ours = crossent.cross_entropy(x, t, weight, ignore_index=ignore_index, impl=impl)
+            ref = torch.nn.functional.cross_entropy(x, t, weight, ignore_index=ignore_index)
+            torch.testing.assert_close(ours, ref)
+        else:
+            with pytest.raises(IndexError, match=bad):
+                crossent.cross_entropy(x, t, weight, ignore_index=ignore_index, impl=impl)
+
+
 def test_elementwise_mean_warns_and_means() -> None:
     x, t = np.zeros((2, 3)), np.array([0, 1])
     with pytest.warns(UserWarning, match="deprecated"):

@@ -660,6 +660,56 @@ def test_bitwise_deterministic(dtype):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(dtype=torch.float32, ignored=3),
+        dict(dtype=torch.bfloat16, weight=True, ignored=2, label_smoothing=0.1, z_loss=1e-3),
+        dict(dtype=torch.float64, soft=True, softcap=4.0),
+    ],
+    ids=["index", "weights-smoothing-zloss-bf16", "probabilities-softcap"],
+)
+def test_eager_route_equals_the_custom_op_route(monkeypatch, case, reduction, inplace):
+    """Eager calls skip the ops' dispatch; both routes run the same code and agree bitwise
+    (losses, lse, gradients, also under an upstream gradient that is not 1)."""
+    case = dict(case)
+    make = {k: case.pop(k) for k in ("dtype", "soft", "weight", "ignored") if k in case}
+    x, target, w = make_case(17, 45, make.pop("dtype"), **make)
+    upstream = torch.rand(17, dtype=x.dtype) + 0.5 if reduction == "none" else None
+    assert _fused_op._runs_eagerly(x, target)
+    eager = fused(x, target, w, reduction, upstream, inplace=inplace, **case)
+    monkeypatch.setattr(_fused_op, "_runs_eagerly", lambda *tensors: False)
+    through_ops = fused(x, target, w, reduction, upstream, inplace=inplace, **case)
+    for a, b in zip(eager, through_ops, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_which_calls_run_eagerly():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    x, target = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    assert _fused_op._runs_eagerly(x, target)
+    assert not _fused_op._runs_eagerly(x.to("meta"), target)
+
+    class Recording(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Recording():
+        assert not _fused_op._runs_eagerly(x, target)
+    with FakeTensorMode() as mode:
+        assert not _fused_op._runs_eagerly(mode.from_tensor(x), target)
+    seen = []
+    torch.func.grad(lambda z: seen.append(_fused_op._runs_eagerly(z)) or z.sum())(x)
+    assert seen == [False]
+    x.requires_grad_()
+    loss, _, _ = fused_cross_entropy(x, target, None, RowOptions(), "mean")
+    assert type(loss.grad_fn).__name__.startswith("_FusedCrossEntropy")
+
+
 def test_softmax_out_may_alias_its_input():
     """The kernel softmaxes its work buffer in place; guard that ATen allows it."""
     x = torch.randn(7, 1000)
@@ -731,9 +781,12 @@ def test_registered_ops_have_fake_kernels():
     with FakeTensorMode():
         x = torch.empty(4, 9, dtype=torch.bfloat16)
         y = torch.empty(4, dtype=torch.long)
-        loss, _, lse, pending, grad = torch.ops.crossent.fused_cross_entropy(
+        loss, _, lse, grad = torch.ops.crossent.fused_cross_entropy_v2(
             x, y, None, -100, 0.0, 0.0, None, "none", "cpu", True
         )
-    assert loss.shape == (4,) and loss.dtype == torch.bfloat16
-    assert lse.dtype == torch.float32 and grad.shape == (4, 9) and pending.shape == ()
+        inplace_loss, _, _ = torch.ops.crossent.fused_cross_entropy_inplace_v2_(
+            x, y, None, -100, 0.0, 0.0, None, "mean", "cpu"
+        )
+    assert loss.shape == (4,) and loss.dtype == torch.bfloat16 and inplace_loss.shape == ()
+    assert lse.dtype == torch.float32 and grad.shape == (4, 9)
     assert _fused_op.KERNELS == ("cpu", "triton")

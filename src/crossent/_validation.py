@@ -310,8 +310,10 @@ def check_target_range(xp: Any, target: Any, num_classes: int, ignore_index: int
     Reads values (a device synchronisation for GPU arrays). torch raises IndexError on CPU and
     a device-side assert on CUDA; crossent raises the IndexError on every device.
     """
-    t = xp.astype(target, xp.int64)
-    bad = (t != ignore_index) & ((t < 0) | (t >= num_classes))
+    t = target if target.dtype == xp.int64 else xp.astype(target, xp.int64)
+    bad = (t < 0) | (t >= num_classes)
+    if not 0 <= ignore_index < num_classes:  # else an ignored target is never out of range
+        bad = bad & (t != ignore_index)
     if not bool(xp.any(bad)):
         return
     flat_bad = xp.reshape(bad, (-1,))

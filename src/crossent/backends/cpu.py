@@ -230,7 +230,7 @@ class _Rows:
             self.kept = self.index = self.w_y = None
         else:
             self.kept = target != options.ignore_index
-            self.index = torch.where(self.kept, target, torch.zeros_like(target))
+            self.index = torch.where(self.kept, target, 0)
             if self.w is None:
                 self.w_y = self.kept.to(acc)
             else:
@@ -252,14 +252,22 @@ class _Rows:
         self.unit_a = False
         if grad is not None and not self.probs:
             s = self.scale
-            self.a = s * (
-                (1.0 - self.eps) * self.w_y + (self.eps / num_classes) * self.total_weight
-            )
-            self.b = s * ((1.0 - self.eps) * self.w_y)
+            if self.eps == 0 and self.w is None:
+                self.a = self.b = s  # s * w_y with w_y = 1 on kept rows; s is 0 on the others
+            else:
+                self.a = s * (
+                    (1.0 - self.eps) * self.w_y + (self.eps / num_classes) * self.total_weight
+                )
+                self.b = s * ((1.0 - self.eps) * self.w_y)
             self.c = s * (self.eps / num_classes) if self.eps > 0 else None
-            # Skip the multiply when every a_i is 1 (a CPU read; never on an accelerator).
+            # Skip the multiply when every a_i is 1 (a CPU read; never on an accelerator). A
+            # uniform scale other than 1 (``mean``'s 1/D) rules it out without looking.
+            uniform = row_scale is not None and row_scale.dim() == 0
             self.unit_a = (
-                self.zeta == 0.0 and device.type == "cpu" and bool(torch.all(self.a == 1.0))
+                self.zeta == 0.0
+                and device.type == "cpu"
+                and not (uniform and self.w is None and float(row_scale) != 1.0)
+                and bool(torch.all(self.a == 1.0))
             )
 
     def block_buffer(self):
@@ -305,7 +313,11 @@ def _plain_sweep(rows: _Rows) -> None:
 
     logits, grad, acc = rows.logits, rows.grad, rows.acc
     index = rows.index[:, None]
-    rows.z_y.copy_(logits.gather(1, index)[:, 0])  # before an in-place sweep overwrites it
+    # The target logits, before an in-place sweep overwrites them.
+    if logits.dtype == acc:
+        torch.gather(logits, 1, index, out=rows.z_y[:, None])
+    else:
+        rows.z_y.copy_(logits.gather(1, index)[:, 0])
     direct = grad is not None and logits.dtype == acc  # softmax straight into the gradient
     work = None if direct else rows.block_buffer()
     if grad is not None and not direct:
@@ -347,11 +359,11 @@ def _plain_sweep(rows: _Rows) -> None:
         return
     # Target term: g[i, y_i] = p_y * a_i - b_i (in float32 for low-precision gradients).
     # (index_put_, not scatter_: scatter_ converts a whole bfloat16 tensor to float32 and back.)
-    if direct:
-        g_y = grad.gather(1, index)[:, 0] - rows.b
-    else:
-        g_y = p_y if rows.unit_a else p_y * a_all
-        g_y = (g_y - rows.b).to(grad.dtype)
+    if direct:  # g[i, y_i] + (-b_i) is g[i, y_i] - b_i exactly; one entry per row, in order
+        grad.scatter_add_(1, index, rows.b.neg()[:, None])
+        return
+    g_y = p_y if rows.unit_a else p_y * a_all
+    g_y = (g_y - rows.b).to(grad.dtype)
     positions = torch.arange(rows.num_rows, device=grad.device)
     grad.index_put_((positions, rows.index), g_y)
 
