@@ -928,9 +928,18 @@ def api_overhead(run: Run, device, small: bool):
         loss = crossent.cross_entropy(state["x"], target, impl="triton", reduction=reduction)
         loss.sum().backward()
 
-    for reduction in ("mean", "sum"):
-        ms = median_ms(functools.partial(call, reduction), reps=20, setup=setup)
-        run.log(f"api overhead: reduction={reduction}: {ms:.3f} ms")
+    from crossent import _fused_op
+
+    original = _fused_op._runs_eagerly
+    for route in ("eager", "custom ops"):
+        if route == "custom ops":
+            _fused_op._runs_eagerly = lambda *tensors: False
+        try:
+            for reduction in ("mean", "sum"):
+                ms = median_ms(functools.partial(call, reduction), reps=20, setup=setup)
+                run.log(f"api overhead: {route} route, reduction={reduction}: {ms:.3f} ms")
+        finally:
+            _fused_op._runs_eagerly = original
 
     def plain_kernel():
         from crossent.backends.rows import RowOptions
@@ -984,6 +993,44 @@ def invalid_target_check(run: Run, device, small: bool):
             outcomes.append(f"{type(exc).__name__}: {exc}")
     run.check("out-of-range target: IndexError (buffer, in place; logits untouched)",
               outcomes == ["IndexError", "IndexError"], repr(outcomes))  # fmt: skip
+
+
+def eager_route_check(run: Run, device, small: bool):
+    """The public call's eager route (no custom-op dispatch) equals the route through the
+    custom ops bitwise on the device: losses, lse and gradients, in place too, under an upstream
+    factor that is not 1 and with class weights, smoothing and ignored rows."""
+    import torch
+
+    import crossent
+    from crossent import _fused_op
+
+    n, v = (48, 1000) if small else (1024, 50000)
+    gen = torch.Generator(device=device).manual_seed(17)
+    base = (3 * torch.randn(n, v, device=device, generator=gen)).to(torch.bfloat16)
+    target = torch.randint(0, v, (n,), device=device, generator=gen)
+    target[::7] = -100
+    weight = (torch.rand(v, device=device, generator=gen) + 0.5).to(torch.bfloat16)
+
+    def results(inplace: bool):
+        leaf = base.detach().clone().requires_grad_()
+        logits = leaf * 1 if inplace else leaf
+        out = crossent.cross_entropy_with_extras(
+            logits, target, weight, label_smoothing=0.1, z_loss=1e-4, impl="triton",
+            inplace_backward=inplace,
+        )  # fmt: skip
+        (2.5 * out.loss).backward()
+        return out.loss.detach(), out.lse, out.z_loss, leaf.grad
+
+    original = _fused_op._runs_eagerly
+    for inplace in (False, True):
+        eager = results(inplace)
+        _fused_op._runs_eagerly = lambda *tensors: False
+        try:
+            through_ops = results(inplace)
+        finally:
+            _fused_op._runs_eagerly = original
+        same = all(torch.equal(a, b) for a, b in zip(eager, through_ops, strict=True))
+        run.check(f"eager route == custom-op route, bitwise (inplace={inplace})", same)
 
 
 def gemm_out_dtype(run: Run, device, small: bool):
@@ -1362,6 +1409,7 @@ def main(argv=None) -> int:
         ("scale_rows_", scale_rows_check, (run, device)),
         ("linear correctness", linear_correctness, (run, device, small)),
         ("invalid target", invalid_target_check, (run, device, small)),
+        ("eager route", eager_route_check, (run, device, small)),
         ("logits timings", logits_timings, (run, device, small)),
         ("config sweep", config_sweep, (run, device, small)),
         ("linear timings", linear_timings, (run, device, small)),
