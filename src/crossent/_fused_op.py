@@ -374,6 +374,11 @@ def check_supported(
     logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
 ) -> None:
     """Raise :class:`FusedUnsupported` when the fused path cannot compute this call exactly."""
+    if transformed(logits, target, weight):
+        raise FusedUnsupported(
+            "torch.func transforms (grad, vmap, jacrev, ...): the fused path computes its "
+            "gradient in the forward pass, which they cannot see through"
+        )
     if logits.dtype not in FLOAT_DTYPES:
         raise FusedUnsupported(f"logits dtype {logits.dtype} (supported: float16/bfloat16/32/64)")
     if weight is not None and weight.requires_grad:
@@ -391,6 +396,15 @@ def check_supported(
                 f"probability target/weight dtypes promote the loss to {promoted} while the logits "
                 f"are {logits.dtype} (the fused kernel computes in the logits' precision)"
             )
+
+
+def transformed(*tensors: torch.Tensor | None) -> bool:
+    """Whether a tensor is wrapped by a torch.func transform (grad, vmap, ...). Not asked while
+    torch.compile traces (dynamo cannot call the check; compiled code runs the custom ops)."""
+    if torch.compiler.is_compiling():
+        return False
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    return any(t is not None and wrapped(t) for t in tensors)
 
 
 def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -19,12 +19,19 @@ import torch
 
 
 class _ReferenceLoss(torch.autograd.Function):
+    # The forward/setup_context split is what torch.func transforms (grad, jacrev, ...) need.
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, loss_fn, options, input, target, weight, pos_weight):  # type: ignore[override]
+    def forward(loss_fn, options, input, target, weight, pos_weight):  # type: ignore[override]
+        return loss_fn(xp_torch, input, target, weight, pos_weight, **options).loss
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[override]
+        loss_fn, options, input, target, weight, pos_weight = inputs
         ctx.loss_fn = loss_fn
         ctx.options = options
         ctx.save_for_backward(input, target, weight, pos_weight)
-        return loss_fn(xp_torch, input, target, weight, pos_weight, **options).loss
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -310,6 +311,7 @@ def check_target_range(xp: Any, target: Any, num_classes: int, ignore_index: int
     Reads values (a device synchronisation for GPU arrays). torch raises IndexError on CPU and
     a device-side assert on CUDA; crossent raises the IndexError on every device.
     """
+    target = _outside_transforms(target)
     t = target if target.dtype == xp.int64 else xp.astype(target, xp.int64)
     bad = (t < 0) | (t >= num_classes)
     if not 0 <= ignore_index < num_classes:  # else an ignored target is never out of range
@@ -326,6 +328,19 @@ def check_target_range(xp: Any, target: Any, num_classes: int, ignore_index: int
         f"Target {value} is out of bounds: expected a class index in [0, {num_classes}) or "
         f"ignore_index={ignore_index}, got {value} at position {position}{more}"
     )
+
+
+def _outside_transforms(array: Any) -> Any:
+    """A torch tensor wrapped by torch.func transforms as the plain tensor underneath (under
+    ``vmap`` all batch entries at once, batch dimensions first), whose values Python can read;
+    any other array as it is."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(array, torch.Tensor):
+        return array
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(array):
+        array = functorch.get_unwrapped(array)
+    return array
 
 
 def _unravel(index: int, shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -663,7 +663,11 @@ def _blocked(
     return CrossEntropyOutput(loss.to(dtype), z.to(dtype), lse)
 
 
-def _unsupported(target: Tensor, weight: Tensor | None) -> str | None:
+def _unsupported(input, linear_weight, linear_bias, target, weight) -> str | None:
+    from crossent._fused_op import transformed
+
+    if transformed(input, linear_weight, linear_bias, target, weight):
+        return "torch.func transforms (grad, vmap, ...), which cannot see through its gradient"
     if target.requires_grad:
         return "a probability target that requires grad"
     if weight is not None and weight.requires_grad:
@@ -708,7 +712,11 @@ def linear_cross_entropy_with_extras(
         memory_budget,
     )
     choice = resolve_impl(impl, input)
-    why = _unsupported(target, weight) if choice != "reference" else None
+    why = (
+        _unsupported(input, linear_weight, linear_bias, target, weight)
+        if choice != "reference"
+        else None
+    )
     if why is not None:
         raise NotImplementedError(
             f"linear_cross_entropy(impl={impl!r}) computes no gradient for {why}; use "

@@ -1,0 +1,96 @@
+"""torch.func transforms (grad, vmap, jacrev; per-sample gradients) against torch's own losses.
+
+The fused kernels compute their gradient in the forward pass, which the transforms cannot see
+through: under a transform ``impl="auto"`` uses the reference (its autograd is written as
+torch.func asks: ``setup_context`` and a generated vmap rule), an explicit fused choice raises.
+Forward-mode AD (jvp, jacfwd, hessian) is not supported; ``jacrev(jacrev(f))`` gives the
+Hessian.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+import crossent  # noqa: E402
+
+GEN = torch.Generator().manual_seed(3)
+X = torch.randn(6, 5, generator=GEN, dtype=torch.float64)
+Y = torch.tensor([0, 4, 2, -100, 1, 3])
+Y_KEPT = torch.tensor([0, 4, 2, 2, 1, 3])
+W = torch.linspace(0.5, 1.5, 5, dtype=torch.float64)
+P = torch.softmax(torch.randn(6, 5, generator=GEN, dtype=torch.float64), 1)
+B = torch.rand(6, 5, generator=GEN, dtype=torch.float64)
+
+# (name, crossent loss of (input, target), torch loss of (input, target), target)
+LOSSES = [
+    ("index", crossent.cross_entropy, F.cross_entropy, Y),
+    (
+        "weights+smoothing",
+        lambda x, y: crossent.cross_entropy(x, y, W, label_smoothing=0.1),
+        lambda x, y: F.cross_entropy(x, y, W, label_smoothing=0.1),
+        Y,
+    ),
+    ("probabilities", crossent.cross_entropy, F.cross_entropy, P),
+    ("nll", crossent.nll_loss, F.nll_loss, Y),
+    ("bce with logits", crossent.binary_cross_entropy_with_logits,
+     F.binary_cross_entropy_with_logits, B),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "ours", "theirs", "target"), LOSSES, ids=[c[0] for c in LOSSES])
+def test_grad_and_jacrev(name, ours, theirs, target):
+    expected = torch.func.grad(lambda z: theirs(z, target))(X)
+    torch.testing.assert_close(torch.func.grad(lambda z: ours(z, target))(X), expected)
+    hessian = torch.func.jacrev(torch.func.jacrev(lambda z: theirs(z, target)))(X)
+    ours_hessian = torch.func.jacrev(torch.func.jacrev(lambda z: ours(z, target)))(X)
+    torch.testing.assert_close(ours_hessian, hessian)
+
+
+@pytest.mark.parametrize(("name", "ours", "theirs", "target"), LOSSES, ids=[c[0] for c in LOSSES])
+def test_per_sample_gradients(name, ours, theirs, target):
+    """vmap over (input row, target row) of grad: the per-sample gradient recipe."""
+    if name in ("index", "weights+smoothing", "nll"):
+        target = Y_KEPT  # a single ignored sample has a 0/0 mean, NaN in both
+
+    def per_sample(loss):
+        return torch.vmap(torch.func.grad(lambda z, y: loss(z[None], y[None])))(X, target)
+
+    torch.testing.assert_close(per_sample(ours), per_sample(theirs))
+
+
+def test_vmap_of_the_loss_itself():
+    batch = torch.stack([X, 2 * X, -X])
+    ours = torch.vmap(lambda z: crossent.cross_entropy(z, Y, reduction="none"))(batch)
+    theirs = torch.vmap(lambda z: F.cross_entropy(z, Y, reduction="none"))(batch)
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_out_of_range_target_under_vmap_is_an_index_error():
+    bad = torch.tensor([0, 1, 7, 3, 2, 1])
+    with pytest.raises(IndexError, match="Target 7"):
+        torch.vmap(torch.func.grad(lambda z, y: crossent.cross_entropy(z[None], y[None])))(X, bad)
+
+
+def test_explicit_fused_choice_under_a_transform_raises():
+    with pytest.raises(ValueError, match=r"torch.func transforms.*impl='reference'"):
+        torch.func.grad(lambda z: crossent.cross_entropy(z, Y, impl="fused"))(X)
+
+
+def test_forward_mode_is_not_supported():
+    with pytest.raises(NotImplementedError, match="jvp"):
+        torch.func.jvp(lambda z: crossent.cross_entropy(z, Y), (X,), (torch.ones_like(X),))
+
+
+def test_linear_cross_entropy_under_transforms():
+    weight = torch.randn(7, 5, generator=GEN, dtype=torch.float64)
+    target = torch.tensor([0, 1, 6, -100, 2, 5])
+    with pytest.raises(NotImplementedError, match=r"torch.func transforms.*impl='reference'"):
+        torch.func.grad(lambda w: crossent.linear_cross_entropy(X, w, target))(weight)
+    ours = torch.func.grad(
+        lambda w: crossent.linear_cross_entropy(X, w, target, impl="reference")
+    )(weight)
+    theirs = torch.func.grad(lambda w: F.cross_entropy(X @ w.T, target))(weight)
+    torch.testing.assert_close(ours, theirs)
