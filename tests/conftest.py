@@ -19,3 +19,15 @@ try:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 except ImportError:  # pragma: no cover - torch is part of the dev setup
     pass
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Start the long tests (marked ``long_running``) first, so that with ``-n 2`` they run
+    beside the rest instead of after it."""
+    items.sort(key=lambda item: item.get_closest_marker("long_running") is None)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "long_running: takes about a minute; scheduled first (see conftest)"
+    )
