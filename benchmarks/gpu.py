@@ -1034,6 +1034,54 @@ def eager_route_check(run: Run, device, small: bool):
         run.check(f"eager route == custom-op route, bitwise (inplace={inplace})", same)
 
 
+def autocast_check(run: Run, device, small: bool):
+    """Under torch.autocast the losses give torch's own result dtype and value (float32 from
+    bfloat16 logits), the gradient too; binary_cross_entropy fails as torch's does."""
+    import torch
+    import torch.nn.functional as F
+
+    import crossent
+
+    gen = torch.Generator(device=device).manual_seed(23)
+    n, d, v = (16, 32, 1000) if small else (256, 512, 32000)
+    hidden = torch.randn(n, d, device=device, generator=gen)
+    layer = torch.nn.Linear(d, v, device=device)
+    target = torch.randint(0, v, (n,), device=device, generator=gen)
+    target[:3] = -100
+    soft = torch.rand(n, v, device=device, generator=gen)
+    pairs = {
+        "cross_entropy": (lambda z: crossent.cross_entropy(z, target, label_smoothing=0.1),
+                          lambda z: F.cross_entropy(z, target, label_smoothing=0.1)),
+        "nll_loss": (lambda z: crossent.nll_loss(torch.log_softmax(z.float(), 1), target),
+                     lambda z: F.nll_loss(torch.log_softmax(z.float(), 1), target)),
+        "bce_with_logits": (lambda z: crossent.binary_cross_entropy_with_logits(z, soft),
+                            lambda z: F.binary_cross_entropy_with_logits(z, soft)),
+    }  # fmt: skip
+    for name, (ours, theirs) in pairs.items():
+        results = []
+        for loss_fn in (ours, theirs):
+            layer.zero_grad()
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                loss = loss_fn(layer(hidden))
+            loss.backward()
+            results.append((loss.detach(), layer.weight.grad.clone()))
+        (loss, grad), (ref, ref_grad) = results
+        err = rel_err(grad.double(), ref_grad.double())
+        ok = loss.dtype == ref.dtype and rel_err(loss, ref) < 1e-5 and err < 2e-2
+        detail = f"loss {loss.item():.6f} vs {ref.item():.6f}, grad err {err:.1e}"
+        run.check(f"autocast {name}: {loss.dtype} == {ref.dtype}, loss and weight grad", ok, detail)
+    outcomes = []
+    for fn in (F.binary_cross_entropy, crossent.binary_cross_entropy):
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                fn(torch.sigmoid(layer(hidden)), soft)
+            outcomes.append("ok")
+        except Exception as exc:  # the outcome is what is compared
+            outcomes.append(type(exc).__name__)
+    run.check("autocast binary_cross_entropy: same outcome as torch", outcomes[0] == outcomes[1],
+              repr(outcomes))  # fmt: skip
+
+
 def gemm_out_dtype(run: Run, device, small: bool):
     """dW-style GEMMs (M=V, N=D, K=rows): bf16 output vs float32 output/accumulation."""
     import torch
@@ -1411,6 +1459,7 @@ def main(argv=None) -> int:
         ("linear correctness", linear_correctness, (run, device, small)),
         ("invalid target", invalid_target_check, (run, device, small)),
         ("eager route", eager_route_check, (run, device, small)),
+        ("autocast", autocast_check, (run, device, small)),
         ("logits timings", logits_timings, (run, device, small)),
         ("config sweep", config_sweep, (run, device, small)),
         ("linear timings", linear_timings, (run, device, small)),

@@ -782,11 +782,12 @@ def test_registered_ops_have_fake_kernels():
         x = torch.empty(4, 9, dtype=torch.bfloat16)
         y = torch.empty(4, dtype=torch.long)
         loss, _, lse, grad = torch.ops.crossent.fused_cross_entropy_v2(
-            x, y, None, -100, 0.0, 0.0, None, "none", "cpu", True
+            x, y, None, -100, 0.0, 0.0, None, "none", "cpu", None, True
         )
         inplace_loss, _, _ = torch.ops.crossent.fused_cross_entropy_inplace_v2_(
-            x, y, None, -100, 0.0, 0.0, None, "mean", "cpu"
+            x, y, None, -100, 0.0, 0.0, None, "mean", "cpu", torch.float32
         )
     assert loss.shape == (4,) and loss.dtype == torch.bfloat16 and inplace_loss.shape == ()
+    assert inplace_loss.dtype == torch.float32
     assert lse.dtype == torch.float32 and grad.shape == (4, 9)
     assert _fused_op.KERNELS == ("cpu", "triton")

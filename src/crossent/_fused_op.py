@@ -126,8 +126,10 @@ def _forward(
     reduction: str,
     kernel: str,
     grad: torch.Tensor | None,
+    loss_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the row kernel (writing ``grad`` if given) and reduce: ``(loss, z_loss, lse)``.
+    """Run the row kernel (writing ``grad`` if given) and reduce: ``(loss, z_loss, lse)``, the
+    losses in ``loss_dtype`` (default: the logits' dtype; float32 under autocast).
 
     The gradient written is final up to the upstream factor: the row kernel folds ``1/D`` of
     ``mean`` into the rows while they are in cache (measured: a whole-tensor multiply in the
@@ -152,7 +154,8 @@ def _forward(
             z_loss = z_loss / denominator
     if target.is_floating_point() and reduction == "sum" and logits.shape[0] == 0:
         loss = -loss  # torch's soft-target sum of nothing is -0.0
-    return loss.to(logits.dtype), z_loss.to(logits.dtype), lse
+    out = loss_dtype or logits.dtype
+    return loss.to(out), z_loss.to(out), lse
 
 
 def _options(ignore_index: int, label_smoothing: float, z_loss: float, softcap: float | None):
@@ -161,17 +164,18 @@ def _options(ignore_index: int, label_smoothing: float, z_loss: float, softcap: 
     )
 
 
-def _fake_outputs(logits, target, reduction):
+def _fake_outputs(logits, target, reduction, loss_dtype):
     acc = accumulation_dtype(logits.dtype)
     shape = (logits.shape[0],) if reduction == "none" else ()
-    loss, z_loss = logits.new_empty(shape), logits.new_empty(shape)
+    dtype = loss_dtype or logits.dtype
+    loss, z_loss = logits.new_empty(shape, dtype=dtype), logits.new_empty(shape, dtype=dtype)
     lse = logits.new_empty((logits.shape[0],), dtype=acc)
     return loss, z_loss, lse
 
 
 _ARGS = (
     "Tensor target, Tensor? weight, int ignore_index, float label_smoothing, float z_loss, "
-    "float? softcap, str reduction, str kernel"
+    "float? softcap, str reduction, str kernel, ScalarType? loss_dtype"
 )
 
 
@@ -184,11 +188,11 @@ _ARGS = (
 )
 def _fused_op(
     logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, kernel,
-    compute_grad,
+    loss_dtype, compute_grad,
 ):  # fmt: skip
     options = _options(ignore_index, label_smoothing, z_loss, softcap)
     grad = cpu.empty_gradient(logits) if compute_grad else None
-    loss, z, lse = _forward(logits, target, weight, options, reduction, kernel, grad)
+    loss, z, lse = _forward(logits, target, weight, options, reduction, kernel, grad, loss_dtype)
     if grad is None:
         grad = logits.new_empty((0,))
     return loss, z, lse, grad
@@ -197,10 +201,10 @@ def _fused_op(
 @_fused_op.register_fake
 def _(
     logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, kernel,
-    compute_grad,
+    loss_dtype, compute_grad,
 ):  # fmt: skip
     grad = logits.new_empty(logits.shape if compute_grad else (0,))
-    return (*_fake_outputs(logits, target, reduction), grad)
+    return (*_fake_outputs(logits, target, reduction, loss_dtype), grad)
 
 
 @torch.library.custom_op(
@@ -209,15 +213,19 @@ def _(
     schema=f"(Tensor(a!) logits, {_ARGS}) -> (Tensor, Tensor, Tensor)",
 )
 def _fused_inplace_op(
-    logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, kernel
-):
+    logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, kernel,
+    loss_dtype,
+):  # fmt: skip
     options = _options(ignore_index, label_smoothing, z_loss, softcap)
-    return _forward(logits, target, weight, options, reduction, kernel, logits)
+    return _forward(logits, target, weight, options, reduction, kernel, logits, loss_dtype)
 
 
 @_fused_inplace_op.register_fake
-def _(logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, kernel):
-    return _fake_outputs(logits, target, reduction)
+def _(
+    logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, kernel,
+    loss_dtype,
+):  # fmt: skip
+    return _fake_outputs(logits, target, reduction, loss_dtype)
 
 
 @torch.library.custom_op(
@@ -324,8 +332,8 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad_loss, *unused):
     _consume(ctx)
     if grad_loss is None:
-        return (None,) * 10
-    return (_scale_saved_gradient(ctx, grad_loss), *([None] * 9))
+        return (None,) * 11
+    return (_scale_saved_gradient(ctx, grad_loss), *([None] * 10))
 
 
 _fused_op.register_autograd(_backward, setup_context=_setup_context)
@@ -340,16 +348,19 @@ class _FusedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, logits, target, weight, ignore_index, eps, zeta, cap, reduction, kernel, inplace
+        ctx, logits, target, weight, ignore_index, eps, zeta, cap, reduction, kernel, loss_dtype,
+        inplace,
     ):  # fmt: skip
         if inplace and not _runs_eagerly(logits, target):
-            args = (target, weight, ignore_index, eps, zeta, cap, reduction, kernel)
+            args = (target, weight, ignore_index, eps, zeta, cap, reduction, kernel, loss_dtype)
             loss, z, lse = torch.ops.crossent.fused_cross_entropy_inplace_v2_(logits, *args)
             grad = logits
         else:
             grad = logits if inplace else cpu.empty_gradient(logits)
             options = _options(ignore_index, eps, zeta, cap)
-            loss, z, lse = _forward(logits, target, weight, options, reduction, kernel, grad)
+            loss, z, lse = _forward(
+                logits, target, weight, options, reduction, kernel, grad, loss_dtype
+            )
         ctx.mark_non_differentiable(z, lse)
         ctx.set_materialize_grads(False)
         # In place, saved after the mutation: a later write to the logits fails torch's version
@@ -362,8 +373,8 @@ class _FusedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss, *unused):
         _consume(ctx)
         if grad_loss is None:
-            return (None,) * 10
-        return (_scale_saved_gradient(ctx, grad_loss), *([None] * 9))
+            return (None,) * 12
+        return (_scale_saved_gradient(ctx, grad_loss), *([None] * 11))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -371,7 +382,10 @@ class _FusedCrossEntropy(torch.autograd.Function):
 
 
 def check_supported(
-    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    loss_dtype: torch.dtype | None = None,
 ) -> None:
     """Raise :class:`FusedUnsupported` when the fused path cannot compute this call exactly."""
     if transformed(logits, target, weight):
@@ -391,7 +405,7 @@ def check_supported(
         promoted = torch.promote_types(logits.dtype, target.dtype)
         if weight is not None:
             promoted = torch.promote_types(promoted, weight.dtype)
-        if promoted != logits.dtype:
+        if promoted != (loss_dtype or logits.dtype):
             raise FusedUnsupported(
                 f"probability target/weight dtypes promote the loss to {promoted} while the logits "
                 f"are {logits.dtype} (the fused kernel computes in the logits' precision)"
@@ -484,6 +498,7 @@ def fused_cross_entropy(
     *,
     kernel: str = "cpu",
     inplace_backward: bool = False,
+    loss_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused cross-entropy over rows: return ``(loss, z_loss, lse)``.
 
@@ -499,9 +514,11 @@ def fused_cross_entropy(
         kernel: ``"cpu"`` (blocked torch ops, :mod:`crossent.backends.cpu`) or ``"triton"``.
         inplace_backward: write the gradient into ``logits``' storage (see
             :func:`check_inplace_allowed`).
+        loss_dtype: the dtype of ``loss`` and ``z_loss`` (None: the logits'; float32 under
+            autocast, as torch's own loss gives).
 
     Returns:
-        ``loss`` (differentiable w.r.t. ``logits``; the logits' dtype; shape ``(M,)`` for
+        ``loss`` (differentiable w.r.t. ``logits``; ``loss_dtype``; shape ``(M,)`` for
         ``none``, else 0-d), ``z_loss`` (the ``z_loss * lse**2`` part of ``loss``, reduced the
         same way, detached) and ``lse`` (``(M,)`` per-row log-sum-exp of the soft-capped logits
         in float32, float64 for float64 logits, 0 for ignored rows, detached).
@@ -528,7 +545,7 @@ def fused_cross_entropy(
         raise ValueError(f"{reduction} is not a valid value for reduction")
     if logits.dim() != 2:
         raise ValueError(f"fused_cross_entropy expects 2-D logits (M, C), got {logits.dim()}-D")
-    check_supported(logits, target, weight)
+    check_supported(logits, target, weight, loss_dtype)
     if target.is_floating_point():
         if target.stride(-1) != 1:
             target = target.contiguous()
@@ -545,6 +562,7 @@ def fused_cross_entropy(
         None if options.softcap is None else float(options.softcap),
         reduction,
         kernel,
+        loss_dtype,
     )
     compute_grad = torch.is_grad_enabled() and logits.requires_grad
     if inplace_backward and compute_grad:
@@ -554,6 +572,7 @@ def fused_cross_entropy(
     if _runs_eagerly(logits, target) and (weight is None or _runs_eagerly(weight)):
         if compute_grad:
             return _FusedCrossEntropy.apply(logits, *args, False)
-        return _forward(logits, target, weight, _options(*args[2:6]), reduction, kernel, None)
+        options = _options(*args[2:6])
+        return _forward(logits, target, weight, options, reduction, kernel, None, loss_dtype)
     loss, z_loss, lse, _ = torch.ops.crossent.fused_cross_entropy_v2(logits, *args, compute_grad)
     return loss, z_loss, lse

@@ -36,9 +36,11 @@ def cross_entropy(
     z_loss: float,
     softcap: float | None,
     inplace_backward: bool,
+    loss_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """``(loss, z_loss, lse)`` from the fused path; None when ``impl="auto"`` must fall back to
-    the reference (the fused path cannot serve these arguments)."""
+    the reference (the fused path cannot serve these arguments). ``loss_dtype``: the loss's
+    dtype when it is not the input's (autocast)."""
     rows = _rows(input)
     target_rows = _rows(target) if layout.probabilities else target.reshape(-1)
     row_options = RowOptions(
@@ -51,7 +53,7 @@ def cross_entropy(
         loss, z, lse = fused_cross_entropy(
             rows, target_rows, weight, row_options, options["reduction"],
             kernel="triton" if choice == "triton" else "cpu",
-            inplace_backward=inplace_backward,
+            inplace_backward=inplace_backward, loss_dtype=loss_dtype,
         )  # fmt: skip
     except FusedUnsupported as exc:
         if impl == "auto":

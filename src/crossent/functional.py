@@ -194,6 +194,15 @@ def _bcel_fn(xp, input, target, weight, pos_weight, **kw):
     return reference.binary_cross_entropy_with_logits(xp, input, target, weight, pos_weight, **kw)
 
 
+def _autocast_scope(op: str, input: Any) -> Any:
+    """:func:`crossent._autocast.scope` for torch tensors (None for every other array)."""
+    if not is_torch(input):
+        return None
+    from crossent import _autocast
+
+    return _autocast.scope(op, input)
+
+
 def _run_reference(fn, options, input, target, weight, pos_weight=None):
     """Loss only: through autograd for torch tensors, plainly for every other array."""
     xp = namespace(input, target, weight, pos_weight)
@@ -365,14 +374,34 @@ def cross_entropy_with_extras(
 
 def _cross_entropy_dispatch(
     input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, impl,
-    inplace_backward, *, want_extras=True,
+    inplace_backward, *, want_extras=True, loss_dtype=None,
 ) -> CrossEntropyOutput:
     """Validate once, then run the fused torch path or the reference (which computes the
-    ``z_loss``/``lse`` extras only when ``want_extras``)."""
+    ``z_loss``/``lse`` extras only when ``want_extras``).
+
+    ``loss_dtype`` (set under autocast, see :mod:`crossent._autocast`): float16/bfloat16
+    logits count as this dtype; the fused kernels read them as they are and return the loss in
+    it, the reference casts them."""
+    outside = _autocast_scope("cross_entropy", input) if loss_dtype is None else None
+    if outside is not None:
+        with outside as (cast, wide):
+            import torch
+
+            half = input.dtype in (torch.float16, torch.bfloat16)  # what autocast widens
+            return _cross_entropy_dispatch(
+                input, cast(target), cast(weight), ignore_index, reduction, label_smoothing,
+                z_loss, softcap, impl, inplace_backward, want_extras=want_extras,
+                loss_dtype=wide if half else None,
+            )
     z_loss, softcap = check.check_extras(z_loss, softcap)
     choice = resolve_impl(impl, input)
+    checked = input
+    if loss_dtype is not None:  # metadata only: the dtype the checks compare against
+        import torch
+
+        checked = torch.empty((), dtype=loss_dtype, device=input.device).expand(input.shape)
     xp, layout, options, weight = _prepare_cross_entropy(
-        input, target, weight, ignore_index, reduction, label_smoothing,
+        checked, target, weight, ignore_index, reduction, label_smoothing,
         check_range=choice == "reference",
     )
     if choice != "reference":
@@ -380,12 +409,14 @@ def _cross_entropy_dispatch(
 
         out = _torch_dispatch.cross_entropy(
             choice, impl, input, target, weight, layout, options, z_loss, softcap,
-            inplace_backward,
+            inplace_backward, loss_dtype,
         )
         if out is not None:
             return CrossEntropyOutput(*out)
         if not layout.probabilities:  # the fused path declined: check here instead
             check.check_target_range(xp, target, layout.num_classes, options["ignore_index"])
+    if loss_dtype is not None:
+        input = input.to(loss_dtype)
     if inplace_backward:
         raise ValueError(
             "inplace_backward=True needs the fused kernels (impl='fused' or 'triton' on torch "
@@ -501,6 +532,10 @@ def nll_loss(
     >>> float(crossent.nll_loss(logp, np.array([1, 2]), weight=np.array([1.0, 2.0, 3.0])))
     1.7
     """
+    outside = _autocast_scope("nll_loss", input)
+    if outside is not None:
+        with outside as (cast, _):
+            return nll_loss(cast(input), target, cast(weight), ignore_index, reduction)
     diagnostics.maybe_warn(
         "nll_loss", input, target, weight, ignore_index=ignore_index, reduction=reduction
     )
@@ -560,6 +595,10 @@ def binary_cross_entropy(
     ...                               np.array([1.0, 0.0, 0.25, 0.3]), reduction="none")
     array([100.        , 100.        ,  25.        ,   0.69314718])
     """
+    outside = _autocast_scope("binary_cross_entropy", input)
+    if outside is not None:
+        with outside as (cast, _):
+            return binary_cross_entropy(cast(input), cast(target), cast(weight), reduction)
     diagnostics.maybe_warn("binary_cross_entropy", input, target, weight, reduction=reduction)
     _, options = _prepare_bce(input, target, weight, reduction)
     return _run_reference(_bce_fn, options, input, target, weight)
@@ -610,6 +649,12 @@ def binary_cross_entropy_with_logits(
     >>> float(crossent.binary_cross_entropy_with_logits(z, y))  # doctest: +ELLIPSIS
     0.5290251...
     """
+    outside = _autocast_scope("binary_cross_entropy_with_logits", input)
+    if outside is not None:
+        with outside as (cast, _):
+            return binary_cross_entropy_with_logits(
+                cast(input), cast(target), cast(weight), reduction, cast(pos_weight)
+            )
     diagnostics.maybe_warn(
         "binary_cross_entropy_with_logits", input, target, weight, reduction=reduction,
         pos_weight=pos_weight,
