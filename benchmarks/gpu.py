@@ -1056,6 +1056,11 @@ def autocast_check(run: Run, device, small: bool):
                      lambda z: F.nll_loss(torch.log_softmax(z.float(), 1), target)),
         "bce_with_logits": (lambda z: crossent.binary_cross_entropy_with_logits(z, soft),
                             lambda z: F.binary_cross_entropy_with_logits(z, soft)),
+        # the linear layer itself under the loss: hidden -> W x + b -> cross-entropy
+        "linear_cross_entropy": (
+            lambda z: crossent.linear_cross_entropy(
+                hidden, layer.weight, target, linear_bias=layer.bias),
+            lambda z: F.cross_entropy(F.linear(hidden, layer.weight, layer.bias), target)),
     }  # fmt: skip
     for name, (ours, theirs) in pairs.items():
         results = []

@@ -158,3 +158,39 @@ def test_autocast_off_changes_nothing():
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
         assert crossent.cross_entropy(x, target).dtype == torch.bfloat16
     assert crossent.cross_entropy(x, target).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("impl", ["auto", "reference"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("probabilities", [False, True], ids=["index", "probabilities"])
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_linear_cross_entropy_as_torch_composite(dtype, probabilities, reduction, impl):
+    """torch's ``F.cross_entropy(F.linear(x, W, b), ...)`` under autocast: the linear in the
+    autocast dtype, the loss in float32. The blocked path rounds dW once from a float32
+    accumulator where torch's GEMM rounds it too, so gradients agree to two half-precision
+    units of their largest entry."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(10, 16, generator=gen, requires_grad=True)
+    w = torch.randn(30, 16, generator=gen, requires_grad=True)
+    b = torch.randn(30, generator=gen, requires_grad=True)
+    if probabilities:
+        target = torch.softmax(torch.randn(10, 30, generator=gen), 1)
+        kwargs = dict(reduction=reduction, label_smoothing=0.05)
+    else:
+        target = index_target(10, 30)
+        kwargs = dict(reduction=reduction, label_smoothing=0.1, weight=torch.rand(30) + 0.5)
+    results = []
+    for loss_fn in (
+        lambda: crossent.linear_cross_entropy(x, w, target, linear_bias=b, impl=impl, **kwargs),
+        lambda: F.cross_entropy(F.linear(x, w, b), target, **kwargs),
+    ):
+        with torch.autocast("cpu", dtype=dtype):
+            loss = loss_fn()
+        results.append((loss.detach(), *torch.autograd.grad(loss.sum(), (x, w, b))))
+    (loss, *grads), (ref, *ref_grads) = results
+    assert loss.dtype == ref.dtype == torch.float32
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    for grad, ref_grad in zip(grads, ref_grads, strict=True):
+        assert grad.dtype == ref_grad.dtype == torch.float32
+        units = 2 * torch.finfo(dtype).eps * ref_grad.abs().max().item()
+        torch.testing.assert_close(grad, ref_grad, atol=units, rtol=0)

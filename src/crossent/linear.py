@@ -166,6 +166,7 @@ class _OpOptions(NamedTuple):
     vocab: int
     vocab_blocked: bool
     kernel_rows: int
+    loss_dtype: torch.dtype | None  # None: torch's rule for the operands (float32 under autocast)
 
 
 _TENSOR_ARGS = (
@@ -174,13 +175,18 @@ _TENSOR_ARGS = (
 _OPTION_ARGS = (
     "int ignore_index, float label_smoothing, float z_loss, float? softcap, str reduction, "
     "str kernel, int rows, int vocab, bool vocab_blocked, int kernel_rows, "
-    "bool grad_input, bool grad_weight, bool grad_bias"
+    "ScalarType? loss_dtype, bool grad_input, bool grad_weight, bool grad_bias"
 )
 _NUM_ARGS = 5 + len(_OpOptions._fields) + 3
 
 
-def _result_dtype(input: Tensor, target: Tensor, weight: Tensor | None) -> torch.dtype:
-    """torch's loss dtype: the input's for class indices, the promotion for probabilities."""
+def _result_dtype(
+    input: Tensor, target: Tensor, weight: Tensor | None, loss_dtype: torch.dtype | None = None
+) -> torch.dtype:
+    """torch's loss dtype: the input's for class indices, the promotion for probabilities
+    (``loss_dtype`` when given: float32 under autocast)."""
+    if loss_dtype is not None:
+        return loss_dtype
     if not target.dtype.is_floating_point:
         return input.dtype
     dtype = torch.promote_types(input.dtype, target.dtype)
@@ -230,7 +236,7 @@ def _fake_gradients(tensors, grads) -> tuple[Tensor, Tensor, Tensor]:
 
 
 @torch.library.custom_op(
-    "crossent::linear_cross_entropy",
+    "crossent::linear_cross_entropy_v2",
     mutates_args=(),
     schema=f"({_TENSOR_ARGS}, {_OPTION_ARGS}) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
 )
@@ -246,7 +252,7 @@ def _forward_op(input, linear_weight, target, linear_bias, weight, *args):
     denominator = _denominator(target, weight, opts.ignore_index, acc)
     row_scale = 1.0 / denominator if opts.reduction == "mean" and any(grads) else None
     res = _run_engine(tensors, opts, row_scale, grads)
-    out_dtype = _result_dtype(input, target, weight)
+    out_dtype = _result_dtype(input, target, weight, opts.loss_dtype)
     loss = _reduce(res.loss, opts.reduction, denominator)
     if opts.reduction == "mean" and not target.dtype.is_floating_point:
         import array_api_compat.torch as xp
@@ -263,7 +269,7 @@ def _forward_op(input, linear_weight, target, linear_bias, weight, *args):
 def _(input, linear_weight, target, linear_bias, weight, *args):
     opts, grads = _OpOptions(*args[:-3]), args[-3:]
     shape = (input.shape[0],) if opts.reduction == "none" else ()
-    out_dtype = _result_dtype(input, target, weight)
+    out_dtype = _result_dtype(input, target, weight, opts.loss_dtype)
     lse = input.new_empty((input.shape[0],), dtype=accumulation_dtype(input.dtype))
     loss, z = input.new_empty(shape, dtype=out_dtype), input.new_empty(shape, dtype=out_dtype)
     return (
@@ -275,7 +281,7 @@ def _(input, linear_weight, target, linear_bias, weight, *args):
 
 
 @torch.library.custom_op(
-    "crossent::linear_cross_entropy_backward",
+    "crossent::linear_cross_entropy_backward_v2",
     mutates_args=(),
     schema=f"(Tensor grad_output, {_TENSOR_ARGS}, {_OPTION_ARGS}) -> (Tensor, Tensor, Tensor)",
 )
@@ -353,7 +359,7 @@ def _backward(ctx, grad_loss, grad_z, grad_lse, grad_gx, grad_gw, grad_gb):
         grads, ctx.owned = ctx.owned, None
         _scale_in_place(tuple(g for g, w in zip(grads, wanted, strict=True) if w), grad_loss)
     else:  # reduction="none", or a second backward through the same graph
-        grads = torch.ops.crossent.linear_cross_entropy_backward(
+        grads = torch.ops.crossent.linear_cross_entropy_backward_v2(
             grad_loss, *ctx.saved_tensors, *ctx.options, *wanted
         )
     result[0], result[1], result[3] = (g if w else None for g, w in zip(grads, wanted, strict=True))
@@ -390,6 +396,7 @@ class _Call(NamedTuple):
     out_features: tuple[int, ...]
     batched: bool
     memory_budget: int | None  # bytes; None = default_memory_budget
+    loss_dtype: torch.dtype | None = None  # float32 under autocast; None: torch's rule
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -475,8 +482,11 @@ def _prepare(
     z_loss,
     softcap,
     memory_budget,
+    loss_dtype=None,
 ) -> _Call:
-    """Validate a call with torch's exception types (and crossent's documented deviations)."""
+    """Validate a call with torch's exception types (and crossent's documented deviations).
+
+    ``loss_dtype`` (autocast): the dtype the logits count as in the cross-entropy checks."""
     import array_api_compat.torch as xp
 
     out_features = _check_linear_args(input, linear_weight, linear_bias)
@@ -484,7 +494,8 @@ def _prepare(
         raise TypeError(
             f"linear_cross_entropy(): target must be a Tensor, got {type(target).__name__}"
         )
-    logits = _Logits((*input.shape[:-1], linear_weight.shape[0], *out_features), input.dtype)
+    logits_shape = (*input.shape[:-1], linear_weight.shape[0], *out_features)
+    logits = _Logits(logits_shape, loss_dtype or input.dtype)
     probabilities = tuple(target.shape) == logits.shape
     if probabilities and ignore_index is not None:
         raise RuntimeError(
@@ -507,6 +518,7 @@ def _prepare(
         out_features,
         input.dim() == 2,
         _check_memory_budget(memory_budget),
+        loss_dtype,
     )
 
 
@@ -583,9 +595,9 @@ def _blocked_2d(
     )  # fmt: skip
     opts = _OpOptions(
         call.ignore_index, call.label_smoothing, call.z_loss, call.softcap, reduction, kernel,
-        plan.rows, plan.vocab, plan.vocab_blocked, plan.kernel_rows,
+        plan.rows, plan.vocab, plan.vocab_blocked, plan.kernel_rows, call.loss_dtype,
     )  # fmt: skip
-    loss, z, lse, *_ = torch.ops.crossent.linear_cross_entropy(
+    loss, z, lse, *_ = torch.ops.crossent.linear_cross_entropy_v2(
         input, linear_weight, target, linear_bias, weight, *opts, *grads
     )
     return loss, z, lse
@@ -698,6 +710,44 @@ def linear_cross_entropy_with_extras(
     >>> [round(v.item(), 5) for v in out]
     [0.35955, 0.05319, 2.30636]
     """
+    options = dict(
+        reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        z_loss=z_loss, softcap=softcap, memory_budget=memory_budget, impl=impl,
+    )  # fmt: skip
+    if (
+        isinstance(input, Tensor)
+        and torch.is_autocast_enabled(input.device.type)
+        and resolve_impl(impl, input) != "reference"  # the reference meets autocast op by op
+    ):
+        return _under_autocast(input, linear_weight, target, linear_bias, weight, options)
+    return _linear_cross_entropy(input, linear_weight, target, linear_bias, weight, **options)
+
+
+def _under_autocast(input, linear_weight, target, linear_bias, weight, options):
+    """What ``F.cross_entropy(F.linear(x, W, b), target, weight, ...)`` does under autocast:
+    ``linear`` casts ``x``, ``W`` and ``b`` to the autocast dtype, ``cross_entropy`` widens its
+    arguments (see :mod:`crossent._autocast`). The blocked path does both with autocast off:
+    the GEMMs in the autocast dtype, the loss in the dtype torch's cross_entropy gives."""
+    from crossent import _autocast
+
+    low = torch.get_autocast_dtype(input.device.type)
+
+    def lower(tensor: Tensor | None) -> Tensor | None:
+        eligible = tensor is not None and tensor.dtype in (torch.float16, torch.bfloat16,
+                                                            torch.float32)  # fmt: skip
+        return tensor.to(low) if eligible else tensor
+
+    with _autocast.scope("cross_entropy", input) as (cast, wide):
+        return _linear_cross_entropy(
+            lower(input), lower(linear_weight), cast(target), lower(linear_bias), cast(weight),
+            **options, loss_dtype=wide,
+        )  # fmt: skip
+
+
+def _linear_cross_entropy(
+    input, linear_weight, target, linear_bias, weight, *, reduction, ignore_index,
+    label_smoothing, z_loss, softcap, memory_budget, impl, loss_dtype=None,
+) -> CrossEntropyOutput:  # fmt: skip
     call = _prepare(
         input,
         linear_weight,
@@ -710,6 +760,7 @@ def linear_cross_entropy_with_extras(
         z_loss,
         softcap,
         memory_budget,
+        loss_dtype,
     )
     choice = resolve_impl(impl, input)
     why = (
