@@ -3,8 +3,7 @@
 The fused kernels compute their gradient in the forward pass, which the transforms cannot see
 through: under a transform ``impl="auto"`` uses the reference (its autograd is written as
 torch.func asks: ``setup_context`` and a generated vmap rule), an explicit fused choice raises.
-Forward-mode AD (jvp, jacfwd, hessian) is not supported; ``jacrev(jacrev(f))`` gives the
-Hessian.
+Forward mode (jvp, jacfwd, hessian) comes from the same analytic gradients.
 """
 
 from __future__ import annotations
@@ -29,8 +28,8 @@ LOSSES = [
     ("index", crossent.cross_entropy, F.cross_entropy, Y),
     (
         "weights+smoothing",
-        lambda x, y: crossent.cross_entropy(x, y, W, label_smoothing=0.1),
-        lambda x, y: F.cross_entropy(x, y, W, label_smoothing=0.1),
+        lambda x, y, **kw: crossent.cross_entropy(x, y, W, label_smoothing=0.1, **kw),
+        lambda x, y, **kw: F.cross_entropy(x, y, W, label_smoothing=0.1, **kw),
         Y,
     ),
     ("probabilities", crossent.cross_entropy, F.cross_entropy, P),
@@ -79,9 +78,31 @@ def test_explicit_fused_choice_under_a_transform_raises():
         torch.func.grad(lambda z: crossent.cross_entropy(z, Y, impl="fused"))(X)
 
 
-def test_forward_mode_is_not_supported():
-    with pytest.raises(NotImplementedError, match="jvp"):
-        torch.func.jvp(lambda z: crossent.cross_entropy(z, Y), (X,), (torch.ones_like(X),))
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize(("name", "ours", "theirs", "target"), LOSSES, ids=[c[0] for c in LOSSES])
+def test_forward_mode_jvp_and_hessian(name, ours, theirs, target, reduction):
+    def mine(z):
+        return ours(z, target, reduction=reduction)
+
+    def torchs(z):
+        return theirs(z, target, reduction=reduction)
+
+    tangent = torch.randn(X.shape, generator=torch.Generator().manual_seed(4), dtype=X.dtype)
+    _, expected = torch.func.jvp(torchs, (X,), (tangent,))
+    torch.testing.assert_close(torch.func.jvp(mine, (X,), (tangent,))[1], expected)
+    torch.testing.assert_close(torch.func.hessian(mine)(X), torch.func.hessian(torchs)(X))
+
+
+def test_forward_mode_k_dim_and_target_tangent():
+    x = torch.randn(2, 5, 3, generator=GEN, dtype=torch.float64)
+    y = torch.tensor([[0, 4, -100], [2, 2, 1]])
+    jac = torch.func.jacfwd(lambda z: crossent.cross_entropy(z, y, reduction="none"))(x)
+    torch.testing.assert_close(jac, torch.func.jacfwd(lambda z: F.cross_entropy(z, y,
+                                                                    reduction="none"))(x))
+    tangent = torch.randn(P.shape, generator=GEN, dtype=P.dtype)
+    _, ours = torch.func.jvp(lambda q: crossent.cross_entropy(X, q, W), (P,), (tangent,))
+    _, theirs = torch.func.jvp(lambda q: F.cross_entropy(X, q, W), (P,), (tangent,))
+    torch.testing.assert_close(ours, theirs)
 
 
 def test_linear_cross_entropy_under_transforms():

@@ -31,10 +31,46 @@ class _ReferenceLoss(torch.autograd.Function):
         loss_fn, options, input, target, weight, pos_weight = inputs
         ctx.loss_fn = loss_fn
         ctx.options = options
+        ctx.loss_shape = tuple(output.shape)
+        ctx.set_materialize_grads(False)  # forward mode: no zero tangents for constant inputs
         ctx.save_for_backward(input, target, weight, pos_weight)
+        ctx.save_for_forward(input, target, weight, pos_weight)
+
+    @staticmethod
+    def jvp(ctx, fn_t, options_t, input_t, target_t, weight_t, pos_weight_t):  # type: ignore[override]
+        """Forward mode from the same analytic gradients: ``<dL/dx, x_t> + <dL/dy, y_t> (+
+        <dL/dw, w_t>)``, per position for ``reduction="none"`` (a position's loss depends on
+        its own row only)."""
+        input, target, weight, pos_weight = ctx.saved_tensors
+        per_position = ctx.options.get("reduction") == "none"
+        ones = torch.ones(ctx.loss_shape, dtype=input.dtype, device=input.device)
+        grads = ctx.loss_fn(
+            xp_torch, input, target, weight, pos_weight, want_grad=True,
+            grad_output=ones if per_position else None, **ctx.options,
+        )  # fmt: skip
+        pairs = [(grads.grad_input, input_t, "input"), (grads.grad_target, target_t, "target"),
+                 (grads.grad_weight, weight_t, "weight"), (None, pos_weight_t, "pos_weight")]
+        tangent = torch.zeros(ctx.loss_shape, dtype=grads.loss.dtype, device=input.device)
+        for grad, tangent_in, name in pairs:
+            if tangent_in is None:
+                continue
+            if grad is None or (per_position and name == "weight"):
+                raise NotImplementedError(
+                    f"crossent's reference has no forward-mode derivative with respect to {name}"
+                    + (" for reduction='none'" if grad is not None else "")
+                )
+            product = grad * tangent_in
+            if not per_position:
+                product = product.sum()
+            elif tuple(product.shape) != ctx.loss_shape:  # the class dimension: dim 1, or all
+                product = product.sum(1) if product.dim() > 1 else product.sum()
+            tangent = tangent + product.to(tangent.dtype)
+        return tangent
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
+        if grad_output is None:  # an undefined output gradient (grads are not materialised)
+            return (None,) * 6
         input, target, weight, pos_weight = ctx.saved_tensors
         grads = ctx.loss_fn(
             xp_torch, input, target, weight, pos_weight, want_grad=True,

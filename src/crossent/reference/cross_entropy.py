@@ -51,7 +51,8 @@ def to_rows(xp: Any, a: Any) -> Any:
         return xp.reshape(a, (1, a.shape[0]))
     if a.ndim == 2:
         return a
-    moved = xp.moveaxis(a, 1, -1)
+    # permute_dims, not moveaxis: the core Array API (and torch.vmap has a rule for it)
+    moved = xp.permute_dims(a, (0, *range(2, a.ndim), 1))
     return xp.reshape(moved, (-1, a.shape[1]))
 
 
@@ -60,7 +61,7 @@ def from_rows(xp: Any, rows: Any, shape: tuple[int, ...]) -> Any:
     if len(shape) <= 2:
         return xp.reshape(rows, shape)
     moved = xp.reshape(rows, (shape[0], *shape[2:], shape[1]))
-    return xp.moveaxis(moved, -1, 1)
+    return xp.permute_dims(moved, (0, len(shape) - 1, *range(1, len(shape) - 1)))
 
 
 def position_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
