@@ -710,6 +710,31 @@ def test_which_calls_run_eagerly():
     assert type(loss.grad_fn).__name__.startswith("_FusedCrossEntropy")
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_target_term_by_scatter_add_equals_index_put(monkeypatch, reduction):
+    """The plain sweep's two ways of writing g[i, y_i] (scatter_add_ on CPU, gather and
+    index_put_ on other devices) give the same bits."""
+    x, target, _ = make_case(23, 61, torch.float32, ignored=3)
+    by_scatter = fused(x, target, None, reduction)
+    monkeypatch.setattr(cpu, "SCATTER_ADD_DEVICES", ())
+    by_index_put = fused(x, target, None, reduction)
+    for a, b in zip(by_scatter, by_index_put, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(label_smoothing=0.1)], ids=str)
+def test_runs_under_torch_deterministic_mode(options):
+    """No op of the fused path is refused by torch's deterministic mode; same bits."""
+    x, target, w = make_case(9, 33, torch.float32, weight=True, ignored=2)
+    expected = fused(x, target, w, "mean", **options)
+    torch.use_deterministic_algorithms(True)
+    try:
+        got = fused(x, target, w, "mean", **options)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
 def test_softmax_out_may_alias_its_input():
     """The kernel softmaxes its work buffer in place; guard that ATen allows it."""
     x = torch.randn(7, 1000)

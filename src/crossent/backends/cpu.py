@@ -76,6 +76,11 @@ POOL_BUFFERS = 2
 
 _ALIGNMENT = 64
 
+#: Devices whose target term is one ``scatter_add_`` (one op instead of four); elsewhere a
+#: gather and an ``index_put_``: torch's deterministic mode refuses ``scatter_add_`` on CUDA,
+#: though no entry repeats here.
+SCATTER_ADD_DEVICES: tuple[str, ...] = ("cpu",)
+
 
 class _BufferPool:
     """Byte buffers (NumPy ``uint8`` arrays) that tensors are made from with
@@ -359,8 +364,14 @@ def _plain_sweep(rows: _Rows) -> None:
         return
     # Target term: g[i, y_i] = p_y * a_i - b_i (in float32 for low-precision gradients).
     # (index_put_, not scatter_: scatter_ converts a whole bfloat16 tensor to float32 and back.)
-    if direct:  # g[i, y_i] + (-b_i) is g[i, y_i] - b_i exactly; one entry per row, in order
+    if direct and grad.device.type in SCATTER_ADD_DEVICES:
+        # g[i, y_i] + (-b_i) is g[i, y_i] - b_i exactly, one entry per row.
         grad.scatter_add_(1, index, rows.b.neg()[:, None])
+        return
+    if direct:
+        g_y = grad.gather(1, index)[:, 0] - rows.b
+        positions = torch.arange(rows.num_rows, device=grad.device)
+        grad.index_put_((positions, rows.index), g_y)
         return
     g_y = p_y if rows.unit_a else p_y * a_all
     g_y = (g_y - rows.b).to(grad.dtype)
