@@ -194,3 +194,21 @@ def test_linear_cross_entropy_as_torch_composite(dtype, probabilities, reduction
         assert grad.dtype == ref_grad.dtype == torch.float32
         units = 2 * torch.finfo(dtype).eps * ref_grad.abs().max().item()
         torch.testing.assert_close(grad, ref_grad, atol=units, rtol=0)
+
+
+def test_compiled_step_under_autocast_equals_eager():
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(11)
+    hidden = torch.randn(10, 16, generator=gen)
+    weight = torch.randn(30, 16, generator=gen, requires_grad=True)
+    target = index_target(10, 30)
+
+    def step(h, y):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = F.linear(h, weight)
+            return crossent.cross_entropy(logits, y), crossent.linear_cross_entropy(h, weight, y)
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    for got, expected in zip(compiled(hidden, target), step(hidden, target), strict=True):
+        assert got.dtype == expected.dtype == torch.float32
+        torch.testing.assert_close(got, expected)
