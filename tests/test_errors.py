@@ -88,6 +88,15 @@ def test_target_range_on_every_torch_path(targets, ignore_index, bad, impl) -> N
                 crossent.cross_entropy(x, t, weight, ignore_index=ignore_index, impl=impl)
 
 
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+def test_no_classes_makes_every_kept_target_out_of_range(impl) -> None:
+    target = torch.tensor([0, -100, 0])
+    with pytest.raises(IndexError, match="Target 0"):
+        torch.nn.functional.cross_entropy(torch.randn(3, 0), target)
+    with pytest.raises(IndexError, match="Target 0"):
+        crossent.cross_entropy(torch.randn(3, 0), target, impl=impl)
+
+
 def test_elementwise_mean_warns_and_means() -> None:
     x, t = np.zeros((2, 3)), np.array([0, 1])
     with pytest.warns(UserWarning, match="deprecated"):

@@ -101,7 +101,10 @@ def _checked_denominator(
         return torch.tensor(float(target.shape[0]), dtype=dtype, device=target.device)
     kept = target != ignore_index
     if not (target.is_cuda and torch.cuda.is_current_stream_capturing()):
-        bad = (target < 0) | (target >= num_classes)
+        if num_classes > 0:
+            bad = target.clamp(0, num_classes - 1) != target  # outside [0, C): 2 ops, not 3
+        else:
+            bad = torch.ones_like(kept)
         if not 0 <= ignore_index < num_classes:  # else an ignored target is never out of range
             bad &= kept
         if bool(bad.any()):
