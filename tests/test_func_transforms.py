@@ -115,3 +115,20 @@ def test_linear_cross_entropy_under_transforms():
     )(weight)
     theirs = torch.func.grad(lambda w: F.cross_entropy(X @ w.T, target))(weight)
     torch.testing.assert_close(ours, theirs)
+
+
+def test_compiled_reference_traces_without_graph_breaks():
+    """torch.compile cannot trace an autograd.Function that defines ``jvp``: compiled code takes
+    the reference's variant without it (BCE with logits reads no values, so it traces whole)."""
+    torch._dynamo.reset()
+    x = X.clone().requires_grad_()
+
+    def loss(z):
+        return crossent.binary_cross_entropy_with_logits(z, B, reduction="sum")
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    got = compiled(x)
+    got.backward()
+    expected = torch.func.grad(lambda z: F.binary_cross_entropy_with_logits(z, B, reduction="sum"))
+    torch.testing.assert_close(got, F.binary_cross_entropy_with_logits(X, B, reduction="sum"))
+    torch.testing.assert_close(x.grad, expected(X))

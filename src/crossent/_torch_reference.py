@@ -37,6 +37,31 @@ class _ReferenceLoss(torch.autograd.Function):
         ctx.save_for_forward(input, target, weight, pos_weight)
 
     @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        if grad_output is None:  # an undefined output gradient (grads are not materialised)
+            return (None,) * 6
+        input, target, weight, pos_weight = ctx.saved_tensors
+        grads = ctx.loss_fn(
+            xp_torch, input, target, weight, pos_weight, want_grad=True,
+            grad_output=grad_output, **ctx.options,
+        )
+        need = ctx.needs_input_grad
+        return (
+            None,
+            None,
+            grads.grad_input if need[2] else None,
+            grads.grad_target if need[3] else None,
+            grads.grad_weight if need[4] else None,
+            None,
+        )
+
+
+class _ReferenceLossWithJvp(_ReferenceLoss):
+    """:class:`_ReferenceLoss` with forward mode (torch.func.jvp, jacfwd, hessian). Separate
+    because torch.compile cannot trace an autograd.Function that defines ``jvp``: compiled code
+    uses the parent."""
+
+    @staticmethod
     def jvp(ctx, fn_t, options_t, input_t, target_t, weight_t, pos_weight_t):  # type: ignore[override]
         """Forward mode from the same analytic gradients: ``<dL/dx, x_t> + <dL/dy, y_t> (+
         <dL/dw, w_t>)``, per position for ``reduction="none"`` (a position's loss depends on
@@ -67,25 +92,6 @@ class _ReferenceLoss(torch.autograd.Function):
             tangent = tangent + product.to(tangent.dtype)
         return tangent
 
-    @staticmethod
-    def backward(ctx, grad_output):  # type: ignore[override]
-        if grad_output is None:  # an undefined output gradient (grads are not materialised)
-            return (None,) * 6
-        input, target, weight, pos_weight = ctx.saved_tensors
-        grads = ctx.loss_fn(
-            xp_torch, input, target, weight, pos_weight, want_grad=True,
-            grad_output=grad_output, **ctx.options,
-        )
-        need = ctx.needs_input_grad
-        return (
-            None,
-            None,
-            grads.grad_input if need[2] else None,
-            grads.grad_target if need[3] else None,
-            grads.grad_weight if need[4] else None,
-            None,
-        )
-
 
 def apply(
     loss_fn: Callable[..., Any],
@@ -96,4 +102,5 @@ def apply(
     pos_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run ``loss_fn(xp, input, target, weight, pos_weight, **options)`` under autograd."""
-    return _ReferenceLoss.apply(loss_fn, options, input, target, weight, pos_weight)
+    loss = _ReferenceLoss if torch.compiler.is_compiling() else _ReferenceLossWithJvp
+    return loss.apply(loss_fn, options, input, target, weight, pos_weight)

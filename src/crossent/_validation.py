@@ -335,7 +335,7 @@ def _outside_transforms(array: Any) -> Any:
     ``vmap`` all batch entries at once, batch dimensions first), whose values Python can read;
     any other array as it is."""
     torch = sys.modules.get("torch")
-    if torch is None or not isinstance(array, torch.Tensor):
+    if torch is None or not isinstance(array, torch.Tensor) or torch.compiler.is_compiling():
         return array
     functorch = torch._C._functorch
     while functorch.is_functorch_wrapped_tensor(array):
