@@ -104,3 +104,42 @@ def apply(
     """Run ``loss_fn(xp, input, target, weight, pos_weight, **options)`` under autograd."""
     loss = _ReferenceLoss if torch.compiler.is_compiling() else _ReferenceLossWithJvp
     return loss.apply(loss_fn, options, input, target, weight, pos_weight)
+
+
+@torch.library.custom_op("crossent::checked_class_indices", mutates_args=())
+def checked_class_indices(
+    target: torch.Tensor, num_classes: int, ignore_index: int
+) -> torch.Tensor:
+    """A copy of ``target`` once every kept class index is known to lie in ``[0, C)``
+    (IndexError otherwise). Used under torch.compile, to which the op is opaque: the check's
+    read of tensor values stays out of the graph."""
+    from crossent._validation import check_target_range
+
+    check_target_range(xp_torch, target, num_classes, ignore_index)
+    return target.clone()
+
+
+@checked_class_indices.register_fake
+def _(target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    return torch.empty_like(target)
+
+
+@torch.library.custom_op("crossent::checked_unit_interval", mutates_args=())
+def _checked_unit_interval(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    from crossent._validation import check_unit_interval
+
+    check_unit_interval(xp_torch, input, "input")
+    check_unit_interval(xp_torch, target, "target")
+    return input.new_zeros(())
+
+
+@_checked_unit_interval.register_fake
+def _(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return input.new_zeros(())
+
+
+def checked_unit_interval(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A 0-d zero once binary_cross_entropy's input and target are known to lie in [0, 1]
+    (RuntimeError otherwise). Used under torch.compile, to which the op is opaque; it sees the
+    values without their autograd history, so it needs no gradient."""
+    return _checked_unit_interval(input.detach(), target.detach())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -73,12 +72,13 @@ def _as_array(value: Any) -> Any:
     return np.asarray(value) if isinstance(value, np.generic) else value
 
 
-@contextlib.contextmanager
-def _quiet(xp: Any) -> Iterator[None]:
+def _quiet(xp: Any) -> contextlib.AbstractContextManager:
     """NaN and inf are legitimate results (an all-ignored mean is 0/0, BCE's gradient at p = 0
-    is inf), as in torch: NumPy-backed namespaces must not warn about them."""
-    with np.errstate(all="ignore"):
-        yield
+    is inf), as in torch: NumPy-backed namespaces must not warn about them. (torch never warns
+    about them, and torch.compile cannot trace NumPy's errstate.)"""
+    if "torch" in getattr(xp, "__name__", ""):
+        return contextlib.nullcontext()
+    return np.errstate(all="ignore")
 
 
 # ------------------------------------------------------------------------------------------
@@ -254,7 +254,7 @@ def _prepare_cross_entropy(
         xp, input, target, weight, ignore_index, label_smoothing
     )
     if check_range and not layout.probabilities:
-        check.check_target_range(xp, target, layout.num_classes, ignore_index)
+        target = _checked_target(xp, target, layout.num_classes, ignore_index)
     options = {
         "probabilities": layout.probabilities,
         "ignore_index": ignore_index,
@@ -263,7 +263,22 @@ def _prepare_cross_entropy(
     }
     if weight is not None and weight.ndim != 1:  # K-dim inputs take any weight of C elements
         weight = xp.reshape(weight, (-1,))
-    return xp, layout, options, weight
+    return xp, layout, options, target, weight
+
+
+def _checked_target(xp: Any, target: Any, num_classes: int, ignore_index: int) -> Any:
+    """:func:`crossent._validation.check_target_range`, returning the target to use from here
+    on: under torch.compile the check runs inside a custom op (a copy of the target comes
+    back), so the compiled graph holds no host read of tensor values."""
+    if is_torch(target):
+        import torch
+
+        if torch.compiler.is_compiling():
+            from crossent._torch_reference import checked_class_indices
+
+            return checked_class_indices(target, num_classes, ignore_index)
+    check.check_target_range(xp, target, num_classes, ignore_index)
+    return target
 
 
 def cross_entropy(
@@ -400,7 +415,7 @@ def _cross_entropy_dispatch(
         import torch
 
         checked = torch.empty((), dtype=loss_dtype, device=input.device).expand(input.shape)
-    xp, layout, options, weight = _prepare_cross_entropy(
+    xp, layout, options, target, weight = _prepare_cross_entropy(
         checked, target, weight, ignore_index, reduction, label_smoothing,
         check_range=choice == "reference",
     )
@@ -414,7 +429,7 @@ def _cross_entropy_dispatch(
         if out is not None:
             return CrossEntropyOutput(*out)
         if not layout.probabilities:  # the fused path declined: check here instead
-            check.check_target_range(xp, target, layout.num_classes, options["ignore_index"])
+            target = _checked_target(xp, target, layout.num_classes, options["ignore_index"])
     if loss_dtype is not None:
         input = input.to(loss_dtype)
     if inplace_backward:
@@ -484,7 +499,7 @@ def cross_entropy_and_grad(
         "cross_entropy", input, target, weight, ignore_index=ignore_index, reduction=reduction,
         label_smoothing=label_smoothing,
     )
-    xp, layout, options, weight = _prepare_cross_entropy(
+    xp, layout, options, target, weight = _prepare_cross_entropy(
         input, target, weight, ignore_index, reduction, label_smoothing
     )
     _check_grad_output(xp, grad_output, options["reduction"], _loss_shape(input, layout))
@@ -503,10 +518,10 @@ def _prepare_nll(input, target, weight, ignore_index, reduction):
     reduction = check.check_reduction(reduction)
     ignore_index = check.check_ignore_index(ignore_index)
     num_classes = check.check_nll_args(xp, input, target, weight)
-    check.check_target_range(xp, target, num_classes, ignore_index)
+    target = _checked_target(xp, target, num_classes, ignore_index)
     if weight is not None and weight.ndim != 1:
         weight = xp.reshape(weight, (-1,))
-    return xp, weight, {"ignore_index": ignore_index, "reduction": reduction}
+    return xp, target, weight, {"ignore_index": ignore_index, "reduction": reduction}
 
 
 def nll_loss(
@@ -539,7 +554,7 @@ def nll_loss(
     diagnostics.maybe_warn(
         "nll_loss", input, target, weight, ignore_index=ignore_index, reduction=reduction
     )
-    _, weight, options = _prepare_nll(input, target, weight, ignore_index, reduction)
+    _, target, weight, options = _prepare_nll(input, target, weight, ignore_index, reduction)
     return _run_reference(_nll_fn, options, input, target, weight)
 
 
@@ -556,7 +571,7 @@ def nll_loss_and_grad(
     diagnostics.maybe_warn(
         "nll_loss", input, target, weight, ignore_index=ignore_index, reduction=reduction
     )
-    xp, weight, options = _prepare_nll(input, target, weight, ignore_index, reduction)
+    xp, target, weight, options = _prepare_nll(input, target, weight, ignore_index, reduction)
     shape = () if input.ndim == 1 else (input.shape[0], *input.shape[2:])
     _check_grad_output(xp, grad_output, options["reduction"], shape)
     g = _run_reference_grad(_nll_fn, options, input, target, weight, None, grad_output)
@@ -568,12 +583,22 @@ def nll_loss_and_grad(
 
 
 def _prepare_bce(input, target, weight, reduction):
+    """Validate; returns ``(xp, options, checked)``. ``checked`` is None, or under torch.compile a
+    0-d zero from a custom op that checks the [0, 1] domain (the check's read of tensor values
+    stays out of the graph); subtracting it from the loss changes no bit and keeps the op."""
     xp = namespace(input, target, weight)
     reduction = check.check_reduction(reduction)
     check.check_bce_args(xp, input, target, weight)
+    if is_torch(input):
+        import torch
+
+        if torch.compiler.is_compiling():
+            from crossent._torch_reference import checked_unit_interval
+
+            return xp, {"reduction": reduction}, checked_unit_interval(input, target)
     check.check_unit_interval(xp, input, "input")
     check.check_unit_interval(xp, target, "target")
-    return xp, {"reduction": reduction}
+    return xp, {"reduction": reduction}, None
 
 
 def binary_cross_entropy(
@@ -600,8 +625,9 @@ def binary_cross_entropy(
         with outside as (cast, _):
             return binary_cross_entropy(cast(input), cast(target), cast(weight), reduction)
     diagnostics.maybe_warn("binary_cross_entropy", input, target, weight, reduction=reduction)
-    _, options = _prepare_bce(input, target, weight, reduction)
-    return _run_reference(_bce_fn, options, input, target, weight)
+    _, options, checked = _prepare_bce(input, target, weight, reduction)
+    loss = _run_reference(_bce_fn, options, input, target, weight)
+    return loss if checked is None else loss - checked
 
 
 def binary_cross_entropy_and_grad(
@@ -610,7 +636,7 @@ def binary_cross_entropy_and_grad(
     """:func:`binary_cross_entropy` with ``dL/dp = s w (p - y) / max(p (1 - p), 1e-12)`` and
     ``dL/dy = s w (log(1 - p) - log p)`` (unclamped, as in PyTorch)."""
     diagnostics.maybe_warn("binary_cross_entropy", input, target, weight, reduction=reduction)
-    xp, options = _prepare_bce(input, target, weight, reduction)
+    xp, options, _ = _prepare_bce(input, target, weight, reduction)
     _check_grad_output(xp, grad_output, options["reduction"], tuple(input.shape))
     g = _run_reference_grad(_bce_fn, options, input, target, weight, None, grad_output)
     return LossAndGrad(g.loss, g.grad_input, g.grad_target)

@@ -20,8 +20,8 @@ from crossent._array import compute_dtype
 
 def constant(x: Any) -> Any:
     """Cut autograd's view of a stabilising shift (torch); identity for other arrays."""
-    detach = getattr(x, "detach", None)
-    return detach() if callable(detach) else x
+    detach = getattr(x, "detach", None)  # (not callable(): torch.compile cannot trace it here)
+    return x if detach is None else detach()
 
 
 def _shifted(xp: Any, x: Any, axis: int) -> Any:
