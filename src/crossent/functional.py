@@ -317,7 +317,9 @@ def cross_entropy(
     ``impl`` selects the implementation for torch tensors: ``"auto"`` (the Triton kernel on
     CUDA when Triton is installed, else the fused blocked torch-ops kernel, falling back to the
     reference where the fused path cannot serve the arguments: a probability target or class
-    weight that requires grad), ``"reference"``, ``"fused"``, ``"triton"``. NumPy and other
+    weight that requires grad, or a torch.func transform), ``"reference"``, ``"fused"``,
+    ``"triton"``. Under ``torch.autocast`` the loss is computed as torch's is there (half
+    arguments count as float32, the loss is float32). NumPy and other
     arrays always use the reference. The fused paths compute the gradient in the forward pass
     and save only it; they support neither double backward nor a second backward through the
     same graph (both raise; use ``impl="reference"``).
