@@ -1072,7 +1072,9 @@ def autocast_check(run: Run, device, small: bool):
             results.append((loss.detach(), layer.weight.grad.clone()))
         (loss, grad), (ref, ref_grad) = results
         err = rel_err(grad.double(), ref_grad.double())
-        ok = loss.dtype == ref.dtype and rel_err(loss, ref) < 1e-5 and err < 2e-2
+        # Two bfloat16 units: both round the weight gradient to bfloat16 once, torch in
+        # cuBLAS and crossent from a float32 accumulator (the linear head).
+        ok = loss.dtype == ref.dtype and rel_err(loss, ref) < 1e-5 and err < 2**-7
         detail = f"loss {loss.item():.6f} vs {ref.item():.6f}, grad err {err:.1e}"
         run.check(f"autocast {name}: {loss.dtype} == {ref.dtype}, loss and weight grad", ok, detail)
     outcomes = []

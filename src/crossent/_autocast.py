@@ -9,8 +9,8 @@ otherwise reach only the small ops inside them, each by its own rule. Instead, e
 autocast off, on arguments cast as torch's own op would cast them, with its result dtype.
 
 Which dtype torch's op computes in is not tabulated here: a one-row call of torch's own op under
-the active autocast state answers it (cached per op, device type, autocast dtype and input dtype),
-so the rule follows whatever the installed torch does, error included.
+the active autocast state answers it (cached per op, device type and autocast dtype), so the
+rule follows whatever the installed torch does, error included.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ _PROBES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "binary_cross_entropy_with_logits": lambda x: F.binary_cross_entropy_with_logits(x, x),
 }
 
+#: The dtypes autocast widens (float64 and float32 are left alone).
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
 _widened_to: dict[tuple, torch.dtype | None] = {}
 
 
@@ -54,11 +57,7 @@ def _outside(
     device_type: str, dtype: torch.dtype | None
 ) -> Iterator[tuple[Callable[[Any], Any], torch.dtype | None]]:
     def cast(tensor: Any) -> Any:
-        if (
-            dtype is not None
-            and isinstance(tensor, torch.Tensor)
-            and tensor.dtype in (torch.float16, torch.bfloat16)
-        ):
+        if dtype is not None and isinstance(tensor, torch.Tensor) and tensor.dtype in HALF_DTYPES:
             return tensor.to(dtype)
         return tensor
 

@@ -305,17 +305,20 @@ def _index_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (shape[0], *shape[2:])
 
 
-def check_target_range(xp: Any, target: Any, num_classes: int, ignore_index: int) -> None:
+def check_target_range(
+    xp: Any, target: Any, num_classes: int, ignore_index: int, *, kept: Any = None
+) -> None:
     """Every kept class index lies in [0, C); names the first offender and its position.
 
     Reads values (a device synchronisation for GPU arrays). torch raises IndexError on CPU and
-    a device-side assert on CUDA; crossent raises the IndexError on every device.
+    a device-side assert on CUDA; crossent raises the IndexError on every device. ``kept``: the
+    caller's ``target != ignore_index``, when it has it already.
     """
     target = _outside_transforms(target)
     t = target if target.dtype == xp.int64 else xp.astype(target, xp.int64)
     bad = (t < 0) | (t >= num_classes)
     if not 0 <= ignore_index < num_classes:  # else an ignored target is never out of range
-        bad = bad & (t != ignore_index)
+        bad = bad & (t != ignore_index if kept is None else kept)
     if not bool(xp.any(bad)):
         return
     flat_bad = xp.reshape(bad, (-1,))

@@ -401,10 +401,10 @@ def _cross_entropy_dispatch(
     it, the reference casts them."""
     outside = _autocast_scope("cross_entropy", input) if loss_dtype is None else None
     if outside is not None:
-        with outside as (cast, wide):
-            import torch
+        from crossent._autocast import HALF_DTYPES
 
-            half = input.dtype in (torch.float16, torch.bfloat16)  # what autocast widens
+        with outside as (cast, wide):
+            half = input.dtype in HALF_DTYPES  # the fused kernels read these as they are
             return _cross_entropy_dispatch(
                 input, cast(target), cast(weight), ignore_index, reduction, label_smoothing,
                 z_loss, softcap, impl, inplace_backward, want_extras=want_extras,

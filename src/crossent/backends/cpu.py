@@ -370,11 +370,9 @@ def _plain_sweep(rows: _Rows) -> None:
         return
     if direct:
         g_y = grad.gather(1, index)[:, 0] - rows.b
-        positions = torch.arange(rows.num_rows, device=grad.device)
-        grad.index_put_((positions, rows.index), g_y)
-        return
-    g_y = p_y if rows.unit_a else p_y * a_all
-    g_y = (g_y - rows.b).to(grad.dtype)
+    else:
+        g_y = p_y if rows.unit_a else p_y * a_all
+        g_y = (g_y - rows.b).to(grad.dtype)
     positions = torch.arange(rows.num_rows, device=grad.device)
     grad.index_put_((positions, rows.index), g_y)
 
