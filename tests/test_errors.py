@@ -97,6 +97,50 @@ def test_no_classes_makes_every_kept_target_out_of_range(impl) -> None:
         crossent.cross_entropy(torch.randn(3, 0), target, impl=impl)
 
 
+NO_CLASS_OPTIONS = [
+    {},
+    {"label_smoothing": 0.1},  # torch: 0 * eps / 0 = NaN in every reduction
+    {"weight": torch.ones(0, dtype=torch.float64)},
+    {"weight": torch.ones(0, dtype=torch.float64), "label_smoothing": 0.1},
+]
+# (options, probability targets?): an empty class weight adds nothing new for probabilities
+NO_CLASS_CASES = [(o, False) for o in NO_CLASS_OPTIONS] + [(o, True) for o in NO_CLASS_OPTIONS[:2]]
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused", "triton"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize(("options", "probabilities"), NO_CLASS_CASES)
+def test_no_classes_with_every_target_ignored_gives_torchs_result(
+    impl, reduction, options, probabilities
+) -> None:
+    # torch: sum 0, mean 0/0 = NaN, none zeros; NaN when smoothed class indices divide by C = 0;
+    # probability targets mean over numel / C = 0/0 (NaN)
+    if impl == "triton":
+        pytest.importorskip("triton")  # (through the interpreter on CPU, see conftest)
+    target = torch.zeros(3, 0, dtype=torch.float64) if probabilities else torch.full((3,), -100)
+    x = torch.zeros(3, 0, dtype=torch.float64, requires_grad=True)
+    expected = torch.nn.functional.cross_entropy(x, target, reduction=reduction, **options)
+    ours = crossent.cross_entropy(x, target, reduction=reduction, impl=impl, **options)
+    torch.testing.assert_close(ours, expected, equal_nan=True)
+    (grad,) = torch.autograd.grad(ours.sum(), x)
+    assert grad.shape == (3, 0)
+    arrays = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in options.items()}
+    out = crossent.cross_entropy_and_grad(np.zeros((3, 0)), target.numpy(), reduction=reduction,
+                                          **arrays)  # fmt: skip
+    torch.testing.assert_close(torch.as_tensor(out.loss), expected.detach(), equal_nan=True)
+    assert out.grad_input.shape == (3, 0)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_nll_loss_with_no_classes_and_every_target_ignored(reduction) -> None:
+    x, target = torch.zeros(3, 0, requires_grad=True), torch.full((3,), -100)
+    expected = torch.nn.functional.nll_loss(x, target, reduction=reduction)
+    torch.testing.assert_close(crossent.nll_loss(x, target, reduction=reduction), expected,
+                               equal_nan=True)  # fmt: skip
+    ours = crossent.nll_loss(np.zeros((3, 0), np.float32), target.numpy(), reduction=reduction)
+    torch.testing.assert_close(torch.as_tensor(ours), expected.detach(), equal_nan=True)
+
+
 def test_elementwise_mean_warns_and_means() -> None:
     x, t = np.zeros((2, 3)), np.array([0, 1])
     with pytest.warns(UserWarning, match="deprecated"):

@@ -98,7 +98,9 @@ def _checked_denominator(
     number.
     """
     if target.is_floating_point():
-        return torch.tensor(float(target.shape[0]), dtype=dtype, device=target.device)
+        # torch divides by numel / C: the M positions, or 0/0 (NaN) with no classes
+        positions = float(target.shape[0]) if num_classes else math.nan
+        return torch.tensor(positions, dtype=dtype, device=target.device)
     xp = _torch_namespace()
     kept = target != ignore_index
     if not (target.is_cuda and torch.cuda.is_current_stream_capturing()):
@@ -136,7 +138,12 @@ def _forward(
         target, logits.shape[1], weight, options.ignore_index, acc
     )
     row_scale = denominator.reciprocal() if reduction == "mean" and grad is not None else None
-    rows, lse = _rows_kernel(kernel)(logits, target, weight, options, grad, row_scale=row_scale)
+    if logits.shape[1] == 0:
+        rows, lse = _rows_without_classes(logits, target, options, acc)
+    else:
+        rows, lse = _rows_kernel(kernel)(
+            logits, target, weight, options, grad, row_scale=row_scale
+        )
     loss = _reduce(rows, reduction, denominator)
     if reduction == "mean" and not target.is_floating_point():
         loss = _reduction.smoothed_index_mean(
@@ -152,6 +159,18 @@ def _forward(
         loss = -loss  # torch's soft-target sum of nothing is -0.0
     out = loss_dtype or logits.dtype
     return loss.to(out), z_loss.to(out), lse
+
+
+def _rows_without_classes(
+    logits: torch.Tensor, target: torch.Tensor, options: RowOptions, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row losses and log-sum-exps of a block with no classes, where every row is ignored (the
+    target check rejected any kept index): loss 0, or NaN for smoothed class indices (torch's
+    ``0 * eps / C`` with ``C = 0``); lse 0, as for any ignored row; no gradient to write."""
+    smoothed = options.label_smoothing > 0 and not target.is_floating_point()
+    rows = torch.full((logits.shape[0],), math.nan if smoothed else 0.0, dtype=dtype,
+                      device=logits.device)  # fmt: skip
+    return rows, torch.zeros_like(rows)
 
 
 def _options(ignore_index: int, label_smoothing: float, z_loss: float, softcap: float | None):

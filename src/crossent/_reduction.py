@@ -33,7 +33,8 @@ def kept_weight(xp: Any, target: Any, weight: Any | None, ignore_index: int, dty
     never used to index ``weight`` (so an out-of-range ignore_index is harmless).
     """
     kept = target != ignore_index
-    if weight is None:
+    if weight is None or weight.shape[0] == 0:
+        # no class weights, or no classes (every position is then ignored: weight is unused)
         return xp.astype(kept, dtype)
     safe = xp.where(kept, target, xp.zeros_like(target))
     flat = xp.reshape(safe, (-1,))

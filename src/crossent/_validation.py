@@ -327,8 +327,13 @@ def check_target_range(
     value = int(xp.reshape(t, (-1,))[first])
     count = int(xp.sum(xp.astype(flat_bad, xp.int64)))
     more = f" ({count} targets are out of range)" if count > 1 else ""
+    expected = (
+        f"a class index in [0, {num_classes})"
+        if num_classes
+        else "no class index (the input has 0 classes)"
+    )
     raise IndexError(
-        f"Target {value} is out of bounds: expected a class index in [0, {num_classes}) or "
+        f"Target {value} is out of bounds: expected {expected} or "
         f"ignore_index={ignore_index}, got {value} at position {position}{more}"
     )
 

@@ -87,12 +87,17 @@ def upstream_scale(
 
 
 def _log_softmax_rows(xp: Any, x: Any) -> Any:
+    if x.shape[1] == 0:
+        return x  # no classes: nothing to normalise (and no max to shift by)
     shifted = x - constant(xp.max(x, axis=1, keepdims=True))
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
 
 
 def _gather(xp: Any, rows: Any, index: Any) -> Any:
-    """rows[i, index[i]] for every row."""
+    """rows[i, index[i]] for every row (zeros when there are no classes: every row is then
+    ignored, the target check having rejected any kept one)."""
+    if rows.shape[1] == 0:
+        return xp.zeros((rows.shape[0],), dtype=rows.dtype, device=_device(rows))
     return xp.take_along_axis(rows, xp.reshape(index, (-1, 1)), axis=1)[:, 0]
 
 
@@ -107,6 +112,12 @@ def _device(a: Any) -> Any:
 
 def _zeros(xp: Any, like: Any) -> Any:
     return xp.zeros_like(like)
+
+
+def smoothing_share(label_smoothing: float, num_classes: int) -> float:
+    """``eps / C``, the uniform part of a smoothed target; ``inf`` with no classes (torch
+    divides by ``C = 0`` too, so that a smoothed loss over zero classes is NaN, never 0)."""
+    return label_smoothing / num_classes if num_classes else math.inf
 
 
 def cross_entropy(
@@ -153,7 +164,7 @@ def _index_cross_entropy(
     if eps > 0:
         w = xp.ones((num_classes,), dtype=ct) if weight is None else xp.astype(weight, ct)
         smooth = xp.where(kept, -xp.sum(w * logp, axis=1), zero)
-        losses = (1 - eps) * losses + (eps / num_classes) * smooth
+        losses = (1 - eps) * losses + smoothing_share(eps, num_classes) * smooth
     denominator = xp.sum(w_row)
     loss = reduce(xp, xp.reshape(losses, position_shape(input.shape)), reduction, denominator)
     if reduction == "mean":
@@ -169,7 +180,7 @@ def _index_cross_entropy(
     p = xp.exp(logp)
     g = (1 - eps) * xp.reshape(w_row, (-1, 1)) * (p - _onehot(xp, safe, num_classes, ct))
     if eps > 0:
-        g = g + (eps / num_classes) * (xp.sum(w) * p - w)
+        g = g + smoothing_share(eps, num_classes) * (xp.sum(w) * p - w)
     # An ignored row's gradient is 0 * p, as torch's log-softmax backward computes it: NaN where
     # the row's logits are not finite (p is NaN), 0 otherwise, whatever its upstream gradient.
     g = xp.where(xp.reshape(kept, (-1, 1)), s * g, zero * p)
@@ -187,11 +198,13 @@ def _soft_cross_entropy(
     q = to_rows(xp, xp.astype(target, ct))
     num_rows, num_classes = x.shape
     w = xp.ones((num_classes,), dtype=ct) if weight is None else xp.astype(weight, ct)
-    q_smooth = (1 - eps) * q + eps / num_classes if eps > 0 else q
+    q_smooth = (1 - eps) * q + smoothing_share(eps, num_classes) if eps > 0 else q
 
     logp = _log_softmax_rows(xp, x)
     losses = -xp.sum(w * q_smooth * logp, axis=1)
-    loss = reduce(xp, xp.reshape(losses, position_shape(input.shape)), reduction, num_rows)
+    # torch's mean divides by numel / C: 0/0 (NaN) with no classes, else the M positions
+    denominator = num_rows if num_classes else math.nan
+    loss = reduce(xp, xp.reshape(losses, position_shape(input.shape)), reduction, denominator)
     loss = xp.astype(loss, out_dtype)
     if not want_grad:
         return LossGrads(loss)
