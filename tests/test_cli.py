@@ -256,6 +256,89 @@ def test_single_class(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def _three_groups(labels):
+    """Rows in three separable groups (features 0, 10, 20 plus noise), labelled ``labels``."""
+    rng = np.random.default_rng(0)
+    return [[10.0 * g + rng.normal(), rng.normal(), label] for g, label in enumerate(labels)
+            for _ in range(8)]  # fmt: skip
+
+
+def test_labels_are_categories_not_numbers(tmp_path, capsys):
+    # "01" and "1" (and "1.0") are different classes: only canonical integers become numbers
+    data = write_csv(tmp_path / "d.csv", ["a", "b", "code"], _three_groups(["01", "1", "1.0"]))
+    status, out, err = run_main(capsys, "train", "--data", data, "--target", "code", "--out",
+                                tmp_path / "o", "--no-plot")  # fmt: skip
+    assert status == 0, err
+    assert "3 classes" in out
+    model = SoftmaxRegression.load(tmp_path / "o" / "model.npz")
+    assert model.classes_.tolist() == ["01", "1", "1.0"]
+    data = write_csv(tmp_path / "n.csv", ["a", "b", "y"], _three_groups(["7", "-3", "12"]))
+    assert run_main(capsys, "train", "--data", data, "--out", tmp_path / "p", "--no-plot")[0] == 0
+    model = SoftmaxRegression.load(tmp_path / "p" / "model.npz")
+    assert model.classes_.tolist() == [-3, 7, 12]
+
+
+def test_non_integer_numeric_labels_are_refused(tmp_path, capsys):
+    data = write_csv(tmp_path / "d.csv", ["a", "b", "dose"], _three_groups(["0.5", "2.5", "4"]))
+    result = run_main(capsys, "train", "--data", data, "--target", "dose", "--out", tmp_path / "o")
+    assert_bad_input(*result, "non-integer numbers", "0.5", "regression")
+    assert not (tmp_path / "o").exists()
+
+
+def test_byte_order_mark_is_not_part_of_a_column_name(tmp_path, capsys):
+    data = write_csv(tmp_path / "d.csv", ["label", "a", "b"],
+                     [[r[2], r[0], r[1]] for r in _three_groups(["x", "y", "z"])])  # fmt: skip
+    data.write_bytes(b"\xef\xbb\xbf" + data.read_bytes())  # what Excel's "CSV UTF-8" writes
+    status, _, err = run_main(capsys, "train", "--data", data, "--out", tmp_path / "o",
+                              "--no-plot")  # fmt: skip
+    assert status == 0, err
+    model = SoftmaxRegression.load(tmp_path / "o" / "model.npz")
+    assert model.file_metadata_["target"] == "label"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_class_too_rare_to_stratify_stays_in_training(tmp_path, capsys, seed):
+    rows = _three_groups(["a", "b", "c"])[:17]  # class "c" has a single row
+    data = write_csv(tmp_path / "d.csv", ["a", "b", "label"], rows)
+    status, out, err = run_main(capsys, "train", "--data", data, "--out", tmp_path / "o",
+                                "--no-plot", "--seed", seed)  # fmt: skip
+    assert status == 0, err
+    assert "3 classes" in out
+
+
+def test_infinite_tolerance_is_bad_input(tmp_path, capsys):
+    result = run_main(capsys, "train", "--tol", "inf", "--out", tmp_path / "o")
+    assert_bad_input(*result, "--tol must be positive and finite")
+
+
+def test_predict_scores_the_labelled_rows_of_a_partly_labelled_file(trained, tmp_path, capsys):
+    *_, directory = trained
+    data, *_ = digits_csv(tmp_path / "d.csv", n=40)
+    lines = data.read_text().splitlines()
+    lines[1:11] = [line.rsplit(",", 1)[0] + "," for line in lines[1:11]]  # 10 rows unlabelled
+    data.write_text("\n".join(lines) + "\n")
+    status, out, err = run_main(capsys, "predict", "--model", directory / "model.npz",
+                                "--data", data)  # fmt: skip
+    assert status == 0, err
+    assert len(out.splitlines()) == 41
+    assert "30 labelled rows; 10 without a label" in err
+
+
+def test_compare_sklearn_with_two_classes_uses_the_same_regularisation(tmp_path, capsys):
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    rows = [[*x, int(y)] for x, y in zip(bunch.data, bunch.target, strict=True)]
+    data = write_csv(tmp_path / "d.csv", [f"f{i}" for i in range(30)] + ["y"], rows)
+    status, out, err = run_main(capsys, "train", "--data", data, "--out", tmp_path / "o",
+                                "--no-plot", "--C", "0.01", "--compare-sklearn")  # fmt: skip
+    assert status == 0, err
+    table = {line[:16].strip(): line[16:].split() for line in out.splitlines()}
+    crossent_loss, sklearn_loss = (float(v) for v in table["test log-loss"])
+    # both stop at tol=1e-4 (a few 1e-4 apart); at LogisticRegression(C) the gap was 25%
+    assert abs(crossent_loss - sklearn_loss) < 1e-3 * crossent_loss
+
+
 def test_feature_count_differs_at_predict(trained, tmp_path, capsys):
     *_, directory = trained
     output = tmp_path / "pred.csv"
@@ -322,6 +405,7 @@ def test_missing_or_corrupt_model(tmp_path, capsys):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     result = run_main(capsys, "predict", "--model", tmp_path / "bad.npz", "--data", data)
     assert_bad_input(*result, "not a crossent model file")
+    assert "pickle" not in result[2]  # (NumPy's advice for a non-archive; models never pickle)
 
 
 def test_other_bad_files(tmp_path, capsys):
@@ -414,6 +498,14 @@ def test_explain_is_wired(capsys):
     assert "usage: crossent explain" in capsys.readouterr().out
     status, out, _ = run_main(capsys, "explain")
     assert status == 0 and "0.15317821" in out  # the default example: logits [2, 4, 0.5]
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="needs matplotlib")
+def test_explain_plot_path_that_is_a_file_fails_before_any_output(tmp_path, capsys):
+    (tmp_path / "f").write_text("")
+    status, out, err = run_main(capsys, "explain", "--plot", tmp_path / "f")
+    assert_bad_input(status, out, err, "not a directory")
+    assert out == ""
 
 
 def test_demo(capsys):

@@ -131,6 +131,17 @@ def test_no_classes_with_every_target_ignored_gives_torchs_result(
     assert out.grad_input.shape == (3, 0)
 
 
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+def test_no_classes_k_dim_probability_target(impl) -> None:
+    # (N, 0, d) with a (N, 0, d) probability target: torch's mean is numel / C = 0/0 (NaN)
+    x, target = torch.zeros(2, 0, 3, dtype=torch.float64), torch.zeros(2, 0, 3, dtype=torch.float64)
+    expected = torch.nn.functional.cross_entropy(x, target)
+    torch.testing.assert_close(crossent.cross_entropy(x, target, impl=impl), expected,
+                               equal_nan=True)  # fmt: skip
+    ours = crossent.cross_entropy(x.numpy(), target.numpy(), label_smoothing=0.1)
+    torch.testing.assert_close(torch.as_tensor(ours), expected, equal_nan=True)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_nll_loss_with_no_classes_and_every_target_ignored(reduction) -> None:
     x, target = torch.zeros(3, 0, requires_grad=True), torch.full((3,), -100)
@@ -155,7 +166,8 @@ def test_weight_requiring_grad_on_index_path_is_refused() -> None:
 
 
 def test_grad_output_shape_is_checked() -> None:
-    with pytest.raises(ValueError, match="grad_output"):
+    # torch's backward raises RuntimeError ("Mismatch in shape") for a gradient of another shape
+    with pytest.raises(RuntimeError, match="grad_output"):
         crossent.cross_entropy_and_grad(
             np.zeros((2, 3)), np.array([0, 1]), reduction="none", grad_output=np.ones(3)
         )
@@ -179,3 +191,71 @@ def test_softmax_errors_follow_torch() -> None:
         crossent.logsumexp(x, ())
     with pytest.raises(TypeError):
         crossent.softmax(x)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda g: crossent.cross_entropy_and_grad(np.zeros((2, 3)), np.array([0, 1]),
+                                                  grad_output=g),
+        lambda g: crossent.nll_loss_and_grad(np.zeros((2, 3)), np.array([0, 1]), grad_output=g),
+        lambda g: crossent.binary_cross_entropy_and_grad(np.full(2, 0.5), np.ones(2),
+                                                         grad_output=g),
+        lambda g: crossent.binary_cross_entropy_with_logits_and_grad(np.zeros(2), np.ones(2),
+                                                                     grad_output=g),
+    ],
+)  # fmt: skip
+def test_grad_output_must_be_a_real_array(call) -> None:
+    # torch: backward(2.0) is a TypeError, a complex gradient of a real loss a RuntimeError
+    for not_array in (2.0, [1.0]):
+        with pytest.raises(TypeError, match="grad_output must be an array"):
+            call(not_array)
+    with pytest.raises(RuntimeError, match="grad_output must be real"):
+        call(np.array(1 + 2j))
+    assert np.isfinite(call(np.array(2.0)).loss)
+
+
+def test_masked_arrays_are_refused() -> None:
+    # np.where/take_along_axis honour a mask unevenly: the loss would be silently wrong
+    x = np.ma.masked_array([[1.0, 2.0, 3.0]], mask=[[True, False, False]])
+    for call in (
+        lambda: crossent.cross_entropy(x, np.array([0])),
+        lambda: crossent.cross_entropy(x.data, np.ma.masked_array([0], mask=[True])),
+        lambda: crossent.binary_cross_entropy(np.ma.masked_array([0.5], mask=[True]),
+                                              np.ones(1)),
+        lambda: crossent.explain(x, np.array([0])),
+        lambda: crossent.diagnose(x, np.array([0])),
+    ):  # fmt: skip
+        with pytest.raises(TypeError, match="masked arrays are not supported"):
+            call()
+
+
+@pytest.mark.parametrize("ignore_index", [2**63, -(2**63) - 1])
+def test_ignore_index_must_fit_int64(ignore_index) -> None:
+    x, t = torch.zeros(2, 3), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="Overflow"):
+        torch.nn.functional.cross_entropy(x, t, ignore_index=ignore_index)
+    for args in ((x, t), (x.numpy(), t.numpy())):
+        with pytest.raises(ValueError, match="Overflow"):
+            crossent.cross_entropy(*args, ignore_index=ignore_index)
+    with pytest.raises(ValueError, match="Overflow"):
+        crossent.nll_loss(x.numpy(), t.numpy(), ignore_index=ignore_index)
+
+
+def test_complex_weights_are_refused() -> None:
+    # torch: RuntimeError (complex result can't be cast to the real output); NumPy would drop
+    # the imaginary part with only a ComplexWarning
+    x, t = np.zeros((2, 3)), np.full((2, 3), 0.5)
+    w = np.array([1 + 1j, 2, 3])
+    with pytest.raises(RuntimeError, match="ComplexDouble can't be cast"):
+        torch.nn.functional.binary_cross_entropy_with_logits(
+            torch.as_tensor(x), torch.as_tensor(t), pos_weight=torch.as_tensor(w)
+        )
+    for call in (
+        lambda: crossent.binary_cross_entropy_with_logits(x, t, pos_weight=w),
+        lambda: crossent.binary_cross_entropy_with_logits(x, t, weight=w),
+        lambda: crossent.binary_cross_entropy(t, t, weight=w),
+        lambda: crossent.cross_entropy(x, t / 1.5, weight=w),
+    ):
+        with pytest.raises(RuntimeError, match="must be real"):
+            call()

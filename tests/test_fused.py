@@ -181,6 +181,34 @@ def test_k_dim_input_flattened_matches_torch():
     torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("impl", ["fused", "reference", "triton"])
+@pytest.mark.parametrize(
+    ("weight", "ignore_index"),
+    [
+        ([4.0, 2.0, math.inf, 4.0], -100),  # inverse class frequency: class 2 never occurs
+        ([math.nan, 1.0, 1.0, 1.0], 0),  # the ignored class's weight is never read
+        ([3e38, 3e38, 1.0, 1.0], -100),  # the total weight overflows float32
+    ],
+)
+def test_non_finite_weight_of_an_absent_class_leaves_gradients_finite(impl, weight, ignore_index):
+    # torch never multiplies the unused total weight into the gradient without smoothing
+    import crossent
+
+    if impl == "triton":
+        pytest.importorskip("triton")
+    t, w = torch.tensor([0, 1, 1, 3]), torch.tensor(weight)
+    x = torch.randn(4, 4, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    expected = torch.autograd.grad(F.cross_entropy(x, t, w, ignore_index=ignore_index), x)[0]
+    if impl == "reference":  # computed one step wider (float64): no overflow to compare with
+        x64 = x.detach().double().requires_grad_()
+        loss = F.cross_entropy(x64, t, w.double(), ignore_index=ignore_index)
+        expected = torch.autograd.grad(loss, x64)[0].float()
+    loss = crossent.cross_entropy(x, t, w, ignore_index=ignore_index, impl=impl)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(expected).all()
+    torch.testing.assert_close(grad, expected)
+
+
 def test_uint8_targets():
     x, target, _ = make_case(9, 20, torch.float64)
     target = target.to(torch.uint8)

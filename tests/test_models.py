@@ -348,7 +348,7 @@ def test_stream_errors_are_explicit():
     with pytest.raises(ValueError, match="classes must be given"):
         SoftmaxRegression(solver="adam").partial_fit(X, y)
     model = SoftmaxRegression(solver="adam").partial_fit(X[:100], y[:100], classes=range(10))
-    with pytest.raises(ValueError, match="label 11 is not one of the classes"):
+    with pytest.raises(ValueError, match="label 11 is not one of the model's classes"):
         model.partial_fit(X[:3], np.array([1, 2, 11]))
     assert not hasattr(SoftmaxRegression(), "partial_fit")  # lbfgs: full-batch only
     with pytest.raises(ValueError, match="batch stream is empty"):

@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 import array_api_compat
+import numpy as np
 
 
 def _torch_tensor_type() -> type | None:
@@ -33,6 +34,7 @@ def namespace(*arrays: Any) -> Any:
 
         return xp_torch
     for a in present:
+        check_not_masked(a)
         if not array_api_compat.is_array_api_obj(a):
             raise TypeError(
                 f"expected an array (NumPy, torch, or any Array API array), "
@@ -45,6 +47,16 @@ def namespace(*arrays: Any) -> Any:
         raise TypeError(
             f"all arrays must come from one library, got a mix of {', '.join(kinds)}"
         ) from exc
+
+
+def check_not_masked(a: Any) -> None:
+    """NumPy masked arrays are refused (TypeError): array operations would honour the mask in
+    some steps and not in others, a silently wrong loss."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(
+            "masked arrays are not supported (the mask would not be honoured); pass "
+            "a.filled(value), or select the unmasked entries first"
+        )
 
 
 def is_torch(x: Any) -> bool:

@@ -75,7 +75,7 @@ class _Columns:
 
 def _read_csv(path: Path) -> _Columns:
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # (-sig: drop a BOM)
             rows = list(csv.reader(handle))
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not a UTF-8 text CSV file ({exc.reason})") from None
@@ -231,22 +231,37 @@ def _numeric_column(path: Path, columns: _Columns, name: str, values: np.ndarray
     return out
 
 
-def _label_column(path: Path, columns: _Columns, name: str, values: np.ndarray) -> np.ndarray:
-    """Target labels: integers, floats or strings as found (CSV text is parsed when numeric)."""
+def _label_column(
+    path: Path, columns: _Columns, name: str, values: np.ndarray, allow_missing: bool = False
+) -> np.ndarray:
+    """Target labels, as categories: integers, integral floats or text.
+
+    CSV text becomes int64 only when every label is an integer written canonically (``7``,
+    ``-3``); otherwise it stays text, so that ``01`` and ``1`` or ``1.0`` and ``1`` remain
+    different classes. Non-integer numbers (``0.5``) are refused: a continuous target is not
+    a set of classes.
+    """
     if values.dtype.kind in "US":
         texts = values.astype(str)
+        if allow_missing and "" in texts.tolist():
+            return texts  # partly labelled: the texts as they are, "" where missing
         for index, text in enumerate(texts.tolist()):
             if text == "":
                 raise DataError(
                     f"{path}: target column {name!r} has a missing value at "
                     f"{_row_label(columns, index)}"
                 )
-        for kind in (np.int64, np.float64):
-            try:
-                parsed = texts.astype(kind)
-            except (ValueError, OverflowError):
-                continue
-            return _label_column(path, columns, name, parsed)
+        try:
+            integers = texts.astype(np.int64)
+        except (ValueError, OverflowError):
+            integers = None
+        if integers is not None and integers.astype(str).tolist() == texts.tolist():
+            return integers
+        try:
+            numbers = texts.astype(np.float64)
+        except ValueError:
+            return texts
+        _check_integral(path, columns, name, numbers, texts)
         return texts
     if values.dtype.kind == "f":
         bad = ~np.isfinite(values)
@@ -256,10 +271,25 @@ def _label_column(path: Path, columns: _Columns, name: str, values: np.ndarray) 
                 f"{path}: target column {name!r} has {values[index]!r} at "
                 f"{_row_label(columns, index)}"
             )
+        _check_integral(path, columns, name, values, values)
         return values
     if values.dtype.kind in "iub":
         return values
     raise DataError(f"{path}: target column {name!r} has unsupported dtype {values.dtype}")
+
+
+def _check_integral(
+    path: Path, columns: _Columns, name: str, numbers: np.ndarray, shown: np.ndarray
+) -> None:
+    """Class labels that are numbers must be whole numbers (DataError otherwise)."""
+    fractional = np.isfinite(numbers) & (numbers != np.round(numbers))
+    if fractional.any():
+        index = int(np.argmax(fractional))
+        raise DataError(
+            f"{path}: target column {name!r} holds non-integer numbers ({shown[index]} at "
+            f"{_row_label(columns, index)}): class labels must be integers or text (a "
+            f"continuous target needs regression, not a classifier)"
+        )
 
 
 def _pick_target(
@@ -288,14 +318,16 @@ def load_table(
     *,
     require_target: bool = True,
     target_optional: bool = False,
+    missing_labels: bool = False,
 ) -> Table:
     """Read ``path`` (CSV, NPZ or Parquet) into a validated :class:`Table`.
 
     ``target`` names the label column (an error if it is missing, unless ``target_optional``:
     then the table has no target); None picks the first of :data:`DEFAULT_TARGET_NAMES`
     present if ``require_target`` (an error if none is), else no target. Every other column
-    is a feature and must be numeric and finite. Raises :class:`DataError` (one line) on any
-    problem.
+    is a feature and must be numeric and finite. ``missing_labels``: a CSV label column may
+    have empty cells (the labels then stay text, ``""`` where missing). Raises
+    :class:`DataError` (one line) on any problem.
     """
     path = Path(path)
     columns = _read_columns(path)
@@ -334,7 +366,9 @@ def load_table(
         raise DataError(f"{path}: the data has no rows")
     labels = None
     if target_name is not None:
-        labels = _label_column(path, columns, target_name, columns.columns[target_name])
+        labels = _label_column(
+            path, columns, target_name, columns.columns[target_name], missing_labels
+        )
     return Table(
         features=features,
         feature_names=tuple(feature_names),

@@ -22,7 +22,8 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
         return x.unsqueeze(0)
     if x.dim() == 2:
         return x
-    return x.movedim(1, -1).reshape(-1, x.shape[1])
+    moved = x.movedim(1, -1)
+    return moved.reshape(moved.shape[:-1].numel(), x.shape[1])  # (-1 is ambiguous when C = 0)
 
 
 def cross_entropy(

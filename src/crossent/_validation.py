@@ -82,8 +82,31 @@ def check_extras(z_loss: Any, softcap: Any) -> tuple[float, float | None]:
 
 
 def check_ignore_index(ignore_index: Any) -> int:
-    """ignore_index must be an integer (torch: TypeError for a float or a bool)."""
-    return int_argument(ignore_index, "ignore_index")
+    """ignore_index must be an integer (torch: TypeError for a float or a bool) that fits in
+    int64 (torch: ValueError)."""
+    value = int_argument(ignore_index, "ignore_index")
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(
+            f"Overflow when unpacking long long: ignore_index must fit in int64 "
+            f"([-2**63, 2**63)), got {value}"
+        )
+    return value
+
+
+def check_real(xp: Any, array: Any, arg: str, op: str) -> None:
+    """Weights, targets and upstream gradients must not be complex: mixed with a real input
+    they would be cast to real, dropping the imaginary part (torch: RuntimeError)."""
+    if array is None:
+        return
+    try:
+        complex_dtype = bool(xp.isdtype(array.dtype, "complex floating"))
+    except (TypeError, ValueError):
+        complex_dtype = False
+    if complex_dtype:
+        raise RuntimeError(
+            f"{op}: {arg} must be real (floating, integer or bool), got "
+            f"{dtype_name(array.dtype)}"
+        )
 
 
 def check_label_smoothing(label_smoothing: Any) -> float:
@@ -279,6 +302,7 @@ def check_cross_entropy_args(
                 "input of shape (C,), (N, C) or (N, C, d1, ...)"
             )
         check_floating_input(xp, input, "cross_entropy")
+        check_real(xp, weight, "weight", "cross_entropy")
         num_classes = input.shape[0] if input.ndim == 1 else input.shape[1]
         check_class_weight(
             xp, input, weight, num_classes, probabilities=True, op="cross_entropy"
@@ -410,6 +434,7 @@ def check_bce_args(xp: Any, input: Any, target: Any, weight: Any) -> None:
             f"binary_cross_entropy needs the target in the input's dtype"
         )
     check_floating_input(xp, input, "binary_cross_entropy")
+    check_real(xp, weight, "weight", "binary_cross_entropy")
     check_broadcast_weight(weight, tuple(input.shape), "weight")
     check_not_differentiable(weight, "binary_cross_entropy", "weight")
 
@@ -445,6 +470,8 @@ def check_bce_with_logits_args(
             f"{dtype_name(target.dtype)}: binary_cross_entropy_with_logits needs a floating "
             f"target (its output takes the target's dtype)"
         )
+    for arg, array in (("target", target), ("weight", weight), ("pos_weight", pos_weight)):
+        check_real(xp, array, arg, "binary_cross_entropy_with_logits")
     check_broadcast_weight(weight, tuple(input.shape), "weight")
     check_broadcast_weight(pos_weight, tuple(input.shape), "pos_weight")
     if pos_weight is not None and dtype_name(pos_weight.dtype) == "bool":

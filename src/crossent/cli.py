@@ -204,7 +204,12 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         dest="C",
         help="inverse L2 strength, scikit-learn's convention (default: 1.0)",
     )
-    model.add_argument("--solver", choices=("lbfgs", "sgd", "adam"), default="lbfgs")
+    model.add_argument(
+        "--solver",
+        choices=("lbfgs", "sgd", "adam"),
+        default="lbfgs",
+        help="full-batch L-BFGS to the exact optimum, or mini-batch SGD/Adam (default: lbfgs)",
+    )
     model.add_argument(
         "--max-iter",
         type=int,
@@ -212,9 +217,25 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         help="L-BFGS iterations or mini-batch epochs (default: 100)",
     )
     model.add_argument("--tol", type=float, default=1e-4, help="stopping tolerance (default: 1e-4)")
-    model.add_argument("--label-smoothing", type=float, default=0.0)
-    model.add_argument("--class-weight", choices=("balanced",), default=None)
-    model.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    model.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=0.0,
+        metavar="EPS",
+        help="train on (1 - EPS) * one-hot + EPS / classes, in [0, 1] (default: 0)",
+    )
+    model.add_argument(
+        "--class-weight",
+        choices=("balanced",),
+        default=None,
+        help="weight classes inversely to their frequency (default: all 1)",
+    )
+    model.add_argument(
+        "--dtype",
+        choices=("float64", "float32"),
+        default="float64",
+        help="precision of the parameters and the computation (default: float64)",
+    )
     output = parser.add_argument_group("output")
     output.add_argument(
         "--out",
@@ -234,7 +255,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument(
         "--compare-sklearn",
         action="store_true",
-        help="also fit scikit-learn's LogisticRegression on the same split",
+        help="also fit scikit-learn's LogisticRegression on the same split (with two "
+        "classes at C=2*C, the same regularisation)",
     )
 
 
@@ -273,6 +295,15 @@ def _split(table: Any, test_size: float, seed: int) -> tuple[Any, ...]:
     X_train, X_test, y_train, y_test = train_test_split(
         table.features, labels, test_size=test_size, random_state=seed, stratify=stratify
     )
+    unseen = ~np.isin(y_test, y_train)
+    if unseen.any():
+        # A class too rare to stratify drew only test rows: the model could not know it (and
+        # its test log-loss would be infinite), so those rows train instead.
+        X_train = np.concatenate([X_train, X_test[unseen]])
+        y_train = np.concatenate([y_train, y_test[unseen]])
+        X_test, y_test = X_test[~unseen], y_test[~unseen]
+        if len(y_test) == 0:
+            raise CommandError(f"{table.source}: {n} rows are too few to split off a test set")
     if len(np.unique(y_train)) < 2:
         raise CommandError(
             f"{table.source}: the training split holds a single class; use more data"
@@ -353,8 +384,9 @@ def _train(args: argparse.Namespace) -> int:
     if Path(args.model_name).name != args.model_name:
         raise CommandError(f"--model-name must be a file name, got {args.model_name!r}")
     for name, value in (("--C", args.C), ("--tol", args.tol)):
-        if not value > 0:
-            raise CommandError(f"{name} must be positive, got {value}")
+        if not value > 0 or (name == "--tol" and not math.isfinite(value)):
+            raise CommandError(f"{name} must be positive{' and finite' * (name == '--tol')}, "
+                               f"got {value}")  # fmt: skip
     if args.max_iter < 1:
         raise CommandError(f"--max-iter must be at least 1, got {args.max_iter}")
     if not 0 <= args.label_smoothing <= 1:
@@ -461,9 +493,14 @@ def _compare_sklearn(args, rows, Z_train, Z_test, y_train, y_test, model):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, log_loss
 
+    # Two classes: scikit-learn keeps one weight row, this model two (w and -w at the optimum,
+    # half the penalty), so SoftmaxRegression(C) is LogisticRegression(C=2*C): compare the same
+    # regularisation.
+    binary = len(np.unique(y_train)) == 2
     reference = LogisticRegression(
-        C=args.C, max_iter=args.max_iter, tol=args.tol, class_weight=args.class_weight
-    )
+        C=2 * args.C if binary else args.C, max_iter=args.max_iter, tol=args.tol,
+        class_weight=args.class_weight,
+    )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         start = time.perf_counter()
@@ -540,8 +577,9 @@ def _predict(args: argparse.Namespace) -> int:
         table = _data.load_table(args.data, args.target, require_target=True)
     else:
         table = _data.load_table(
-            args.data, stored.get("target"), require_target=False, target_optional=True
-        )
+            args.data, stored.get("target"), require_target=False, target_optional=True,
+            missing_labels=True,
+        )  # fmt: skip
     names = stored.get("feature_names")
     X = _data.select_features(table, names, model.n_features_in_)
     predictions = model.predict(X)
@@ -569,11 +607,17 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"wrote {len(predictions)} predictions to {output}", file=sys.stderr)
     if table.target is not None:
         truth = np.asarray(table.target)
+        labelled = truth != "" if truth.dtype.kind == "U" else np.ones(len(truth), dtype=bool)
+        predicted, truth = predictions[labelled], truth[labelled]
         try:
-            accuracy = float(np.mean(predictions == truth.astype(predictions.dtype)))
+            hits = predicted == truth.astype(predicted.dtype)
         except (TypeError, ValueError):
-            accuracy = float(np.mean(predictions.astype(str) == truth.astype(str)))
-        print(f"accuracy against {table.target_name!r}: {accuracy:.4f}", file=sys.stderr)
+            hits = predicted.astype(str) == truth.astype(str)
+        if len(truth):
+            unlabelled = len(labelled) - len(truth)
+            rows = f" ({len(truth)} labelled rows; {unlabelled} without a label)" * (unlabelled > 0)
+            print(f"accuracy against {table.target_name!r}: {float(np.mean(hits)):.4f}{rows}",
+                  file=sys.stderr)  # fmt: skip
     return 0
 
 

@@ -59,7 +59,7 @@ from typing import Any, Literal
 import numpy as np
 from array_api_compat import array_namespace
 
-from crossent._array import dtype_name, is_torch
+from crossent._array import check_not_masked, dtype_name, is_torch
 
 __all__ = [
     "LOSSES",
@@ -308,6 +308,7 @@ def to_numpy(a: Any, dtype: Any = None) -> np.ndarray:
     """Any array (torch, NumPy, Array API, nested list) as a NumPy array on the host."""
     if a is None:
         return None
+    check_not_masked(a)
     if is_torch(a):
         a = a.detach().cpu()
         if dtype_name(a.dtype) == "bfloat16":  # NumPy has no bfloat16; float32 holds it exactly

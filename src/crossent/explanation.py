@@ -1512,6 +1512,9 @@ def run(args: argparse.Namespace) -> int:
             from crossent import require
 
             require("matplotlib", "plot")
+            plot_dir = Path(args.plot)
+            if plot_dir.exists() and not plot_dir.is_dir():  # before any output is printed
+                raise ValueError(f"--plot {args.plot}: not a directory (it is a file)")
         x = None if args.input is None else _parse_values(args.input, "logits")
         t = None if args.target is None else _parse_values(args.target, "target")
         if x is not None and t is None:

@@ -232,11 +232,17 @@ def _run_reference_grad(fn, options, input, target, weight, pos_weight, grad_out
 def _check_grad_output(xp: Any, grad_output: Any, reduction: str, loss_shape: tuple) -> None:
     if grad_output is None:
         return
+    if not hasattr(grad_output, "shape"):  # (namespace() names a mixed library later)
+        raise TypeError(
+            f"grad_output must be an array of the loss's library (or None), got "
+            f"{type(grad_output).__name__}"
+        )
+    check.check_real(xp, grad_output, "grad_output", "backward")
     expected = loss_shape if reduction == "none" else ()
     if tuple(grad_output.shape) != tuple(expected):
-        raise ValueError(
-            f"grad_output must have the loss's shape {tuple(expected)} for reduction="
-            f"{reduction!r}, got {tuple(grad_output.shape)}"
+        raise RuntimeError(  # (torch's backward: "Mismatch in shape", a RuntimeError)
+            f"Mismatch in shape: grad_output must have the loss's shape {tuple(expected)} for "
+            f"reduction={reduction!r}, got {tuple(grad_output.shape)}"
         )
 
 
@@ -462,6 +468,7 @@ def _reference_extras(xp, input, target, weight, layout, options, z_loss, softca
         if layout.probabilities:
             denominator = math.prod(lse.shape)  # M positions (1 when unbatched)
         else:
+            target = xp.astype(target, xp.int64)  # (a uint8 target cannot meet ignore_index=-100)
             kept = xp.reshape(target, lse.shape) != options["ignore_index"]
             lse = xp.where(kept, lse, xp.zeros_like(lse))
             denominator = index_mean_denominator(

@@ -259,6 +259,8 @@ class _Rows:
             s = self.scale
             if self.eps == 0 and self.w is None:
                 self.a = self.b = s  # s * w_y with w_y = 1 on kept rows; s is 0 on the others
+            elif self.eps == 0:  # (no eps * total_weight: 0 * inf would be NaN in every row)
+                self.a = self.b = s * self.w_y
             else:
                 self.a = s * (
                     (1.0 - self.eps) * self.w_y + (self.eps / num_classes) * self.total_weight

@@ -102,6 +102,8 @@ def load_arrays(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], di
     suffix = check_suffix(path)
     data = Path(path).read_bytes()
     if suffix == ".npz":
+        if not data.startswith(b"PK"):  # (NumPy would suggest unpickling it)
+            raise ValueError(f"{path}: not a crossent model file (not an NPZ/zip archive)")
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as archive:
                 arrays = {key: archive[key] for key in archive.files}

@@ -286,8 +286,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             bad = y[np.argmax(unknown)]
             bad = bad.item() if isinstance(bad, np.generic) else bad
             raise ValueError(
-                f"label {bad!r} is not one of the classes {self.classes_.tolist()} "
-                "given to the first partial_fit/fit_batches call"
+                f"label {bad!r} is not one of the model's classes {self.classes_.tolist()} "
+                "(those seen by fit, or given to the first partial_fit/fit_batches call)"
             )
         return index.astype(np.int64)
 

@@ -53,7 +53,8 @@ def to_rows(xp: Any, a: Any) -> Any:
         return a
     # permute_dims, not moveaxis: the core Array API (and torch.vmap has a rule for it)
     moved = xp.permute_dims(a, (0, *range(2, a.ndim), 1))
-    return xp.reshape(moved, (-1, a.shape[1]))
+    positions = math.prod((a.shape[0], *a.shape[2:]))  # (not -1: ambiguous with 0 classes)
+    return xp.reshape(moved, (positions, a.shape[1]))
 
 
 def from_rows(xp: Any, rows: Any, shape: tuple[int, ...]) -> Any:
