@@ -176,3 +176,15 @@ def test_double_backward_on_the_fused_path_says_what_to_do():
     loss = crossent.cross_entropy(x, torch.tensor([0, 1, 2]))
     with pytest.raises(RuntimeError, match="impl='reference'"):
         torch.autograd.grad(loss, x, create_graph=True)
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused", "triton"])
+def test_a_positive_infinite_logit_gives_the_same_extras_on_every_path(impl):
+    # torch's log_softmax row is NaN (inf - inf): the loss and lse are NaN, the unused z-term 0
+    if impl == "triton":
+        pytest.importorskip("triton")
+    x, t = torch.tensor([[1.0, float("inf"), 0.0], [1.0, 2.0, 3.0]]), torch.tensor([0, 1])
+    out = crossent.cross_entropy_with_extras(x, t, impl=impl, reduction="none")
+    torch.testing.assert_close(out.loss, F.cross_entropy(x, t, reduction="none"), equal_nan=True)
+    assert torch.isnan(out.lse[0]) and torch.isfinite(out.lse[1])
+    assert torch.equal(out.z_loss, torch.zeros(2))

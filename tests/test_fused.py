@@ -581,6 +581,48 @@ def test_inplace_through_a_matmul_matches():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("kernel", ["cpu", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "options", [dict(), dict(label_smoothing=0.1, softcap=5.0)], ids=["plain", "general"]
+)
+@pytest.mark.parametrize("view", ["columns", "every other row"])
+def test_inplace_into_a_strided_view_writes_only_its_elements(view, options, dtype, kernel):
+    # out= ops wrote a row-strided gradient view as if it were packed, past its own rows
+    if kernel == "triton":
+        pytest.importorskip("triton")
+    gen = torch.Generator().manual_seed(3)
+    wide = torch.randn(12, 30, generator=gen, dtype=torch.float64).to(dtype)
+    target = torch.randint(0, 20, (6,), generator=gen)
+    pick = (lambda t: t[:6, :20]) if view == "columns" else (lambda t: t[::2, :20])
+    reference = pick(wide).contiguous().requires_grad_()
+    expected_loss, _, _ = fused_cross_entropy(
+        reference, target, None, RowOptions(**options), "mean", kernel=kernel
+    )
+    expected_loss.backward()
+    leaf = wide.clone().requires_grad_()
+    out = leaf * 1
+    logits = pick(out)
+    before = out.detach().clone()
+    loss, _, _ = fused_cross_entropy(
+        logits, target, None, RowOptions(**options), "mean", kernel=kernel, inplace_backward=True
+    )
+    loss.backward()
+    outside = torch.ones_like(before, dtype=torch.bool)
+    pick(outside).fill_(False)
+    assert torch.equal(out.detach()[outside], before[outside])  # nothing else overwritten
+    assert torch.equal(loss, expected_loss)  # the same arithmetic as on a packed copy
+    assert torch.equal(pick(leaf.grad), reference.grad)
+
+
+def test_inplace_refuses_logits_whose_elements_share_memory():
+    leaf = torch.randn(1, 8, requires_grad=True)
+    logits = (leaf * 1).expand(16, 8)  # one row of memory seen 16 times
+    with pytest.raises(RuntimeError, match="share memory"):
+        fused_cross_entropy(logits, torch.zeros(16, dtype=torch.long), None, RowOptions(),
+                            "mean", inplace_backward=True)  # fmt: skip
+
+
 def test_inplace_without_grad_leaves_logits_untouched():
     x, target, _ = make_case(5, 7, torch.float32)
     original = x.clone()

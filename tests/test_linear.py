@@ -710,3 +710,64 @@ def test_tensor_core_path_through_interpreter(dtype, blocks):
     for got, base, want in zip(ours, eager, ref, strict=True):
         assert got.dtype == dtype
         assert rel_err(got, want) <= LOW_PRECISION_SLACK * rel_err(base, want)
+
+
+# ------------------------------------------------------------------------------------------------
+# non-finite values, version checks, dtype promotion (found by review)
+
+
+@pytest.mark.parametrize("memory_budget", [None, 800])  # 800 bytes: vocabulary blocks of a few
+def test_a_positive_infinite_logit_makes_its_row_nan_in_every_plan(memory_budget):
+    x, w, b = torch.ones(2, 1), torch.ones(40, 1), torch.zeros(40)
+    b[3] = float("inf")
+    t = torch.tensor([0, 3])
+    expected = F.cross_entropy(F.linear(x, w, b), t, reduction="none")
+    out = linear_cross_entropy_with_extras(
+        x, w, t, linear_bias=b.requires_grad_(), reduction="none", memory_budget=memory_budget
+    )
+    torch.testing.assert_close(out.loss, expected, equal_nan=True)
+    assert torch.isnan(out.lse).all()  # as the fused paths' lse of such a row
+    out.loss.sum().backward()
+    assert torch.isnan(b.grad).all()
+
+
+@pytest.mark.parametrize("upstream", [float("nan"), float("inf")])
+def test_an_ignored_rows_input_gradient_stays_zero_under_a_non_finite_upstream(upstream):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([1, -100, 2])
+    linear_cross_entropy(x, w, t).backward(torch.tensor(upstream, dtype=torch.float64))
+    x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    F.cross_entropy(x2 @ w2.T, t).backward(torch.tensor(upstream, dtype=torch.float64))
+    assert torch.equal(x.grad[1], torch.zeros(4, dtype=torch.float64))
+    assert torch.equal(x2.grad[1], x.grad[1])
+    if upstream != upstream:  # NaN: every kept entry NaN in both (with inf, torch's GEMM of
+        # +-inf entries gives NaN where crossent's scaled dX keeps +-inf: not compared)
+        torch.testing.assert_close(x.grad, x2.grad, equal_nan=True)
+
+
+@pytest.mark.parametrize("changed", ["input", "linear_weight"])
+def test_an_input_changed_in_place_before_backward_raises_as_in_torch(changed):
+    x = torch.randn(4, 3, requires_grad=True)
+    w = torch.randn(6, 3, requires_grad=True)
+    inputs = {"input": x * 1, "linear_weight": w * 1}
+    target = torch.tensor([0, 1, 2, 3])
+    loss = linear_cross_entropy(inputs["input"], inputs["linear_weight"], target)
+    with torch.no_grad():
+        inputs[changed].add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_a_probability_target_wider_than_the_computation_is_refused():
+    # float32 blocks cannot give a float64 loss torch's accuracy: explicit, not silently rounded
+    x, w = torch.randn(4, 3), torch.randn(5, 3)
+    q = torch.softmax(torch.randn(4, 5, dtype=torch.float64), 1)
+    with pytest.raises(NotImplementedError, match=r"promotes the loss to torch\.float64"):
+        linear_cross_entropy(x, w, q)
+    expected = F.cross_entropy(F.linear(x, w), q)
+    torch.testing.assert_close(linear_cross_entropy(x, w, q, impl="reference"), expected)
+    # bfloat16 input with float32 probabilities: its blocks compute in float32 already
+    loss = linear_cross_entropy(x.bfloat16(), w.bfloat16(), q.float())
+    assert loss.dtype == torch.float32

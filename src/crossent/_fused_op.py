@@ -454,11 +454,26 @@ def _saved_tensors_of(node: Any) -> list[torch.Tensor]:
     return found
 
 
+def _may_overlap(t: torch.Tensor) -> bool:
+    """Whether two elements of ``t`` may share memory: True unless, with the dims sorted by
+    stride, each stride steps past everything the smaller ones reach (expanded tensors, with a
+    stride 0, overlap; interleaved layouts that do not are refused too, conservatively)."""
+    reach = 0  # the largest offset the dims seen so far reach
+    dims = zip(t.stride(), t.shape, strict=True)
+    for stride, size in sorted((st, sz) for st, sz in dims if sz > 1):
+        if stride <= reach:
+            return True
+        reach += stride * (size - 1)
+    return False
+
+
 def check_inplace_allowed(logits: torch.Tensor) -> None:
     """Refuse (RuntimeError) an in-place gradient write that would corrupt autograd state.
 
     Refused:
 
+    * ``logits`` has elements that share memory (an expanded tensor: one gradient per element
+      cannot be stored there);
     * ``logits`` is a leaf that requires grad, or a view of one (its ``.grad`` would alias its own
       values, and the user's parameters would be overwritten);
     * the autograd node that produced ``logits`` (or, through view nodes, any node up to three
@@ -475,6 +490,12 @@ def check_inplace_allowed(logits: torch.Tensor) -> None:
     ``logits.argmax()`` then see gradient values, not logits), and consumers that compute from the
     logits only after this call. With ``inplace_backward=True`` the logits are consumed.
     """
+    if _may_overlap(logits):
+        raise RuntimeError(
+            "inplace_backward=True cannot write the gradient into logits whose elements share "
+            f"memory (an expanded or otherwise overlapping tensor, strides {logits.stride()}): "
+            "each element needs its own gradient. Use inplace_backward=False."
+        )
     base = logits._base if logits._base is not None else logits
     if base.is_leaf and base.requires_grad:
         raise RuntimeError(

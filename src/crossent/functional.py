@@ -465,6 +465,8 @@ def _reference_extras(xp, input, target, weight, layout, options, z_loss, softca
         lse = reference.logsumexp(xp, xp.astype(z, compute_dtype(xp, z.dtype)), (class_axis,))
         acc = xp.float64 if str(input.dtype).endswith("float64") else xp.float32
         lse = xp.astype(lse, acc)
+        # a +inf logit: torch's log_softmax row is NaN (inf - inf), and so is the fused paths' lse
+        lse = xp.where(lse == xp.inf, xp.asarray(xp.nan, dtype=acc), lse)
         if layout.probabilities:
             denominator = math.prod(lse.shape)  # M positions (1 when unbatched)
         else:
@@ -474,7 +476,9 @@ def _reference_extras(xp, input, target, weight, layout, options, z_loss, softca
             denominator = index_mean_denominator(
                 xp, xp.reshape(target, (-1,)), weight, options["ignore_index"], acc
             )
-        z_term = reduce(xp, z_loss * lse * lse, options["reduction"], denominator)
+        # (z_loss = 0: zeros, also where lse is NaN, as on the fused paths)
+        z_lse = lse if z_loss else xp.zeros_like(lse)
+        z_term = reduce(xp, z_loss * z_lse * z_lse, options["reduction"], denominator)
         z_term = xp.astype(z_term, loss.dtype)
     if z_loss:
         loss = loss + z_term

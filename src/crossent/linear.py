@@ -332,16 +332,21 @@ def _setup_context(ctx, inputs, output) -> None:
         ctx.owned = (grad_input.detach(), grad_weight.detach(), grad_bias.detach())
 
 
-def _scale_in_place(grads: tuple[Tensor, ...], grad_output: Tensor) -> None:
+def _scale_in_place(
+    grads: tuple[Tensor, ...], grad_output: Tensor, kept_rows: Tensor | None
+) -> None:
     """``grad *= grad_output`` for each gradient, through the fused loss's row scaler for the
     2-D ones (``crossent::scale_gradient_rows_``: a factor of exactly 1 is skipped, read on the
     host for a CPU factor and on the device for a CUDA one, so the usual ``loss.backward()``
-    adds no sweep over dW and no host synchronisation)."""
+    adds no sweep over dW and no host synchronisation). ``kept_rows``: the rows of ``dX``
+    (``grads[0]``) whose target is kept; the others stay 0 whatever the factor (NaN or inf
+    included), as torch's gradient of an ignored row is."""
     from crossent import _fused_op  # noqa: F401  (registers the crossent:: ops)
 
-    for grad in grads:
+    for i, grad in enumerate(grads):
         if grad.dim() == 2:
-            torch.ops.crossent.scale_gradient_rows_(grad, grad_output, None)
+            kept = kept_rows if i == 0 else None
+            torch.ops.crossent.scale_gradient_rows_(grad, grad_output, kept)
         elif grad_output.device.type != "cpu" or float(grad_output) != 1.0:
             grad.mul_(grad_output)  # the (V,) bias gradient
 
@@ -357,7 +362,15 @@ def _backward(ctx, grad_loss, grad_z, grad_lse, grad_gx, grad_gw, grad_gb):
         grads = tuple(g * grad_loss.to(g.dtype) for g in ctx.saved_tensors)
     elif ctx.owned is not None:  # first backward: scale the forward's buffers and hand them over
         grads, ctx.owned = ctx.owned, None
-        _scale_in_place(tuple(g for g, w in zip(grads, wanted, strict=True) if w), grad_loss)
+        # reading the saved tensors runs autograd's version check: an input changed in place
+        # since the forward raises, as in torch, instead of giving the old input's gradients
+        _, _, target, _, _ = ctx.saved_tensors
+        kept = None
+        if wanted[0] and not target.is_floating_point():
+            kept = target.reshape(-1) != ctx.options.ignore_index
+        _scale_in_place(
+            tuple(g for g, w in zip(grads, wanted, strict=True) if w), grad_loss, kept
+        )
     else:  # reduction="none", or a second backward through the same graph
         grads = torch.ops.crossent.linear_cross_entropy_backward_v2(
             grad_loss, *ctx.saved_tensors, *ctx.options, *wanted
@@ -679,11 +692,20 @@ def _unsupported(input, linear_weight, linear_bias, target, weight) -> str | Non
     from crossent._fused_op import transformed
 
     if transformed(input, linear_weight, linear_bias, target, weight):
-        return "torch.func transforms (grad, vmap, ...), which cannot see through its gradient"
+        return ("torch.func transforms (grad, vmap, ...), which cannot see through its "
+                "gradient")  # fmt: skip
     if target.requires_grad:
-        return "a probability target that requires grad"
+        return "a probability target that requires grad (it computes no target gradient)"
     if weight is not None and weight.requires_grad:
-        return "class weights that require grad"
+        return "class weights that require grad (it computes no weight gradient)"
+    if target.is_floating_point():
+        loss_dtype = _result_dtype(input, target, weight)
+        if loss_dtype.itemsize > accumulation_dtype(input.dtype).itemsize:
+            return (
+                f"a probability target or class weight that promotes the loss to {loss_dtype} "
+                f"while the input is {input.dtype} (its blocks compute in "
+                f"{accumulation_dtype(input.dtype)}; cast them to {input.dtype})"
+            )
     return None
 
 
@@ -770,7 +792,7 @@ def _linear_cross_entropy(
     )
     if why is not None:
         raise NotImplementedError(
-            f"linear_cross_entropy(impl={impl!r}) computes no gradient for {why}; use "
+            f"linear_cross_entropy(impl={impl!r}) cannot serve {why}; use "
             f"impl='reference' (it materialises the logits)"
         )
     if choice == "reference":

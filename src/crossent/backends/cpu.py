@@ -325,7 +325,9 @@ def _plain_sweep(rows: _Rows) -> None:
         torch.gather(logits, 1, index, out=rows.z_y[:, None])
     else:
         rows.z_y.copy_(logits.gather(1, index)[:, 0])
-    direct = grad is not None and logits.dtype == acc  # softmax straight into the gradient
+    # softmax straight into the gradient (only a packed one: out= ops write a strided view of
+    # a wider tensor as if it were packed, past its rows)
+    direct = grad is not None and logits.dtype == acc and grad.is_contiguous()
     work = None if direct else rows.block_buffer()
     if grad is not None and not direct:
         p_y = rows.vector()  # float32 target probabilities, for the target term
@@ -385,7 +387,7 @@ def _general_sweep(rows: _Rows) -> None:
 
     logits, target, grad, acc, w = rows.logits, rows.target, rows.grad, rows.acc, rows.w
     eps, num_classes, cap = rows.eps, rows.num_classes, rows.cap
-    work_is_grad = grad is not None and grad.dtype == acc
+    work_is_grad = grad is not None and grad.dtype == acc and grad.is_contiguous()  # (as above)
     work = None if work_is_grad else rows.block_buffer()
     tanh_buf = rows.block_buffer() if cap is not None else None
     # Probability targets are smoothed explicitly, q' = q (1 - eps) + eps / C, as torch does:

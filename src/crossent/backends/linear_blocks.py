@@ -506,6 +506,9 @@ class _Engine:
             sum_exp.add_(z.sub_(shift[:, None]).exp_().sum(1))
             row_max = new_max
         lse = torch.where(torch.isfinite(row_max), row_max, 0.0) + torch.log(sum_exp)
+        # A +inf logit makes the whole row NaN in torch's log_softmax (inf - inf), as in the
+        # single-block plan; an online shift of 0 would give lse = inf and finite gradients.
+        lse = torch.where(row_max == float("inf"), float("nan"), lse)
         return lse, z_y
 
     def vocabulary_blocks(self, x_b, t_b, s_b, kept_b, dx_out):
