@@ -51,3 +51,15 @@ def test_ignored_row_gradients_are_zero_and_all_ignored_mean_is_nan():
     loss = crossent.cross_entropy(x, torch.tensor([-100, -100]))
     loss.backward()
     assert torch.isnan(loss) and torch.equal(x.grad, torch.zeros(2, 3, dtype=torch.float64))
+
+
+def test_nll_loss_gradient_penalty_is_zero_as_in_torch():
+    # nll_loss's gradient does not depend on the input; torch still records it as a function
+    # of the input, so a gradient penalty differentiates to zeros instead of raising
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 1, 3])
+    for loss in (crossent.nll_loss, torch.nn.functional.nll_loss):
+        (g,) = torch.autograd.grad(loss(x, t), x, create_graph=True)
+        (gg,) = torch.autograd.grad((g * g).sum(), x)
+        assert torch.equal(gg, torch.zeros_like(x))

@@ -259,3 +259,13 @@ def test_complex_weights_are_refused() -> None:
     ):
         with pytest.raises(RuntimeError, match="must be real"):
             call()
+
+
+@pytest.mark.parametrize("loss", [crossent.cross_entropy, crossent.nll_loss])
+def test_a_missing_input_or_target_is_a_type_error(loss) -> None:
+    with pytest.raises(TypeError, match="must be Tensor, not NoneType"):
+        getattr(torch.nn.functional, loss.__name__)(torch.randn(2, 3), None)
+    with pytest.raises(TypeError, match="'target' \\(position 2\\) must be an array"):
+        loss(torch.randn(2, 3), None)
+    with pytest.raises(TypeError, match="'input' \\(position 1\\) must be an array"):
+        loss(None, np.array([0, 1]))

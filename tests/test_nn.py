@@ -73,5 +73,42 @@ def test_legacy_size_average_reduce_map_like_torch():
         assert cnn.NLLLoss(reduce=False, reduction="mean").reduction == "none"
 
 
+FUNCTIONAL_PAIRS = ["cross_entropy", "nll_loss", "binary_cross_entropy",
+                    "binary_cross_entropy_with_logits"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", FUNCTIONAL_PAIRS)
+def test_functional_signatures_are_torchs(name):
+    # positional calls written for torch must mean the same (size_average/reduce included)
+    ours = list(inspect.signature(getattr(crossent, name)).parameters.values())
+    theirs = list(inspect.signature(getattr(torch.nn.functional, name)).parameters.values())
+    positional = [p for p in ours if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert [(p.name, p.default) for p in positional] == [(p.name, p.default) for p in theirs]
+
+
+def _args(name):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    if name.startswith("binary"):
+        p = torch.sigmoid(x) if name == "binary_cross_entropy" else x
+        return p, torch.rand(4, 3, generator=gen, dtype=torch.float64)
+    x = torch.log_softmax(x, 1) if name == "nll_loss" else x
+    return x, torch.tensor([0, 2, 1, 2])
+
+
+@pytest.mark.parametrize("name", FUNCTIONAL_PAIRS)
+@pytest.mark.parametrize(
+    ("size_average", "reduce"), [(False, None), (None, False), (True, True), (0, None)]
+)
+def test_deprecated_size_average_and_reduce_map_like_torch(name, size_average, reduce):
+    input, target = _args(name)
+    with pytest.warns(UserWarning, match="size_average and reduce args will be deprecated"):
+        expected = getattr(torch.nn.functional, name)(input, target, None, size_average,
+                                                      reduce=reduce)  # fmt: skip
+    with pytest.warns(UserWarning, match="size_average and reduce args will be deprecated"):
+        ours = getattr(crossent, name)(input, target, None, size_average, reduce=reduce)
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=0)
+
+
 def test_crossent_nn_is_reachable_lazily():
     assert crossent.nn is cnn

@@ -46,14 +46,46 @@ class _ReferenceLoss(torch.autograd.Function):
             grad_output=grad_output, **ctx.options,
         )
         need = ctx.needs_input_grad
+        grad_input = grads.grad_input
+        if (
+            need[2]
+            and torch.is_grad_enabled()
+            and not grad_input.requires_grad
+            and not torch.compiler.is_compiling()
+            and not _transformed(input)  # (torch.func handles an input-free gradient itself)
+        ):
+            # create_graph=True, and a gradient that does not depend on the input (nll_loss's):
+            # still a function of it, with zero derivative, as torch's is (double backward
+            # then gives zeros instead of "does not require grad")
+            grad_input = _ZeroDerivative.apply(grad_input, input)
         return (
             None,
             None,
-            grads.grad_input if need[2] else None,
+            grad_input if need[2] else None,
             grads.grad_target if need[3] else None,
             grads.grad_weight if need[4] else None,
             None,
         )
+
+
+def _transformed(input: torch.Tensor) -> bool:
+    from crossent._fused_op import transformed
+
+    return transformed(input)
+
+
+class _ZeroDerivative(torch.autograd.Function):
+    """``value``, recorded as a function of ``input`` whose derivative is zero."""
+
+    @staticmethod
+    def forward(ctx, value, input):  # type: ignore[override]
+        ctx.save_for_backward(input)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (input,) = ctx.saved_tensors
+        return grad, torch.zeros_like(input)
 
 
 class _ReferenceLossWithJvp(_ReferenceLoss):

@@ -81,6 +81,35 @@ def check_extras(z_loss: Any, softcap: Any) -> tuple[float, float | None]:
     return z, cap
 
 
+def legacy_reduction(
+    size_average: Any, reduce: Any, reduction: Any, *, stacklevel: int = 3
+) -> Any:
+    """torch's mapping of the deprecated ``size_average``/``reduce`` pair onto ``reduction``
+    (either given: a UserWarning, and None reads as True); ``reduction`` when neither is."""
+    if size_average is None and reduce is None:
+        return reduction
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    result = "none" if not reduce else ("mean" if size_average else "sum")
+    warnings.warn(
+        f"size_average and reduce args will be deprecated, please use reduction='{result}' "
+        f"instead.",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
+    return result
+
+
+def check_given(input: Any, target: Any, op: str) -> None:
+    """``input`` and ``target`` are required arrays: None is a TypeError, as in torch."""
+    for position, (name, value) in enumerate((("input", input), ("target", target)), start=1):
+        if value is None:
+            raise TypeError(
+                f"{op}(): argument {name!r} (position {position}) must be an array (a tensor "
+                f"for torch), not NoneType"
+            )
+
+
 def check_ignore_index(ignore_index: Any) -> int:
     """ignore_index must be an integer (torch: TypeError for a float or a bool) that fits in
     int64 (torch: ValueError)."""

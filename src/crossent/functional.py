@@ -252,6 +252,7 @@ def _prepare_cross_entropy(
     """Validate; the target range is checked here unless the caller defers it to the fused op
     (which checks it inside a custom op, invisible to torch.compile). Returns the weight as the
     kernels take it: 1-D (torch accepts any weight of C elements for K-dim inputs)."""
+    check.check_given(input, target, "cross_entropy")
     xp = namespace(input, target, weight)
     reduction = check.check_reduction(reduction)
     ignore_index = check.check_ignore_index(ignore_index)
@@ -291,7 +292,9 @@ def cross_entropy(
     input: Any,
     target: Any,
     weight: Any = None,
+    size_average: bool | None = None,
     ignore_index: int = -100,
+    reduce: bool | None = None,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     *,
@@ -316,7 +319,9 @@ def cross_entropy(
     weights. An all-ignored ``mean`` is NaN (0/0), its gradient zero.
 
     Equals ``torch.nn.functional.cross_entropy(input, target, weight, ignore_index=ignore_index,
-    reduction=reduction, label_smoothing=label_smoothing)``, with errors of the same types.
+    reduction=reduction, label_smoothing=label_smoothing)``, with errors of the same types; the
+    positional order is torch's, the deprecated ``size_average``/``reduce`` included (mapped onto
+    ``reduction`` with torch's warning), as in all four losses.
     Deviations: a negative or NaN ``label_smoothing`` raises ValueError (torch ignores it); an
     out-of-range target raises IndexError on every device (torch asserts on CUDA).
 
@@ -343,6 +348,7 @@ def cross_entropy(
     >>> float(crossent.cross_entropy(x, np.array([2, 0]), weight=w))  # doctest: +ELLIPSIS
     0.7366603...
     """
+    reduction = check.legacy_reduction(size_average, reduce, reduction)
     diagnostics.maybe_warn(
         "cross_entropy", input, target, weight, ignore_index=ignore_index, reduction=reduction,
         label_smoothing=label_smoothing,
@@ -527,6 +533,7 @@ def _loss_shape(input: Any, layout: check.ClassTargetLayout) -> tuple[int, ...]:
 
 
 def _prepare_nll(input, target, weight, ignore_index, reduction):
+    check.check_given(input, target, "nll_loss")
     xp = namespace(input, target, weight)
     reduction = check.check_reduction(reduction)
     ignore_index = check.check_ignore_index(ignore_index)
@@ -541,7 +548,9 @@ def nll_loss(
     input: Any,
     target: Any,
     weight: Any = None,
+    size_average: bool | None = None,
     ignore_index: int = -100,
+    reduce: bool | None = None,
     reduction: str = "mean",
 ) -> Any:
     r"""Negative log-likelihood of log-probabilities ``input`` at class indices ``target``.
@@ -560,10 +569,13 @@ def nll_loss(
     >>> float(crossent.nll_loss(logp, np.array([1, 2]), weight=np.array([1.0, 2.0, 3.0])))
     1.7
     """
+    reduction = check.legacy_reduction(size_average, reduce, reduction)
     outside = _autocast_scope("nll_loss", input)
     if outside is not None:
         with outside as (cast, _):
-            return nll_loss(cast(input), target, cast(weight), ignore_index, reduction)
+            return nll_loss(
+                cast(input), target, cast(weight), ignore_index=ignore_index, reduction=reduction
+            )
     diagnostics.maybe_warn(
         "nll_loss", input, target, weight, ignore_index=ignore_index, reduction=reduction
     )
@@ -615,7 +627,12 @@ def _prepare_bce(input, target, weight, reduction):
 
 
 def binary_cross_entropy(
-    input: Any, target: Any, weight: Any = None, reduction: str = "mean"
+    input: Any,
+    target: Any,
+    weight: Any = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
 ) -> Any:
     r"""Binary cross-entropy between probabilities ``input`` and targets in [0, 1].
 
@@ -633,10 +650,13 @@ def binary_cross_entropy(
     ...                               np.array([1.0, 0.0, 0.25, 0.3]), reduction="none")
     array([100.        , 100.        ,  25.        ,   0.69314718])
     """
+    reduction = check.legacy_reduction(size_average, reduce, reduction)
     outside = _autocast_scope("binary_cross_entropy", input)
     if outside is not None:
         with outside as (cast, _):
-            return binary_cross_entropy(cast(input), cast(target), cast(weight), reduction)
+            return binary_cross_entropy(
+                cast(input), cast(target), cast(weight), reduction=reduction
+            )
     diagnostics.maybe_warn("binary_cross_entropy", input, target, weight, reduction=reduction)
     _, options, checked = _prepare_bce(input, target, weight, reduction)
     loss = _run_reference(_bce_fn, options, input, target, weight)
@@ -666,6 +686,8 @@ def binary_cross_entropy_with_logits(
     input: Any,
     target: Any,
     weight: Any = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
     reduction: str = "mean",
     pos_weight: Any = None,
 ) -> Any:
@@ -688,12 +710,14 @@ def binary_cross_entropy_with_logits(
     >>> float(crossent.binary_cross_entropy_with_logits(z, y))  # doctest: +ELLIPSIS
     0.5290251...
     """
+    reduction = check.legacy_reduction(size_average, reduce, reduction)
     outside = _autocast_scope("binary_cross_entropy_with_logits", input)
     if outside is not None:
         with outside as (cast, _):
             return binary_cross_entropy_with_logits(
-                cast(input), cast(target), cast(weight), reduction, cast(pos_weight)
-            )
+                cast(input), cast(target), cast(weight), reduction=reduction,
+                pos_weight=cast(pos_weight),
+            )  # fmt: skip
     diagnostics.maybe_warn(
         "binary_cross_entropy_with_logits", input, target, weight, reduction=reduction,
         pos_weight=pos_weight,

@@ -8,13 +8,12 @@ truth.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import Tensor
 
 from crossent import functional as F
 from crossent._reduction import Reduction
+from crossent._validation import legacy_reduction
 
 __all__ = [  # noqa: F822 - LinearCrossEntropyLoss is loaded lazily by __getattr__
     "BCELoss",
@@ -25,26 +24,10 @@ __all__ = [  # noqa: F822 - LinearCrossEntropyLoss is loaded lazily by __getattr
 ]
 
 
-def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
-    """torch's mapping of the deprecated ``size_average``/``reduce`` pair (None reads as True)."""
-    if size_average is None and reduce is None:
-        return reduction
-    size_average = True if size_average is None else size_average
-    reduce = True if reduce is None else reduce
-    result = "none" if not reduce else ("mean" if size_average else "sum")
-    warnings.warn(
-        f"size_average and reduce args will be deprecated, please use reduction='{result}' "
-        f"instead.",
-        UserWarning,
-        stacklevel=3,
-    )
-    return result
-
-
 class _Loss(torch.nn.Module):
     def __init__(self, size_average=None, reduce=None, reduction: Reduction = "mean") -> None:
         super().__init__()
-        self.reduction: str = _legacy_reduction(size_average, reduce, reduction)
+        self.reduction: str = legacy_reduction(size_average, reduce, reduction, stacklevel=4)
 
 
 class CrossEntropyLoss(_Loss):
@@ -72,8 +55,8 @@ class CrossEntropyLoss(_Loss):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(
-            input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing,
-            impl=self.impl,
+            input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
+            label_smoothing=self.label_smoothing, impl=self.impl,
         )
 
 
@@ -95,7 +78,9 @@ class NLLLoss(_Loss):
         self.ignore_index = ignore_index
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return F.nll_loss(input, target, self.weight, self.ignore_index, self.reduction)
+        return F.nll_loss(
+            input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction
+        )
 
 
 class BCELoss(_Loss):
@@ -114,7 +99,7 @@ class BCELoss(_Loss):
         self.register_buffer("weight", weight)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return F.binary_cross_entropy(input, target, self.weight, self.reduction)
+        return F.binary_cross_entropy(input, target, self.weight, reduction=self.reduction)
 
 
 class BCEWithLogitsLoss(_Loss):
@@ -135,7 +120,7 @@ class BCEWithLogitsLoss(_Loss):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(
-            input, target, self.weight, self.reduction, self.pos_weight
+            input, target, self.weight, reduction=self.reduction, pos_weight=self.pos_weight
         )
 
 
