@@ -331,6 +331,34 @@ def test_ordinary_calls_have_no_findings() -> None:
     assert dx.diagnose(LOGITS, (LOGITS > 0) * 1.0, loss="binary_cross_entropy_with_logits") == ()
 
 
+@pytest.mark.parametrize(
+    "logits",
+    [
+        np.zeros((32, 1)),  # a zero-initialised head at step 0
+        np.array([0.3]),  # one sample
+        np.linspace(0.05, 0.4, 16).reshape(16, 1),  # a few small positive scores
+    ],
+    ids=["zeros", "one", "small positive"],
+)
+def test_logits_that_happen_to_lie_in_the_unit_interval_are_not_flagged(logits) -> None:
+    targets = (np.arange(logits.size).reshape(logits.shape) % 2) * 1.0
+    assert dx.diagnose(logits, targets, loss="binary_cross_entropy_with_logits") == ()
+
+
+def test_sigmoid_outputs_fed_as_logits_are_flagged() -> None:
+    p = 1 / (1 + np.exp(-np.random.default_rng(0).normal(scale=3.0, size=(32, 1))))
+    findings = dx.diagnose(p, (p > 0.5) * 1.0, loss="binary_cross_entropy_with_logits")
+    assert [f.code for f in findings] == ["probabilities-as-logits"]
+
+
+def test_two_logits_summing_to_one_in_a_tiny_batch_are_not_flagged() -> None:
+    assert dx.diagnose(np.array([[0.3, 0.7]]), np.array([1])) == ()
+    probabilities = np.array([[0.3, 0.7], [0.9, 0.1], [0.5, 0.5], [0.2, 0.8]])
+    assert [f.code for f in dx.diagnose(probabilities, np.array([1, 0, 1, 1]))] == [
+        "probabilities-as-logits"
+    ]
+
+
 def test_issue_example_finding_explains_itself() -> None:
     """CrossEntropyLoss()(torch.tensor([[0.1, 0.2, 0.7], [0.8, 0.1, 0.1]]), torch.tensor([2, 0]))"""
     (finding,) = dx.diagnose(torch.tensor(X), torch.tensor([2, 0]))

@@ -269,3 +269,24 @@ def test_a_missing_input_or_target_is_a_type_error(loss) -> None:
         loss(torch.randn(2, 3), None)
     with pytest.raises(TypeError, match="'input' \\(position 1\\) must be an array"):
         loss(None, np.array([0, 1]))
+
+
+@pytest.mark.parametrize("impl", ["auto", "reference"])
+def test_meta_tensors_give_meta_results_as_in_torch(impl) -> None:
+    # shapes without values (model-size planning): no value checks, no autocast query
+    x = torch.empty(4, 3, device="meta", requires_grad=True)
+    t = torch.empty(4, dtype=torch.long, device="meta")
+    p = torch.empty(4, 3, device="meta")
+    calls = [
+        (crossent.cross_entropy(x, t, impl=impl), torch.nn.functional.cross_entropy(x, t)),
+        (crossent.nll_loss(x, t, reduction="none"),
+         torch.nn.functional.nll_loss(x, t, reduction="none")),
+        (crossent.binary_cross_entropy(p, p), torch.nn.functional.binary_cross_entropy(p, p)),
+        (crossent.binary_cross_entropy_with_logits(x, p),
+         torch.nn.functional.binary_cross_entropy_with_logits(x, p)),
+        (crossent.linear_cross_entropy(x, torch.empty(5, 3, device="meta"), t, impl=impl),
+         torch.nn.functional.cross_entropy(x @ torch.empty(3, 5, device="meta"), t)),
+    ]  # fmt: skip
+    for ours, theirs in calls:
+        assert ours.device.type == "meta" and ours.shape == theirs.shape
+        assert ours.dtype == theirs.dtype and ours.requires_grad == theirs.requires_grad

@@ -65,6 +65,15 @@ def _outside(
         yield cast, dtype
 
 
+def enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (never for a device autocast does not know,
+    such as ``meta``, where torch's own query raises)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
 def scope(op: str, input: Any) -> contextlib.AbstractContextManager | None:
     """None when autocast is off for ``input``'s device (or ``input`` is not a torch tensor).
 
@@ -76,6 +85,6 @@ def scope(op: str, input: Any) -> contextlib.AbstractContextManager | None:
     if not isinstance(input, torch.Tensor):
         return None
     device_type = input.device.type
-    if not torch.is_autocast_enabled(device_type):
+    if not enabled(device_type):
         return None
     return _outside(device_type, widened_dtype(op, device_type, input.device))

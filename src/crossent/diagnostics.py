@@ -469,6 +469,8 @@ def _check_probabilities_as_logits(call: _Call) -> Finding | None:
     if not _is_probability_rows(rows, call.tol):
         return None
     c = rows.shape[1]
+    if c == 2 and rows.shape[0] < 4:  # two logits summing to 1: too likely by chance
+        return None
     floor = math.log(math.e + c - 1) - 1
     what = (
         f"Every row of the input lies in [0, 1] and sums to 1 (row 0: {_fmt(rows[0])}): these "
@@ -517,6 +519,10 @@ def _check_bce_logits_given_probabilities(call: _Call) -> Finding | None:
         return None
     x = call.x
     if not (np.all(np.isfinite(x)) and np.all((x >= 0) & (x <= 1))):
+        return None
+    # Logits land in [0, 1] by chance too: all zeros from a zero-initialised head, one small
+    # score, a few small positive ones. Probabilities from a sigmoid spread out over a batch.
+    if x.size < 16 or float(np.max(x) - np.min(x)) < 0.5:
         return None
     what = (
         f"Every input value lies in [0, 1] ({_fmt(x)}): these look like probabilities, but "

@@ -736,9 +736,11 @@ def linear_cross_entropy_with_extras(
         reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
         z_loss=z_loss, softcap=softcap, memory_budget=memory_budget, impl=impl,
     )  # fmt: skip
+    from crossent import _autocast
+
     if (
         isinstance(input, Tensor)
-        and torch.is_autocast_enabled(input.device.type)
+        and _autocast.enabled(input.device.type)
         and resolve_impl(impl, input) != "reference"  # the reference meets autocast op by op
     ):
         return _under_autocast(input, linear_weight, target, linear_bias, weight, options)
