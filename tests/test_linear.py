@@ -771,3 +771,13 @@ def test_a_probability_target_wider_than_the_computation_is_refused():
     # bfloat16 input with float32 probabilities: its blocks compute in float32 already
     loss = linear_cross_entropy(x.bfloat16(), w.bfloat16(), q.float())
     assert loss.dtype == torch.float32
+
+
+def test_plan_blocks_checks_its_arguments_as_linear_cross_entropy_does():
+    with pytest.raises(ValueError, match="num_rows must be a non-negative int"):
+        plan_blocks(-1, 8, 100)
+    for bad in (1e6, True, "100000"):
+        with pytest.raises(TypeError, match="memory_budget"):
+            plan_blocks(4, 8, 100, memory_budget=bad)
+    with pytest.raises(ValueError, match="positive number of bytes"):
+        plan_blocks(4, 8, 100, memory_budget=0)

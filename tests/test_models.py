@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 
 pytest.importorskip("sklearn")
 
@@ -402,6 +403,17 @@ def test_save_load_gives_bitwise_identical_predictions(tmp_path, suffix, labels,
     assert loaded.get_params() == {**model.get_params(), "random_state": None}
     assert loaded.file_metadata_ == {"note": "iris"}
     assert loaded.n_iter_ == model.n_iter_ and loaded.loss_curve_ == model.loss_curve_
+
+
+def test_save_keeps_a_class_weight_keyed_by_labels_and_an_integer_seed(tmp_path):
+    X, y = load_iris(return_X_y=True)
+    weights = {0: 1.0, np.int64(1): 2.0, 2: 0.5}  # (keys as compute_class_weight users make)
+    model = SoftmaxRegression(class_weight=weights, random_state=3).fit(X, y)
+    model.save(tmp_path / "m.npz")
+    loaded = SoftmaxRegression.load(tmp_path / "m.npz")
+    assert loaded.class_weight == {0: 1.0, 1: 2.0, 2: 0.5} and loaded.random_state == 3
+    refit = clone(loaded).fit(X, y)  # the same model again from the stored parameters
+    assert refit.predict_proba(X).tobytes() == model.predict_proba(X).tobytes()
 
 
 def test_npz_file_is_plain_arrays_and_json(tmp_path):

@@ -85,6 +85,12 @@ def _read_csv(path: Path) -> _Columns:
     if not rows:
         raise DataError(f"{path}: the file is empty (expected a header row of column names)")
     header = [name.strip() for name in rows[0]]
+    for separator, name in ((";", "semicolons"), ("\t", "tabs")):
+        if len(header) == 1 and separator in header[0]:
+            raise DataError(
+                f"{path}: the header is one column, {header[0]!r}: crossent reads "
+                f"comma-separated files, and this one looks separated by {name}"
+            )
     _check_names(path, header)
     body = rows[1:]
     if not body:
@@ -268,7 +274,7 @@ def _label_column(
         if bad.any():
             index = int(np.argmax(bad))
             raise DataError(
-                f"{path}: target column {name!r} has {values[index]!r} at "
+                f"{path}: target column {name!r} has {values[index].item()!r} at "
                 f"{_row_label(columns, index)}"
             )
         _check_integral(path, columns, name, values, values)

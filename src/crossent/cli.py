@@ -281,7 +281,7 @@ def _split(table: Any, test_size: float, seed: int) -> tuple[Any, ...]:
     if len(classes) < 2:
         raise CommandError(
             f"{table.source}: the target column {table.target_name!r} has a single class "
-            f"({classes[0]!r}); a classifier needs at least two"
+            f"({classes[0].item()!r}); a classifier needs at least two"
         )
     if not 0 < test_size < 1:
         raise CommandError(f"--test-size must be between 0 and 1, got {test_size}")

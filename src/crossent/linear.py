@@ -140,6 +140,11 @@ def plan_blocks(
     >>> plan.rows, plan.vocab, plan.vocab_blocked, plan.working_bytes <= 8 * 2**20
     (274, 1440, True, True)
     """
+    for name, value in (("num_rows", num_rows), ("in_features", in_features),
+                        ("num_classes", num_classes)):  # fmt: skip
+        if check.int_argument(value, name) < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value}")
+    memory_budget = _check_memory_budget(memory_budget)
     if memory_budget is None:
         memory_budget = default_memory_budget(num_classes, dtype, device, in_features)
     work = linear_blocks.workload(

@@ -756,10 +756,11 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         if classes.dtype.kind == "O" and not all(isinstance(c, str) for c in classes):
             raise ValueError("cannot store object classes other than strings")
         params = {
-            k: v
+            k: _class_weight_to_json(v) if k == "class_weight" else v
             for k, v in self.get_params().items()
-            if k not in ("callback", "random_state") and _json_safe(v)
+            if k != "callback"
         }
+        params = {k: v for k, v in params.items() if _json_safe(v)}  # (e.g. a Generator seed)
         meta = {
             "format": FILE_FORMAT,
             "version": FILE_VERSION,
@@ -798,6 +799,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             )
         try:
             params = dict(meta["params"])
+            if "class_weight" in params:
+                params["class_weight"] = _class_weight_from_json(params["class_weight"])
             known = cls().get_params()
             model = cls(**{k: v for k, v in params.items() if k in known})
             dtype = meta["classes_dtype"]
@@ -828,9 +831,30 @@ def _json_safe(value: Any) -> bool:
     """Values that survive a JSON round trip unchanged (dicts only with string keys)."""
     if value is None or isinstance(value, bool | int | float | str):
         return True
+    if isinstance(value, list):
+        return all(_json_safe(v) for v in value)
     return isinstance(value, dict) and all(
         isinstance(k, str) and _json_safe(v) for k, v in value.items()
     )
+
+
+_PAIRS = "__class_weight_pairs__"
+
+
+def _class_weight_to_json(value: Any) -> Any:
+    """A class_weight dict whose keys are not all strings (class labels 0, 1, ...) as a JSON
+    object holding ``[label, weight]`` pairs; anything else as it is."""
+    if not isinstance(value, dict) or all(isinstance(k, str) for k in value):
+        return value
+    pairs = [[k.item() if isinstance(k, np.generic) else k,
+              v.item() if isinstance(v, np.generic) else v] for k, v in value.items()]  # fmt: skip
+    return {_PAIRS: pairs}
+
+
+def _class_weight_from_json(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {_PAIRS}:
+        return {k: v for k, v in value[_PAIRS]}
+    return value
 
 
 def _json_float(value: float) -> float | None:
