@@ -977,14 +977,19 @@ def invalid_target_check(run: Run, device, small: bool):
     x = torch.randn(64, 1000, device=device)
     target = torch.randint(0, 1000, (64,), device=device)
     target[5] = 1000
+    weight = torch.rand(1000, device=device) + 0.5
     outcomes = []
-    for inplace in (False, True):
+    # (the out-of-place call queues the kernel before it reads the check's verdict: with class
+    # weights too, nothing may index with the bad class meanwhile, or the device asserts)
+    for inplace, class_weight in ((False, None), (True, None), (False, weight)):
         work = x.clone().requires_grad_(not inplace)
         try:
             if inplace:
+                leaf = x.clone().requires_grad_()
+                work = leaf * 1
                 crossent.cross_entropy(work, target, impl="triton", inplace_backward=True)
             else:
-                crossent.cross_entropy(work, target, impl="triton")
+                crossent.cross_entropy(work, target, class_weight, impl="triton")
             outcomes.append("no error")
         except IndexError as exc:
             outcomes.append("IndexError" + ("" if not inplace or torch.equal(work, x) else
@@ -992,8 +997,10 @@ def invalid_target_check(run: Run, device, small: bool):
             run.log(f"invalid target (inplace={inplace}): {exc}")
         except Exception as exc:
             outcomes.append(f"{type(exc).__name__}: {exc}")
-    run.check("out-of-range target: IndexError (buffer, in place; logits untouched)",
-              outcomes == ["IndexError", "IndexError"], repr(outcomes))  # fmt: skip
+    after = crossent.cross_entropy(x, target.clamp(max=999), weight, impl="triton")
+    healthy = bool(torch.isfinite(after))  # the device is fine after the errors
+    run.check("out-of-range target: IndexError (buffer, in place, weighted; logits untouched)",
+              outcomes == ["IndexError"] * 3 and healthy, repr((outcomes, healthy)))  # fmt: skip
 
 
 def eager_route_check(run: Run, device, small: bool):

@@ -36,6 +36,7 @@ everything else goes through the ops, which those systems understand.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -86,30 +87,74 @@ def _rows_kernel(kernel: str):
 
 def _checked_denominator(
     target: torch.Tensor, num_classes: int, weight: torch.Tensor | None, ignore_index: int,
-    dtype: torch.dtype,
-) -> torch.Tensor:
+    dtype: torch.dtype, *, defer: bool = False,
+) -> tuple[torch.Tensor, Callable[[], None]]:
     """``mean`` denominator as a 0-d tensor (total kept weight for class indices, M for
-    probabilities), after checking that every kept class index lies in ``[0, C)``.
+    probabilities), and the check that every kept class index lies in ``[0, C)``: done before
+    returning, or (``defer``) started, with the returned function finishing it.
 
     An out-of-range index raises IndexError (value, position, valid range). The check runs
     inside the custom op, so ``torch.compile`` sees no data-dependent Python. On CUDA it reads
     one flag (a synchronisation); while a CUDA graph is being captured it cannot, so it is
     skipped and the Triton kernel poisons such rows with NaN instead: never a silently wrong
-    number.
+    number. ``defer`` is for a kernel that is safe with any index (the Triton kernel: masked
+    loads, NaN rows) and does not overwrite the logits: the caller queues it before waiting
+    for the verdict, so the device computes while the host waits instead of idling through the
+    host's wait and launch.
     """
     if target.is_floating_point():
         # torch divides by numel / C: the M positions, or 0/0 (NaN) with no classes
         positions = float(target.shape[0]) if num_classes else math.nan
-        return torch.tensor(positions, dtype=dtype, device=target.device)
+        return torch.tensor(positions, dtype=dtype, device=target.device), _checked
     xp = _torch_namespace()
     kept = target != ignore_index
+    finish = _checked
     if not (target.is_cuda and torch.cuda.is_current_stream_capturing()):
-        from crossent._validation import check_target_range
+        if defer:
+            finish, bad = _start_target_check(xp, target, num_classes, ignore_index, kept)
+            if weight is not None:  # never index the weights with an unchecked class
+                target = torch.where(bad, ignore_index, target)
+        else:
+            from crossent._validation import check_target_range
 
-        check_target_range(xp, target, num_classes, ignore_index, kept=kept)
+            check_target_range(xp, target, num_classes, ignore_index, kept=kept)
     if weight is None:
-        return kept.sum(dtype=dtype)
-    return _reduction.index_mean_denominator(xp, target, weight, ignore_index, dtype)
+        return kept.sum(dtype=dtype), finish
+    return _reduction.index_mean_denominator(xp, target, weight, ignore_index, dtype), finish
+
+
+def _checked() -> None:
+    """A finished target check."""
+
+
+def _start_target_check(
+    xp: Any, target: torch.Tensor, num_classes: int, ignore_index: int, kept: torch.Tensor
+) -> tuple[Callable[[], None], torch.Tensor]:
+    """Queue the range check's reduction and the copy of its one-flag verdict (to pinned host
+    memory, behind the check on the stream): ``(finish, bad)``. ``finish()`` waits for that
+    copy alone (not for work queued after it) and raises the IndexError if the flag is set;
+    ``bad`` masks the out-of-range targets, which nothing may use as an index meanwhile (on
+    CUDA that is a device-side assert)."""
+    from crossent._validation import check_target_range, out_of_range
+
+    bad = out_of_range(xp, target, num_classes, ignore_index, kept=kept)
+    any_bad = xp.any(bad)
+    done = None
+    if target.is_cuda:
+        flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+        flag.copy_(any_bad, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+    else:
+        flag = any_bad
+
+    def finish() -> None:
+        if done is not None:
+            done.synchronize()
+        if bool(flag):
+            check_target_range(xp, target, num_classes, ignore_index, kept=kept)
+
+    return finish, bad
 
 
 def _reduce(rows: torch.Tensor, reduction: str, denominator: torch.Tensor) -> torch.Tensor:
@@ -134,9 +179,11 @@ def _forward(
     backward costs more than that).
     """
     acc = accumulation_dtype(logits.dtype)
-    denominator = _checked_denominator(
-        target, logits.shape[1], weight, options.ignore_index, acc
-    )
+    in_place = grad is not None and grad.data_ptr() == logits.data_ptr()
+    denominator, finish_check = _checked_denominator(
+        target, logits.shape[1], weight, options.ignore_index, acc,
+        defer=kernel == "triton" and not in_place,
+    )  # fmt: skip
     row_scale = denominator.reciprocal() if reduction == "mean" and grad is not None else None
     if logits.shape[1] == 0:
         rows, lse = _rows_without_classes(logits, target, options, acc)
@@ -144,6 +191,7 @@ def _forward(
         rows, lse = _rows_kernel(kernel)(
             logits, target, weight, options, grad, row_scale=row_scale
         )
+    finish_check()  # (raises IndexError for an out-of-range target; the results are dropped)
     loss = _reduce(rows, reduction, denominator)
     if reduction == "mean" and not target.is_floating_point():
         loss = _reduction.smoothed_index_mean(

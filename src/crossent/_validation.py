@@ -358,6 +358,18 @@ def _index_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (shape[0], *shape[2:])
 
 
+def out_of_range(
+    xp: Any, target: Any, num_classes: int, ignore_index: int, *, kept: Any = None
+) -> Any:
+    """The mask of kept class indices outside ``[0, C)`` (array ops only: no synchronisation).
+    ``kept``: the caller's ``target != ignore_index``, when it has it already."""
+    t = target if target.dtype == xp.int64 else xp.astype(target, xp.int64)
+    bad = (t < 0) | (t >= num_classes)
+    if not 0 <= ignore_index < num_classes:  # else an ignored target is never out of range
+        bad = bad & (t != ignore_index if kept is None else kept)
+    return bad
+
+
 def check_target_range(
     xp: Any, target: Any, num_classes: int, ignore_index: int, *, kept: Any = None
 ) -> None:
@@ -370,12 +382,10 @@ def check_target_range(
     target = _outside_transforms(target)
     if _without_values(target):
         return
-    t = target if target.dtype == xp.int64 else xp.astype(target, xp.int64)
-    bad = (t < 0) | (t >= num_classes)
-    if not 0 <= ignore_index < num_classes:  # else an ignored target is never out of range
-        bad = bad & (t != ignore_index if kept is None else kept)
+    bad = out_of_range(xp, target, num_classes, ignore_index, kept=kept)
     if not bool(xp.any(bad)):
         return
+    t = target if target.dtype == xp.int64 else xp.astype(target, xp.int64)
     flat_bad = xp.reshape(bad, (-1,))
     first = int(xp.argmax(xp.astype(flat_bad, xp.int8)))
     position = _unravel(first, tuple(target.shape))
