@@ -306,3 +306,23 @@ def test_an_out_of_range_target_leaves_in_place_logits_untouched(impl) -> None:
     with pytest.raises(IndexError, match="Target 7"):
         crossent.cross_entropy(logits, torch.tensor([0, 7, 1]), impl=impl, inplace_backward=True)
     assert torch.equal(logits.detach(), before)  # checked before the kernel overwrites them
+
+
+@pytest.mark.parametrize(
+    ("shape", "keepdim"),
+    [((), False), ((3,), False), ((3,), True), ((2, 3), False), ((2, 3, 4), True), ((0, 3), False)],
+)
+def test_logsumexp_over_an_empty_dim_tuple_is_torchs(shape, keepdim) -> None:
+    # torch reads dim=() as every dim, and fails without keepdim unless the input is 0-d/empty
+    x = torch.randn(shape, dtype=torch.float64)
+    try:
+        expected = torch.logsumexp(x, (), keepdim)
+    except RuntimeError:
+        for array in (x, x.numpy()):
+            with pytest.raises(RuntimeError, match="doesn't match the broadcast shape"):
+                crossent.logsumexp(array, (), keepdim)
+        return
+    for array in (x, x.numpy()):
+        ours = torch.as_tensor(crossent.logsumexp(array, (), keepdim))
+        assert ours.shape == expected.shape
+        torch.testing.assert_close(ours, expected, rtol=1e-12, atol=0)

@@ -23,7 +23,8 @@ def namespace(*arrays: Any) -> Any:
     """The Array API namespace shared by ``arrays`` (None entries are skipped).
 
     Raises TypeError, as torch does for a non-tensor target, when an argument is not an array
-    (a Python list, a scalar) or when arrays from different libraries are mixed.
+    (a Python list or number; NumPy scalars count as 0-d arrays), is a NumPy masked array, or
+    when arrays from different libraries are mixed.
     """
     present = [a for a in arrays if a is not None]
     tensor = _torch_tensor_type()

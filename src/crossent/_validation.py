@@ -547,14 +547,22 @@ def normalize_dim(dim: Any, ndim: int) -> int:
     return dim % rank
 
 
-def normalize_dims(dim: Any, ndim: int) -> tuple[int, ...]:
-    """logsumexp's dim: an int or a non-empty tuple of distinct dims."""
+def normalize_dims(
+    dim: Any, shape: tuple[int, ...], keepdim: bool = False
+) -> tuple[int, ...]:
+    """logsumexp's dim: an int or a tuple of distinct dims. An empty tuple means every dim, as
+    torch reads it; torch then fails without ``keepdim`` unless the input is 0-d or empty, and
+    so does this (RuntimeError)."""
+    ndim = len(shape)
     dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
     if len(dims) == 0:
-        raise RuntimeError(
-            "logsumexp needs at least one dim: dim=() would reduce nothing "
-            "(torch: output with shape [] doesn't match the broadcast shape [1, 1])"
-        )
+        if not keepdim and ndim > 0 and math.prod(shape) > 0:
+            raise RuntimeError(
+                f"output with shape [] doesn't match the broadcast shape "
+                f"[{', '.join(['1'] * ndim)}]: torch reads dim=() as every dim and then fails "
+                f"without keepdim=True; pass keepdim=True or the dims themselves"
+            )
+        return tuple(range(ndim))
     out = tuple(normalize_dim(d, ndim) for d in dims)
     for d in out:
         if out.count(d) > 1:

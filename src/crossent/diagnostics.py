@@ -876,10 +876,11 @@ def _check_float16_overflow(call: _Call) -> Finding | None:
         if binary or call.reduction == "sum":
             why = "the 'sum' does not fit in float16: it is inf, in torch and in crossent."
         else:
+            mean = "NaN (inf / inf: the kept count overflows too)" if count_overflow else "inf"
             why = (
-                "torch's CPU cross_entropy/nll_loss accumulate the sum in float16, so its "
-                "'mean' and 'sum' are inf although the mean is small; crossent accumulates in "
-                "float32 (its 'mean' is finite, its 'sum' still inf)."
+                f"torch's CPU cross_entropy/nll_loss accumulate the sum in float16, so its "
+                f"'sum' is inf and its 'mean' {mean} although the mean is small; crossent "
+                f"accumulates in float32 (its 'mean' is finite, its 'sum' still inf)."
             )
     else:
         what = f"float16 input with {about}{kept:.0f} kept targets, more than 65504."

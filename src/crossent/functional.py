@@ -163,7 +163,7 @@ def logsumexp(input: Any, dim: int | tuple[int, ...], keepdim: bool = False) -> 
     4.153178...
     """
     xp = namespace(input)
-    axes = check.normalize_dims(dim, input.ndim)
+    axes = check.normalize_dims(dim, tuple(input.shape), keepdim)
     if is_integral(xp, input.dtype):
         input = xp.astype(input, default_float(xp))
     if is_torch(input):
