@@ -505,3 +505,66 @@ def test_lbfgs_stages_hand_over_and_keep_the_final_stage_tolerance():
     exact = np.linalg.solve(H, c)
     assert np.abs(staged.x - exact).max() <= 10 * max(np.abs(plain.x - exact).max(), 1e-9)
     assert staged.fun == pytest.approx(plain.fun, rel=1e-13)
+
+
+# ------------------------------------------------------------------------------------------------
+# review round 2: convergence flags, warm starts of streams, input dtypes
+
+
+def test_an_sgd_run_that_blows_up_is_not_converged_and_warns():
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True)  # raw features: far too large a step for sgd
+    with pytest.warns(ConvergenceWarning, match="unstable|diverged"):
+        model = SoftmaxRegression(solver="sgd", random_state=0).fit(X, y)
+    assert not model.converged_
+
+
+def test_float32_lbfgs_that_stalls_above_tol_is_not_converged_and_warns():
+    # float32 values stop changing long before the gradient reaches tol: not "converged"
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3000, 10)) * 1000
+    W = rng.standard_normal((5, 10)) / 1000
+    y = np.argmax(X @ W.T + rng.gumbel(size=(3000, 5)), 1)
+    with pytest.warns(ConvergenceWarning, match="float32 objective stopped decreasing"):
+        model = SoftmaxRegression().fit(X.astype(np.float32), y)
+    assert not model.converged_
+
+
+def test_warm_started_fit_batches_is_a_fit_not_a_continuation():
+    X, y = load_iris(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+
+    def batches():
+        return [(X[i : i + 50], y[i : i + 50]) for i in range(0, 150, 50)]
+
+    fresh = SoftmaxRegression(solver="adam", C=0.01, max_iter=30, random_state=0)
+    fresh.fit_batches(batches, classes=[0, 1, 2])
+    warm = SoftmaxRegression(solver="adam", C=0.01, max_iter=30, random_state=0, warm_start=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for _ in range(3):
+            warm.fit_batches(batches, classes=[0, 1, 2])
+    assert warm._seen_weight == fresh._seen_weight == 150.0  # the penalty's count, not 3x
+    # same regularisation: the norms agree far better than a 3x weaker penalty would allow
+    assert abs(np.linalg.norm(warm.coef_) - np.linalg.norm(fresh.coef_)) < 0.1
+    # a warm fit_batches on other features or classes restarts, as a warm fit() does
+    warm.fit_batches(lambda: [(X[:, :3], y)], classes=[0, 1, 2])
+    assert warm.coef_.shape == (3, 3) and warm.n_features_in_ == 3
+
+
+def test_partial_fit_continues_a_model_fitted_by_lbfgs():
+    X, y = load_iris(return_X_y=True)
+    model = SoftmaxRegression(max_iter=200).fit(StandardScaler().fit_transform(X), y)
+    model.set_params(solver="sgd")
+    model.partial_fit(StandardScaler().fit_transform(X), y)
+    assert model.coef_.shape == (3, 4)
+
+
+def test_half_precision_torch_input_is_read_as_float32():
+    torch = pytest.importorskip("torch")
+    X, y = load_iris(return_X_y=True)
+    X32 = torch.tensor(X, dtype=torch.float32)
+    a = SoftmaxRegression(dtype="float32").fit(X32.bfloat16().float().numpy(), y)
+    b = SoftmaxRegression(dtype="float32").fit(X32.bfloat16(), y)
+    assert a.coef_.tobytes() == b.coef_.tobytes()

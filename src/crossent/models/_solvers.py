@@ -171,11 +171,15 @@ def lbfgs(
     tol: float,
     memory: int = 10,
     callback: Callable[[int, float, float], None] | None = None,
+    final_precision: str = "float64",
 ) -> LbfgsResult:
     """Minimise with L-BFGS through ``stages`` (see the module docstring).
 
     ``callback(iteration, value, grad_max)`` runs after every iteration. ``values`` in the
     result holds the objective after each iteration (the first entry is the starting value).
+    ``final_precision``: the precision the last stage computes its value in. In float32 the
+    relative-decrease rule cannot tell convergence from rounding (a float32 value stops
+    changing long before the gradient reaches ``tol``), so there it ends the run unconverged.
     """
     funs = [_Counted(f) for f in stages]
     stage = 0
@@ -263,6 +267,13 @@ def lbfgs(
         if decrease <= (FTOL if final else STAGE_FTOL) * scale:
             if next_stage():
                 continue
-            converged = True
-            message = f"relative decrease of the objective {decrease / scale:.3g} <= ftol"
+            if final_precision == "float64":
+                converged = True
+                message = f"relative decrease of the objective {decrease / scale:.3g} <= ftol"
+            else:
+                message = (
+                    f"the {final_precision} objective stopped decreasing with the gradient "
+                    f"max-norm at {float(np.max(np.abs(grad))):.3g} > tol={tol:g} (its rounding "
+                    f"hides further progress; fit in float64 to reach tol)"
+                )
             return finish()

@@ -48,7 +48,10 @@ Batch = tuple[Any, Any] | tuple[Any, Any, Any]
 def _to_numpy(a: Any) -> Any:
     """torch tensors (any device) to NumPy; everything else unchanged."""
     if type(a).__module__.split(".")[0] == "torch":
-        return a.detach().cpu().numpy()
+        a = a.detach().cpu()
+        if str(a.dtype) in ("torch.bfloat16", "torch.float16"):
+            a = a.float()  # (NumPy has no bfloat16; float32 holds both exactly)
+        return a.numpy()
     return a
 
 
@@ -395,6 +398,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 max_iter=int(self.max_iter),
                 tol=float(self.tol),
                 callback=callback,
+                final_precision=str(X.dtype),
             )
         W, b = objective.unpack(result.x)
         self._set_solution(W, b, X.dtype)
@@ -495,6 +499,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     ) -> None:
         """Run mini-batch epochs (``make_batches()`` yields one epoch of (X, y, w) batches)."""
         n_classes, n_features = coef.shape
+        start_at_zero = not np.any(coef) and not np.any(intercept)
         params = np.concatenate([coef.ravel(), intercept if self.fit_intercept else []])
         epochs = int(self.max_iter) if epochs is None else epochs
         curve: list[float] = []
@@ -536,6 +541,21 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             if stale >= N_ITER_NO_CHANGE:
                 converged = True
                 break
+        unstable = None
+        if curve and not diverged:
+            # The stale rule also fires on an objective that rises (a step too large for the
+            # data): that is no convergence. Nor is a best epoch above the objective at the zero
+            # start, log(C) (any weights, any smoothing: a uniform prediction).
+            rising = curve[-1] > best + max(float(self.tol), 1e-2 * abs(best))
+            from_zero = start_at_zero and best > math.log(n_classes) + float(self.tol)
+            if rising or from_zero:
+                converged = False
+                unstable = (
+                    f"its epoch objective rose to {curve[-1]:.4g} from a best of {best:.4g}"
+                    if rising
+                    else f"its best epoch objective {best:.4g} is above log(C) = "
+                    f"{math.log(n_classes):.4g}, the objective at the zero start"
+                )
         W = params[: n_classes * n_features].reshape(n_classes, n_features)
         b = params[n_classes * n_features :] if self.fit_intercept else None
         self._set_solution(W, b, dtype if dtype is not None else np.float64)
@@ -543,7 +563,14 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         self.loss_curve_ = curve
         self.objective_ = curve[-1] if curve else math.nan
         self.converged_ = converged
-        if diverged:
+        if unstable is not None:
+            warnings.warn(
+                f"SoftmaxRegression ({self.solver}) is unstable: {unstable}. Lower "
+                f"learning_rate (now {self._learning_rate():g}) or standardise the features.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        elif diverged:
             warnings.warn(
                 f"SoftmaxRegression ({self.solver}) diverged in epoch {len(curve) + 1} (the "
                 "objective became NaN or infinite); the last finite parameters are kept. "
@@ -565,7 +592,11 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     def _stream_counting(self) -> bool:
         return getattr(self, "_counting", False)
 
-    def _start_stream(self, X_first: np.ndarray, classes: Any, reset: bool) -> None:
+    def _start_stream(
+        self, X_first: np.ndarray, classes: Any, reset: bool, previous: Any = None
+    ) -> None:
+        """Set up (``reset``, or a first call) or continue a stream; ``previous``: the
+        ``(classes, coef, intercept)`` a reset starts from (warm start), where they fit."""
         self._check_params()
         if not _minibatch_solver(self):
             raise ValueError(
@@ -588,18 +619,19 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             self._seen_weight = 0.0
             dtype = self._compute_dtype(X_first)
             n_features = X_first.shape[1]
-            previous = None
-            if not reset and hasattr(self, "coef_"):
-                previous = (self.classes_, self.coef_, self.intercept_)
             coef, intercept = self._initial_parameters(previous, n_features, dtype)
             self._set_solution(coef, intercept if self.fit_intercept else None, dtype)
-        elif classes is not None and not np.array_equal(
-            np.unique(_to_numpy(np.asarray(classes))), self.classes_
-        ):
-            raise ValueError(
-                f"classes {np.unique(np.asarray(classes)).tolist()} differ from the classes of "
-                f"the first call {self.classes_.tolist()}"
-            )
+        else:
+            if not hasattr(self, "_seen_weight"):  # continuing a model fitted by L-BFGS
+                self._optimizer_state = None
+                self._seen_weight = 0.0
+            if classes is not None and not np.array_equal(
+                np.unique(_to_numpy(np.asarray(classes))), self.classes_
+            ):
+                raise ValueError(
+                    f"classes {np.unique(np.asarray(classes)).tolist()} differ from the classes "
+                    f"of the first call {self.classes_.tolist()}"
+                )
 
     def _clean_batch(self, batch: Any, first: bool) -> tuple[np.ndarray, np.ndarray, Any]:
         if not isinstance(batch, tuple | list) or len(batch) not in (2, 3):
@@ -669,11 +701,14 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             first_batch = next(iterator)
         except StopIteration:
             raise ValueError("the batch stream is empty") from None
+        # A fit starts over (classes, features, the penalty's weight count, the optimiser's
+        # state); warm_start only starts it from the previous parameters, where they fit.
+        previous = self._warm_start_state()
         for attribute in ("n_features_in_", "feature_names_in_", "coef_", "classes_"):
-            if hasattr(self, attribute) and not self.warm_start:
+            if hasattr(self, attribute):
                 delattr(self, attribute)
         first_X = check_array(_to_numpy(first_batch[0]), dtype=[np.float64, np.float32])
-        self._start_stream(first_X, classes, reset=not self.warm_start)
+        self._start_stream(first_X, classes, reset=True, previous=previous)
         first_clean = self._clean_batch(first_batch, first=True)
         self._counting = True
         epoch = [0]
