@@ -350,17 +350,32 @@ def row_correctness(run: Run, device, small: bool):
             "lse": rel_err(lse, lse64),
             "grad": rel_err(grad, grad64),
         }
+        # torch's own error on the same input: the readable reference computes with torch's
+        # log_softmax in the kernel's accumulation dtype; the kernel may not be more than 4x
+        # worse (nor worse than the fixed table), a floor of 4 roundoffs of that dtype and one
+        # of the gradient's own dtype aside (half-precision gradients: the table decides)
+        ref_grad = torch.empty_like(x)
+        ref_loss, _ = rows.cross_entropy_rows(x, target, weight, options, ref_grad)
+        if scale is not None:
+            ref_grad = (ref_grad.float() * scale[:, None]).to(x.dtype)
+        floor = 4 * torch.finfo(lse.dtype).eps
+        grad_floor = max(floor, torch.finfo(x.dtype).eps)
+        bound = {
+            "loss": min(STAT_REL_TOL[key], max(4 * rel_err(ref_loss, loss64), floor)),
+            "grad": min(GRAD_REL_TOL[key], max(4 * rel_err(ref_grad, grad64), grad_floor)),
+        }
         finite = bool(torch.isfinite(grad).all())
         ok = (
-            errors["loss"] <= STAT_REL_TOL[key]
+            errors["loss"] <= bound["loss"]
             and errors["lse"] <= STAT_REL_TOL[key]
-            and errors["grad"] <= GRAD_REL_TOL[key]
+            and errors["grad"] <= bound["grad"]
             and finite
         )
         run.check(
             f"rows vs float64: {name}",
             ok,
-            " ".join(f"{k}={v:.2e}" for k, v in errors.items()) + f" all-written={finite}",
+            " ".join(f"{k}={v:.2e}" for k, v in errors.items())
+            + f" (bounds: loss {bound['loss']:.1e}, grad {bound['grad']:.1e}) all-written={finite}",
         )
 
         again = torch.empty_like(x)
@@ -375,9 +390,12 @@ def row_correctness(run: Run, device, small: bool):
             and torch.equal(grad, again)
             and torch.equal(loss, loss3)
             and torch.equal(grad, inplace)
-            and torch.equal(grad, recomputed)
         )
-        run.check(f"bitwise repeat/in-place/recompute: {name}", bitwise)
+        run.check(f"bitwise repeat/in-place: {name}", bitwise)
+        # the gradient recomputed from the rounded lse: close, not bitwise (exp(z - lse))
+        recompute_err = rel_err(recomputed, grad64)
+        run.check(f"recompute from lse vs float64: {name}", recompute_err <= GRAD_REL_TOL[key],
+                  f"grad={recompute_err:.2e}")  # fmt: skip
         del x, target, weight, grad, grad64, again, inplace, recomputed
         free_memory()
 

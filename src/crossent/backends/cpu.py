@@ -253,7 +253,7 @@ class _Rows:
         self.sum_wq = vector() if self.probs else None
         self.sum_wqu = vector() if self.probs else None
         # Gradient coefficients (class indices; the probability path forms a_i per block).
-        self.a = self.b = self.c = None
+        self.a = self.b = self.c = self.a_minus_b = None
         self.unit_a = False
         if grad is not None and not self.probs:
             s = self.scale
@@ -267,6 +267,12 @@ class _Rows:
                 )
                 self.b = s * ((1.0 - self.eps) * self.w_y)
             self.c = s * (self.eps / num_classes) if self.eps > 0 else None
+            # a - b, formed on its own: the target entry is b (p_y - 1) + p_y (a - b), so that
+            # a one-hot row (p_y = 1) keeps its smoothing and z-loss parts (a - b as a
+            # difference would cancel them against a large b)
+            self.a_minus_b = (
+                s * ((self.eps / num_classes) * self.total_weight) if self.eps > 0 else None
+            )
             # Skip the multiply when every a_i is 1 (a CPU read; never on an accelerator). A
             # uniform scale other than 1 (``mean``'s 1/D) rules it out without looking.
             uniform = row_scale is not None and row_scale.dim() == 0
@@ -329,9 +335,12 @@ def _plain_sweep(rows: _Rows) -> None:
     # a wider tensor as if it were packed, past its rows)
     direct = grad is not None and logits.dtype == acc and grad.is_contiguous()
     work = None if direct else rows.block_buffer()
-    if grad is not None and not direct:
+    z_loss = grad is not None and rows.zeta != 0.0
+    if grad is not None and (z_loss or not direct):
         p_y = rows.vector()  # float32 target probabilities, for the target term
         a_all = rows.a if rows.zeta == 0.0 else rows.vector()
+    if z_loss:
+        z_all = rows.vector()  # the z-loss part of a_i, 2 zeta s_i lse_i, kept on its own
     for start, stop in rows.blocks():
         x_b = logits[start:stop]
         m_b = rows.row_max[start:stop]
@@ -352,13 +361,19 @@ def _plain_sweep(rows: _Rows) -> None:
         if grad is None:
             continue
         a_b = None if rows.unit_a else rows.a[start:stop]
-        if rows.zeta != 0.0:
-            a_b = a_b + (2.0 * rows.zeta) * rows.scale[start:stop] * rows.lse_of(start, stop)
-        if direct:
+        if z_loss:
+            z_b = z_all[start:stop]
+            torch.mul(rows.scale[start:stop], rows.lse_of(start, stop), out=z_b)
+            z_b.mul_(2.0 * rows.zeta)
+            a_b = a_b + z_b
+        if direct and not z_loss:
             if a_b is not None:
                 p_b.mul_(a_b[:, None])
             continue
         torch.gather(p_b, 1, index[start:stop], out=p_y[start:stop, None])
+        if direct:
+            p_b.mul_(a_b[:, None])
+            continue
         if a_b is not None:
             p_b.mul_(a_b[:, None])
             if rows.zeta != 0.0:
@@ -368,6 +383,11 @@ def _plain_sweep(rows: _Rows) -> None:
         return
     # Target term: g[i, y_i] = p_y * a_i - b_i (in float32 for low-precision gradients).
     # (index_put_, not scatter_: scatter_ converts a whole bfloat16 tensor to float32 and back.)
+    positions = torch.arange(rows.num_rows, device=grad.device)
+    if z_loss:  # b_i (p_y - 1) + p_y z_i: a one-hot row keeps its z-loss gradient
+        g_y = torch.addcmul(rows.b * (p_y - 1.0), p_y, z_all).to(grad.dtype)
+        grad.index_put_((positions, rows.index), g_y)
+        return
     if direct and grad.device.type in SCATTER_ADD_DEVICES:
         # g[i, y_i] + (-b_i) is g[i, y_i] - b_i exactly, one entry per row.
         grad.scatter_add_(1, index, rows.b.neg()[:, None])
@@ -377,7 +397,6 @@ def _plain_sweep(rows: _Rows) -> None:
     else:
         g_y = p_y if rows.unit_a else p_y * a_all
         g_y = (g_y - rows.b).to(grad.dtype)
-    positions = torch.arange(rows.num_rows, device=grad.device)
     grad.index_put_((positions, rows.index), g_y)
 
 
@@ -439,8 +458,14 @@ def _general_sweep(rows: _Rows) -> None:
             a_b = s_b * rows.sum_wq[start:stop]
         else:
             a_b = rows.a[start:stop]
+        extra_b = None if rows.probs else rows.a_minus_b  # a - b of the index rows
+        extra_b = None if extra_b is None else extra_b[start:stop]
         if rows.zeta != 0.0:
-            a_b = a_b + (2.0 * rows.zeta) * s_b * rows.lse_of(start, stop)
+            z_b = (2.0 * rows.zeta) * s_b * rows.lse_of(start, stop)
+            a_b = a_b + z_b
+            extra_b = z_b if extra_b is None else extra_b + z_b
+        if not rows.probs:
+            p_y_b = torch.gather(p_b, 1, idx_b)  # before the scaling below
         p_b.mul_(a_b[:, None])
         if rows.probs:  # - s w q'
             if w is None:
@@ -450,9 +475,10 @@ def _general_sweep(rows: _Rows) -> None:
                 prod_b.mul_(s_b[:, None])
             p_b.sub_(prod_b)
             c_b = None
-        else:  # - b e_y
-            picked = torch.gather(p_b, 1, idx_b)
-            picked.sub_(rows.b[start:stop, None])
+        else:  # - b e_y, as b (p_y - 1) + p_y (a - b) (see _Rows.a_minus_b)
+            picked = rows.b[start:stop, None] * (p_y_b - 1.0)
+            if extra_b is not None:
+                picked.addcmul_(p_y_b, extra_b[:, None])
             p_b.scatter_(1, idx_b, picked)
             c_b = rows.c[start:stop] if rows.c is not None else None
         if c_b is not None:  # - c w

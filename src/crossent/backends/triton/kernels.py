@@ -152,7 +152,6 @@ def _stats_block(
     s,
     mass,
     moment,
-    shift,
     cap,
     inv_cap,
     keep,
@@ -168,9 +167,10 @@ def _stats_block(
     """One block of the statistics sweep: per-lane online log-sum-exp and weighted sums.
 
     ``m``/``s``: per-lane running max (from the lowest finite value) and ``sum exp(z - m)``.
-    ``mass``: per-lane ``sum w q'`` (probability targets) or ``sum w`` (smoothing). ``moment``:
-    per-lane ``sum mass_c (z_c - shift)``, with a fixed per-row ``shift`` so that a large common
-    offset of the logits does not cancel.
+    ``mass``: per-lane ``sum w q'`` (probability targets), ``sum w`` or the element count
+    (smoothing). ``moment``: per-lane ``sum mass_c (z_c - m)``, relative to the lane's own
+    running max and rebased when it grows: every term is <= 0, so nothing cancels however far
+    apart the logits of a row are.
     """
     x = _load_block(logits_row, cols, mask, MASKED, POLICY, ACC)
     z, _ = _softcapped(x, cap, inv_cap, SOFTCAP)
@@ -179,25 +179,28 @@ def _stats_block(
     # m starts at the lowest finite value, so m - z and z - m are never -inf - -inf.
     grow = z > m
     e = tl.exp(tl.where(grow, m - z, z - m))
-    m = tl.maximum(m, z)
+    new_m = tl.maximum(m, z)
     s = tl.where(grow, s * e + 1.0, s + e)
     if PROB_TARGET or SMOOTHING:
-        centred = z - shift
+        # rebase the lane's earlier terms onto its new max (nothing to rebase while mass is 0:
+        # the first step from the lowest finite value may be inf)
+        moment -= tl.where(mass == 0.0, 0.0, mass * (new_m - m))
+        centred = z - new_m
         if MASKED:
             centred = tl.where(mask, centred, 0.0)
         if PROB_TARGET:
             wq = _target_mass(
                 target_row, weight_ptr, cols, mask, keep, share, MASKED, HAS_WEIGHT, SMOOTHING, ACC
             )
-            mass += wq
-            moment += wq * centred
         elif HAS_WEIGHT:
-            w = _load_block(weight_ptr, cols, mask, MASKED, "", ACC)
-            mass += w
-            moment += w * centred
+            wq = _load_block(weight_ptr, cols, mask, MASKED, "", ACC)
+        elif MASKED:
+            wq = tl.where(mask, 1.0, 0.0).to(ACC)
         else:
-            moment += centred
-    return m, s, mass, moment
+            wq = tl.full(z.shape, 1.0, ACC)
+        mass += wq
+        moment += wq * centred
+    return new_m, s, mass, moment
 
 
 @triton.jit
@@ -233,10 +236,12 @@ def _grad_block(
     grad_row,
     cols,
     mask,
-    lse,
+    row_max,
+    log_sum,
     a,
     y,
     c_target,
+    extra,
     c_share,
     scale,
     cap,
@@ -254,18 +259,22 @@ def _grad_block(
 ):
     """One block of the gradient sweep, rounded once and stored.
 
-    ``g = scale * (p * A - B)`` with ``a = scale * A``; ``B`` is ``w * q'`` (probability
-    targets) or ``(1 - eps) w_y e_y + (eps / C) w`` (``c_target``/``c_share`` carry the scale).
+    ``p = exp((z - max) - log_sum)`` (not ``exp(z - lse)``: ``lse`` rounded once carries an
+    error of ulp(|lse|) into every ``p``). ``g = scale * (p * A - B)`` with ``a = scale * A``;
+    ``B`` is ``w * q'`` (probability targets) or ``(1 - eps) w_y e_y + (eps / C) w``
+    (``c_target``/``c_share`` carry the scale). The target entry is formed as
+    ``c_target (p - 1) + p extra`` with ``extra = a - c_target`` computed on its own, so a
+    one-hot softmax (``p_y = 1``) keeps the z-loss and smoothing parts of its gradient.
     """
     x = _load_block(logits_row, cols, mask, MASKED, LOAD_POLICY, ACC)
     z, t = _softcapped(x, cap, inv_cap, SOFTCAP)
-    g = tl.exp(z - lse) * a
+    p = tl.exp((z - row_max) - log_sum)
     if PROB_TARGET:
-        g -= scale * _target_mass(
+        g = p * a - scale * _target_mass(
             target_row, weight_ptr, cols, mask, keep, share, MASKED, HAS_WEIGHT, SMOOTHING, ACC
         )
     else:
-        g -= tl.where(cols == y, c_target, 0.0)
+        g = tl.where(cols == y, c_target * (p - 1.0) + p * extra, p * a)
         if SMOOTHING:
             if HAS_WEIGHT:
                 g -= c_share * _load_block(weight_ptr, cols, mask, MASKED, "", ACC)
@@ -323,7 +332,6 @@ def cross_entropy_rows_kernel(
     """
     NUM_FULL: tl.constexpr = N_COLS // BLOCK
     HAS_TAIL: tl.constexpr = N_COLS % BLOCK != 0
-    NEEDS_SHIFT: tl.constexpr = PROB_TARGET or SMOOTHING
     cols0 = tl.arange(0, BLOCK)
     tail_cols = NUM_FULL * BLOCK + cols0
     tail_mask = tail_cols < N_COLS
@@ -364,14 +372,12 @@ def cross_entropy_rows_kernel(
                         grad_row + tail_cols, zero, mask=tail_mask, eviction_policy=STORE_POLICY
                     )
         else:
-            if NEEDS_SHIFT and not GRAD_FROM_LSE:
-                first, _ = _softcapped(tl.load(logits_row).to(ACC), cap, inv_cap, SOFTCAP)
-                shift = tl.where(tl.abs(first) < float("inf"), first, 0.0)
-            else:
-                shift = tl.zeros([], ACC)
             mass = tl.zeros([BLOCK], ACC)
             if GRAD_FROM_LSE:
+                # (the saved lse is all there is: p = exp(z - lse), ulp(|lse|) in each p)
                 lse = tl.load(lse_ptr + row64).to(ACC)
+                row_max = lse
+                log_sum = tl.zeros([], ACC)
                 if PROB_TARGET or (SMOOTHING and HAS_WEIGHT):
                     for b in tl.range(0, NUM_FULL):
                         mass = _mass_block(
@@ -418,7 +424,6 @@ def cross_entropy_rows_kernel(
                         s,
                         mass,
                         moment,
-                        shift,
                         cap,
                         inv_cap,
                         keep,
@@ -442,7 +447,6 @@ def cross_entropy_rows_kernel(
                         s,
                         mass,
                         moment,
-                        shift,
                         cap,
                         inv_cap,
                         keep,
@@ -456,14 +460,20 @@ def cross_entropy_rows_kernel(
                         ACC,
                     )
                 row_max = tl.max(m, 0)
-                lse = row_max + tl.log(tl.sum(s * tl.exp(m - row_max), 0))
+                log_sum = tl.log(tl.sum(s * tl.exp(m - row_max), 0))
+                lse = row_max + log_sum  # (output and z-loss; log-probabilities use the parts)
+                if PROB_TARGET or SMOOTHING:
+                    # sum_c mass_c (z_c - row_max): each lane's moment rebased onto the row max
+                    # (lanes that saw nothing have mass 0 and a moment of 0)
+                    lag = tl.where(mass == 0.0, 0.0, mass * (m - row_max))
+                    centred_moment = tl.sum(moment + lag, 0)
 
             # A = the factor of p in the gradient; the loss from the same pieces.
             if PROB_TARGET:
                 total_mass = tl.sum(mass, 0)
                 a = total_mass
                 if not GRAD_FROM_LSE:
-                    loss = total_mass * (lse - shift) - tl.sum(moment, 0)
+                    loss = total_mass * log_sum - centred_moment
                 c_target = 0.0 * a
                 c_share = 0.0 * a
             else:
@@ -472,32 +482,38 @@ def cross_entropy_rows_kernel(
                     w_y = tl.load(weight_ptr + y, mask=valid, other=0.0).to(ACC)
                 else:
                     w_y = tl.full([], 1.0, ACC)
-                a = keep * w_y
                 c_target = keep * w_y
                 c_share = share
+                extra = tl.zeros([], ACC)  # a - c_target, formed on its own (see _grad_block)
                 if not GRAD_FROM_LSE:
                     x_y = tl.load(logits_row + y, mask=valid, other=0.0).to(ACC)
                     z_y, _ = _softcapped(x_y, cap, inv_cap, SOFTCAP)
-                    loss = keep * w_y * (lse - z_y)
+                    loss = keep * w_y * (log_sum - (z_y - row_max))  # -log p_y as log_softmax
                 if SMOOTHING:
                     if HAS_WEIGHT:
                         total_weight = tl.sum(mass, 0)
                     else:
                         total_weight = tl.full([], N_COLS, ACC)
-                    a += share * total_weight
+                    extra += share * total_weight
                     if not GRAD_FROM_LSE:
-                        loss += share * (total_weight * (lse - shift) - tl.sum(moment, 0))
+                        loss += share * (total_weight * log_sum - centred_moment)
             if Z_LOSS:
-                a += 2.0 * zeta * lse
+                if PROB_TARGET:
+                    a += 2.0 * zeta * lse
+                else:
+                    extra += 2.0 * zeta * lse
                 if not GRAD_FROM_LSE:
                     loss += zeta * lse * lse
             if not PROB_TARGET:
                 # An out-of-range class index (not checked on the host while a CUDA graph is
                 # captured) poisons its row's loss and gradient with NaN, never a wrong number.
                 poison = tl.where(valid, 0.0, float("nan"))
-                a += poison
+                extra += poison
+                a = c_target + extra
                 if not GRAD_FROM_LSE:
                     loss += poison
+            else:
+                extra = 0.0 * a
             if not GRAD_FROM_LSE:
                 tl.store(loss_ptr + row64, loss)
                 tl.store(lse_ptr + row64, lse)
@@ -509,6 +525,7 @@ def cross_entropy_rows_kernel(
                     scale = tl.full([], 1.0, ACC)
                 a = a * scale
                 c_target = c_target * scale
+                extra = extra * scale
                 c_share = c_share * scale
                 # Backwards: the tail and the last full blocks are the freshest in cache.
                 if HAS_TAIL:
@@ -519,10 +536,12 @@ def cross_entropy_rows_kernel(
                         grad_row,
                         tail_cols,
                         tail_mask,
-                        lse,
+                        row_max,
+                        log_sum,
                         a,
                         y,
                         c_target,
+                        extra,
                         c_share,
                         scale,
                         cap,
@@ -547,10 +566,12 @@ def cross_entropy_rows_kernel(
                         grad_row,
                         cols,
                         None,
-                        lse,
+                        row_max,
+                        log_sum,
                         a,
                         y,
                         c_target,
+                        extra,
                         c_share,
                         scale,
                         cap,
