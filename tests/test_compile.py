@@ -62,3 +62,39 @@ def test_value_checks_still_raise_when_compiled():
     bce = torch.compile(crossent.binary_cross_entropy, backend="aot_eager", fullgraph=True)
     with pytest.raises(RuntimeError, match=r"between 0 and 1: got 1\.5"):
         bce(torch.tensor([0.5, 1.5]), torch.tensor([0.0, 1.0]))
+
+
+@pytest.mark.parametrize("fullgraph", [True, False])
+def test_inplace_into_a_parameter_is_refused_when_compiled_too(fullgraph):
+    # the compiled graph copied the mutated logits back into the Parameter: silently corrupted
+    torch._dynamo.reset()
+    p = torch.nn.Parameter(torch.randn(4, 5))
+    y = torch.tensor([0, 2, 4, 1])
+    before = p.detach().clone()
+    compiled = torch.compile(
+        lambda: crossent.cross_entropy(p, y, inplace_backward=True),
+        backend="aot_eager", fullgraph=fullgraph,
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="leaf tensor"):
+        compiled()
+    assert torch.equal(p.detach(), before)
+
+
+@pytest.mark.parametrize("dynamic", [None, True])
+def test_a_label_smoothing_schedule_compiles_with_fullgraph(dynamic):
+    # a float argument that changes between calls becomes symbolic: the checks compare it
+    # instead of calling math.isnan/isfinite, which the compiler cannot trace
+    torch._dynamo.reset()
+    x = torch.randn(4, 5, requires_grad=True)
+    y = torch.tensor([0, 2, 4, 1])
+    compiled = torch.compile(
+        lambda a, eps: crossent.cross_entropy_with_extras(
+            a, y, label_smoothing=eps, z_loss=eps / 10, softcap=10 * eps + 1
+        ).loss,
+        backend="aot_eager", fullgraph=True, dynamic=dynamic,
+    )  # fmt: skip
+    for eps in (0.1, 0.2, 0.3):
+        eager = crossent.cross_entropy_with_extras(
+            x, y, label_smoothing=eps, z_loss=eps / 10, softcap=10 * eps + 1
+        ).loss
+        torch.testing.assert_close(compiled(x, eps), eager)

@@ -132,3 +132,17 @@ def test_compiled_reference_traces_without_graph_breaks():
     expected = torch.func.grad(lambda z: F.binary_cross_entropy_with_logits(z, B, reduction="sum"))
     torch.testing.assert_close(got, F.binary_cross_entropy_with_logits(X, B, reduction="sum"))
     torch.testing.assert_close(x.grad, expected(X))
+
+
+def test_vmap_over_binary_cross_entropy_checks_the_whole_batch():
+    # the [0, 1] check reads the values underneath the vmap wrapper (it raised vmap's
+    # data-dependent control flow error for every call)
+    p = torch.rand(8, 3, dtype=torch.float64) * 0.9 + 0.05
+    t = torch.rand(8, 3, dtype=torch.float64)
+    ours = torch.func.vmap(torch.func.grad(crossent.binary_cross_entropy))(p, t)
+    theirs = torch.func.vmap(torch.func.grad(torch.nn.functional.binary_cross_entropy))(p, t)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=0)
+    bad = p.clone()
+    bad[3, 1] = 1.5
+    with pytest.raises(RuntimeError, match=r"got 1\.5 at position \(3, 1\)"):
+        torch.func.vmap(crossent.binary_cross_entropy)(bad, t)

@@ -112,3 +112,12 @@ def test_deprecated_size_average_and_reduce_map_like_torch(name, size_average, r
 
 def test_crossent_nn_is_reachable_lazily():
     assert crossent.nn is cnn
+
+
+def test_modules_are_torch_losses_for_isinstance_checks():
+    # trainers gate on torch.nn.modules.loss._Loss / _WeightedLoss
+    loss_base = torch.nn.modules.loss
+    for module in (cnn.CrossEntropyLoss(), cnn.NLLLoss(), cnn.BCELoss()):
+        assert isinstance(module, loss_base._WeightedLoss)
+    assert isinstance(cnn.BCEWithLogitsLoss(), loss_base._Loss)
+    assert isinstance(torch.nn.BCEWithLogitsLoss(), loss_base._WeightedLoss) is False

@@ -534,6 +534,8 @@ def check_inplace_allowed(logits: torch.Tensor) -> None:
     raises "modified by an inplace operation" during backward, and so does a write to the logits
     after this call.
 
+    Under torch.compile only the first two are checked (the autograd graph is not traced).
+
     Not detectable: plain reads of the logits after this call outside autograd (metrics such as
     ``logits.argmax()`` then see gradient values, not logits), and consumers that compute from the
     logits only after this call. With ``inplace_backward=True`` the logits are consumed.
@@ -551,6 +553,8 @@ def check_inplace_allowed(logits: torch.Tensor) -> None:
             "grad (its .grad would alias its own values). Pass logits produced by an operation "
             "(e.g. the classifier's output), or use inplace_backward=False."
         )
+    if torch.compiler.is_compiling():
+        return  # (the autograd graph below is not traceable; the checks above are metadata)
     frontier = [fn for fn in (logits.grad_fn, base.grad_fn) if fn is not None]
     seen: set[int] = set()
     for _ in range(3):
@@ -647,8 +651,7 @@ def fused_cross_entropy(
     )
     compute_grad = torch.is_grad_enabled() and logits.requires_grad
     if inplace_backward and compute_grad:
-        if not torch.compiler.is_compiling():
-            check_inplace_allowed(logits)
+        check_inplace_allowed(logits)  # (under torch.compile: its metadata checks)
         return _FusedCrossEntropy.apply(logits, *args, True)
     if _runs_eagerly(logits, target) and (weight is None or _runs_eagerly(weight)):
         if compute_grad:

@@ -68,15 +68,20 @@ def float_argument(value: Any, name: str) -> float:
     raise TypeError(f"{name} must be a float, not {type(value).__name__} ({value!r})")
 
 
+def _finite(value: Any) -> bool:
+    """``math.isfinite`` by comparisons, which torch.compile's symbolic floats support."""
+    return bool(-math.inf < value < math.inf)
+
+
 def check_extras(z_loss: Any, softcap: Any) -> tuple[float, float | None]:
     """The fused extras: ``z_loss`` a finite coefficient >= 0, ``softcap`` None or finite > 0."""
     z = float_argument(z_loss, "z_loss")
-    if not (math.isfinite(z) and z >= 0):
+    if not (_finite(z) and z >= 0):
         raise ValueError(f"z_loss must be a finite coefficient >= 0, got {z_loss}")
     if softcap is None:
         return z, None
     cap = float_argument(softcap, "softcap")
-    if not (math.isfinite(cap) and cap > 0):
+    if not (_finite(cap) and cap > 0):
         raise ValueError(f"softcap must be a finite value > 0 (or None), got {softcap}")
     return z, cap
 
@@ -141,7 +146,8 @@ def check_real(xp: Any, array: Any, arg: str, op: str) -> None:
 def check_label_smoothing(label_smoothing: Any) -> float:
     """label_smoothing in [0, 1]: >1 is torch's RuntimeError; <0 or NaN is our ValueError."""
     value = float_argument(label_smoothing, "label_smoothing")
-    if math.isnan(value) or value < 0:
+    if value != value or value < 0:  # (NaN; comparisons, not math.isnan: a value torch.compile
+        # made symbolic supports them)
         raise ValueError(
             f"label_smoothing must be between 0.0 and 1.0, got {value}. (PyTorch silently "
             f"treats a negative or NaN value as 0.0; crossent rejects it.)"
@@ -486,7 +492,9 @@ def check_bce_args(xp: Any, input: Any, target: Any, weight: Any) -> None:
 
 
 def check_unit_interval(xp: Any, values: Any, what: str) -> None:
-    """BCE's domain check: every element in [0, 1] (NaN fails)."""
+    """BCE's domain check: every element in [0, 1] (NaN fails). Under torch.func transforms
+    the values underneath are checked (under vmap all batch entries at once)."""
+    values = _outside_transforms(values)
     if _without_values(values):
         return
     if values.ndim == 0 or math.prod(values.shape) > 0:

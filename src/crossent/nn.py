@@ -24,13 +24,31 @@ __all__ = [  # noqa: F822 - LinearCrossEntropyLoss is loaded lazily by __getattr
 ]
 
 
-class _Loss(torch.nn.Module):
-    def __init__(self, size_average=None, reduce=None, reduction: Reduction = "mean") -> None:
-        super().__init__()
-        self.reduction: str = legacy_reduction(size_average, reduce, reduction, stacklevel=4)
+class _Loss(torch.nn.modules.loss._Loss):
+    """torch's loss base class, so that ``isinstance`` checks of trainers and frameworks pass;
+    its ``__init__`` is crossent's (the same mapping of the deprecated arguments)."""
+
+    def __init__(
+        self, size_average=None, reduce=None, reduction: Reduction = "mean", *, _stacklevel=4
+    ) -> None:
+        torch.nn.Module.__init__(self)
+        self.reduction: str = legacy_reduction(
+            size_average, reduce, reduction, stacklevel=_stacklevel
+        )
 
 
-class CrossEntropyLoss(_Loss):
+class _WeightedLoss(_Loss, torch.nn.modules.loss._WeightedLoss):
+    """torch's weighted-loss base class; ``weight`` is a buffer, as torch registers it."""
+
+    def __init__(
+        self, weight: Tensor | None, size_average=None, reduce=None,
+        reduction: Reduction = "mean",
+    ) -> None:  # fmt: skip
+        _Loss.__init__(self, size_average, reduce, reduction, _stacklevel=5)
+        self.register_buffer("weight", weight)
+
+
+class CrossEntropyLoss(_WeightedLoss):
     """Module form of :func:`crossent.cross_entropy` (same arguments as
     ``torch.nn.CrossEntropyLoss``, plus keyword-only ``impl``)."""
 
@@ -47,8 +65,7 @@ class CrossEntropyLoss(_Loss):
         *,
         impl: str = "auto",
     ) -> None:
-        super().__init__(size_average, reduce, reduction)
-        self.register_buffer("weight", weight)
+        super().__init__(weight, size_average, reduce, reduction)
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
         self.impl = impl
@@ -60,7 +77,7 @@ class CrossEntropyLoss(_Loss):
         )
 
 
-class NLLLoss(_Loss):
+class NLLLoss(_WeightedLoss):
     """Module form of :func:`crossent.nll_loss` (same arguments as ``torch.nn.NLLLoss``)."""
 
     __constants__ = ("ignore_index", "reduction")
@@ -73,8 +90,7 @@ class NLLLoss(_Loss):
         reduce=None,
         reduction: Reduction = "mean",
     ) -> None:
-        super().__init__(size_average, reduce, reduction)
-        self.register_buffer("weight", weight)
+        super().__init__(weight, size_average, reduce, reduction)
         self.ignore_index = ignore_index
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
@@ -83,7 +99,7 @@ class NLLLoss(_Loss):
         )
 
 
-class BCELoss(_Loss):
+class BCELoss(_WeightedLoss):
     """Module form of :func:`crossent.binary_cross_entropy` (as ``torch.nn.BCELoss``)."""
 
     __constants__ = ("reduction",)
@@ -95,8 +111,7 @@ class BCELoss(_Loss):
         reduce=None,
         reduction: Reduction = "mean",
     ) -> None:
-        super().__init__(size_average, reduce, reduction)
-        self.register_buffer("weight", weight)
+        super().__init__(weight, size_average, reduce, reduction)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy(input, target, self.weight, reduction=self.reduction)
