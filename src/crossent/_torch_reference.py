@@ -38,34 +38,60 @@ class _ReferenceLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
-        if grad_output is None:  # an undefined output gradient (grads are not materialised)
-            return (None,) * 6
-        input, target, weight, pos_weight = ctx.saved_tensors
-        grads = ctx.loss_fn(
-            xp_torch, input, target, weight, pos_weight, want_grad=True,
-            grad_output=grad_output, **ctx.options,
-        )
-        need = ctx.needs_input_grad
-        grad_input = grads.grad_input
-        if (
-            need[2]
-            and torch.is_grad_enabled()
-            and not grad_input.requires_grad
-            and not torch.compiler.is_compiling()
-            and not _transformed(input)  # (torch.func handles an input-free gradient itself)
-        ):
-            # create_graph=True, and a gradient that does not depend on the input (nll_loss's):
-            # still a function of it, with zero derivative, as torch's is (double backward
-            # then gives zeros instead of "does not require grad")
-            grad_input = _ZeroDerivative.apply(grad_input, input)
-        return (
-            None,
-            None,
-            grad_input if need[2] else None,
-            grads.grad_target if need[3] else None,
-            grads.grad_weight if need[4] else None,
-            None,
-        )
+        return _reference_backward(ctx, grad_output)
+
+
+def _reference_backward(ctx, grad_output):
+    """The analytic gradients of the reference, as differentiable torch ops (shared by the
+    autograd Functions below)."""
+    if grad_output is None:  # an undefined output gradient (grads are not materialised)
+        return (None,) * 6
+    input, target, weight, pos_weight = ctx.saved_tensors
+    grads = ctx.loss_fn(
+        xp_torch, input, target, weight, pos_weight, want_grad=True,
+        grad_output=grad_output, **ctx.options,
+    )
+    need = ctx.needs_input_grad
+    grad_input = grads.grad_input
+    if (
+        need[2]
+        and torch.is_grad_enabled()
+        and not grad_input.requires_grad
+        and not torch.compiler.is_compiling()
+        and not _transformed(input)  # (torch.func handles an input-free gradient itself)
+    ):
+        # create_graph=True, and a gradient that does not depend on the input (nll_loss's):
+        # still a function of it, with zero derivative, as torch's is (double backward
+        # then gives zeros instead of "does not require grad")
+        grad_input = _ZeroDerivative.apply(grad_input, input)
+    return (
+        None,
+        None,
+        grad_input if need[2] else None,
+        grads.grad_target if need[3] else None,
+        grads.grad_weight if need[4] else None,
+        None,
+    )
+
+
+class _ReferenceLossEager(torch.autograd.Function):
+    """:class:`_ReferenceLoss` for plain eager calls: a forward that takes ``ctx`` (no
+    ``setup_context``), so that ``apply`` skips binding its arguments through
+    ``inspect.signature`` (a third of a small call's host time); transforms, forward mode and
+    torch.compile use the others."""
+
+    @staticmethod
+    def forward(ctx, loss_fn, options, input, target, weight, pos_weight):  # type: ignore[override]
+        loss = loss_fn(xp_torch, input, target, weight, pos_weight, **options).loss
+        ctx.loss_fn = loss_fn
+        ctx.options = options
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(input, target, weight, pos_weight)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        return _reference_backward(ctx, grad_output)
 
 
 def _transformed(input: torch.Tensor) -> bool:
@@ -134,8 +160,24 @@ def apply(
     pos_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run ``loss_fn(xp, input, target, weight, pos_weight, **options)`` under autograd."""
-    loss = _ReferenceLoss if torch.compiler.is_compiling() else _ReferenceLossWithJvp
+    if torch.compiler.is_compiling():
+        loss = _ReferenceLoss
+    elif _plain(input, target, weight, pos_weight):
+        loss = _ReferenceLossEager
+    else:
+        loss = _ReferenceLossWithJvp
     return loss.apply(loss_fn, options, input, target, weight, pos_weight)
+
+
+def _plain(*tensors: torch.Tensor | None) -> bool:
+    """No torch.func wrapper and no forward-mode tangent on any argument."""
+    from crossent._fused_op import transformed
+
+    if transformed(*tensors):
+        return False
+    if torch.autograd.forward_ad._current_level >= 0:  # inside a forward-mode dual level
+        return False
+    return True
 
 
 @torch.library.custom_op("crossent::checked_class_indices", mutates_args=())
