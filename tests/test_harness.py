@@ -1,0 +1,54 @@
+"""The benchmark harness's validation step: a provider that is slightly wrong is not timed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks package
+
+from benchmarks import harness  # noqa: E402
+from benchmarks.cross_entropy import _case, _torch_eager  # noqa: E402
+
+
+def _scaled_gradient(factor):
+    """torch eager whose gradient is multiplied by ``factor`` (a wrong provider)."""
+
+    class Scale(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * factor
+
+    def build(case):
+        return lambda state: torch.nn.functional.cross_entropy(
+            Scale.apply(state["logits"]), state["target"]
+        )
+
+    return build
+
+
+@pytest.mark.parametrize(
+    ("dtype", "factor"), [("float32", 1.00005), ("bfloat16", 1.03)]
+)  # (both passed the fixed 1e-4 / 5e-2 tolerances)
+def test_a_gradient_a_little_off_fails_validation(dtype, factor):
+    case = _case(64, 1000, dtype)
+    providers = [harness.Provider("torch eager", _torch_eager),
+                 harness.Provider("wrong", _scaled_gradient(factor))]  # fmt: skip
+    built = {p.name: p.build(case) for p in providers}
+    with pytest.raises(harness.ValidationError, match="'wrong' is wrong"):
+        harness.validate(case, providers, built, baseline="torch eager")
+    errors = harness.validate(case, providers[:1], built, baseline="torch eager")
+    assert set(errors) == {"torch eager"}
+
+
+def test_bounds_follow_the_baseline_within_floor_and_ceiling():
+    assert harness.tolerance_bounds("float32", 3e-8, 2e-8) == (1e-6, 1e-6)  # the floor
+    assert harness.tolerance_bounds("float32", 1e-6, 1e-3) == (8e-6, 1e-4)  # 8x, the ceiling
+    assert harness.tolerance_bounds("bfloat16", 4e-3, 4e-4) == (3.2e-2, 1e-2)
