@@ -136,8 +136,13 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     loss_curve_ : list of float
         Objective after each iteration/epoch (L-BFGS: the first entry is the start).
     objective_ : float
-        Final objective value (penalty included).
+        Final objective value (penalty included): at the returned parameters for L-BFGS; for
+        sgd/adam the last epoch's running value (the mean loss over its mini-batches, each at
+        the parameters of its step, plus the penalty at the end of the epoch).
     converged_ : bool
+        L-BFGS: the gradient reached ``tol`` (or, in float64, the objective stopped
+        decreasing). sgd/adam: the epoch objective stopped improving by ``tol`` without rising
+        (a run whose objective rises is unstable: False, with a ConvergenceWarning).
     engine_ : str
         The engine that evaluated the objective (L-BFGS).
     n_evaluations_ : int

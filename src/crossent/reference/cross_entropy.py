@@ -237,14 +237,14 @@ def nll_loss(
 ) -> LossGrads:
     """Negative log-likelihood of log-probabilities ``input`` and its analytic gradient."""
     ct = compute_dtype(xp, input.dtype)
-    a = to_rows(xp, xp.astype(input, ct))
+    a = to_rows(xp, input)  # (only the target entries are read: widened after the gather)
     num_rows, num_classes = a.shape
     t = xp.reshape(xp.astype(target, xp.int64), (-1,))
     kept = t != ignore_index
     safe = xp.where(kept, t, xp.zeros_like(t))
     w_row = kept_weight(xp, t, weight, ignore_index, ct)
     zero = xp.zeros((), dtype=ct)
-    losses = xp.where(kept, -w_row * _gather(xp, a, safe), zero)
+    losses = xp.where(kept, -w_row * xp.astype(_gather(xp, a, safe), ct), zero)
     denominator = xp.sum(w_row)
     loss = reduce(xp, xp.reshape(losses, position_shape(input.shape)), reduction, denominator)
     loss = xp.astype(loss, input.dtype)
@@ -255,5 +255,7 @@ def nll_loss(
     # an infinite upstream gradient) leaves the other entries 0 instead of multiplying them.
     classes = xp.arange(num_classes, dtype=safe.dtype, device=_device(safe))
     hit = (xp.reshape(safe, (-1, 1)) == classes) & xp.reshape(kept, (-1, 1))
-    g = xp.where(hit, -s * xp.reshape(w_row, (-1, 1)), zero)
-    return LossGrads(loss, xp.astype(from_rows(xp, g, input.shape), input.dtype))
+    # built in the input's dtype (each value rounded once, as before): no widened (M, C) copy
+    value = xp.astype(-s * xp.reshape(w_row, (-1, 1)), input.dtype)
+    g = xp.where(hit, value, xp.zeros((), dtype=input.dtype))
+    return LossGrads(loss, from_rows(xp, g, input.shape))
