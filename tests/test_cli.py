@@ -557,3 +557,12 @@ def test_python_dash_m_crossent(tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr.strip() == "crossent predict: error: m.npz: no such model file"
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_non_finite_numeric_labels_are_refused(tmp_path, capsys, bad):
+    rows = _three_groups(["0", "1", "2"])
+    rows[5][2] = bad
+    data = write_csv(tmp_path / "d.csv", ["a", "b", "label"], rows)
+    result = run_main(capsys, "train", "--data", data, "--out", tmp_path / "o")
+    assert_bad_input(*result, f"has '{bad}' at line 7")

@@ -568,3 +568,18 @@ def test_half_precision_torch_input_is_read_as_float32():
     a = SoftmaxRegression(dtype="float32").fit(X32.bfloat16().float().numpy(), y)
     b = SoftmaxRegression(dtype="float32").fit(X32.bfloat16(), y)
     assert a.coef_.tobytes() == b.coef_.tobytes()
+
+
+def test_ordinary_minibatch_runs_are_not_called_unstable():
+    # epochs at a fixed step wander by a few percent; a first epoch from zero is log(C) plus
+    # its penalty (review of 2026-11-27: both were flagged)
+    X, y = load_digits(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        model = SoftmaxRegression(solver="sgd", random_state=0, max_iter=200).fit(X, y)
+        Xi, yi = load_iris(return_X_y=True)
+        SoftmaxRegression(solver="sgd", C=0.1).partial_fit(
+            StandardScaler().fit_transform(Xi), yi, classes=[0, 1, 2]
+        )
+    assert model.converged_ and model.score(X, y) > 0.98

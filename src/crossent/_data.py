@@ -267,6 +267,13 @@ def _label_column(
             numbers = texts.astype(np.float64)
         except ValueError:
             return texts
+        bad = ~np.isfinite(numbers)  # "nan", "inf": a missing or broken label, not a class
+        if bad.any():
+            index = int(np.argmax(bad))
+            raise DataError(
+                f"{path}: target column {name!r} has {str(texts[index])!r} at "
+                f"{_row_label(columns, index)}"
+            )
         _check_integral(path, columns, name, numbers, texts)
         return texts
     if values.dtype.kind == "f":

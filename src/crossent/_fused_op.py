@@ -144,7 +144,8 @@ def _start_target_check(
         flag = torch.empty((), dtype=torch.bool, pin_memory=True)
         flag.copy_(any_bad, non_blocking=True)
         done = torch.cuda.Event()
-        done.record()
+        done.record(torch.cuda.current_stream(target.device))  # (the copy's device, not the
+        # current one: with the target on another GPU the wait would not cover the copy)
     else:
         flag = any_bad
 
