@@ -566,3 +566,17 @@ def test_non_finite_numeric_labels_are_refused(tmp_path, capsys, bad):
     data = write_csv(tmp_path / "d.csv", ["a", "b", "label"], rows)
     result = run_main(capsys, "train", "--data", data, "--out", tmp_path / "o")
     assert_bad_input(*result, f"has '{bad}' at line 7")
+
+
+def test_predict_compares_numeric_labels_by_value(trained, tmp_path, capsys):
+    # a model trained on labels 0..9 scored on a file that writes them 0.0..9.0
+    *_, directory = trained
+    data, _, y = digits_csv(tmp_path / "d.csv", n=60)
+    lines = data.read_text().splitlines()
+    body = zip(lines[1:], y, strict=True)
+    lines[1:] = [line.rsplit(",", 1)[0] + f",{float(t)}" for line, t in body]
+    data.write_text("\n".join(lines) + "\n")
+    status, _, err = run_main(capsys, "predict", "--model", directory / "model.npz", "--data", data)
+    assert status == 0, err
+    accuracy = float(err.split("accuracy against 'target': ")[1].split()[0])
+    assert accuracy > 0.9

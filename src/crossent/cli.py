@@ -612,7 +612,10 @@ def _predict(args: argparse.Namespace) -> int:
         try:
             hits = predicted == truth.astype(predicted.dtype)
         except (TypeError, ValueError):
-            hits = predicted.astype(str) == truth.astype(str)
+            try:  # numeric classes, labels written another way ("1.0" for 1): compare values
+                hits = predicted.astype(np.float64) == truth.astype(np.float64)
+            except (TypeError, ValueError):
+                hits = predicted.astype(str) == truth.astype(str)
         if len(truth):
             unlabelled = len(labelled) - len(truth)
             rows = f" ({len(truth)} labelled rows; {unlabelled} without a label)" * (unlabelled > 0)
