@@ -60,6 +60,12 @@ def check_not_masked(a: Any) -> None:
         )
 
 
+def is_torch_namespace(xp: Any) -> bool:
+    """torch or array-api-compat's torch namespace (array_api_compat's own test is an
+    lru_cache, which torch.compile warns about on every compile)."""
+    return getattr(xp, "__name__", None) in ("torch", "array_api_compat.torch")
+
+
 def is_torch(x: Any) -> bool:
     """True for a torch.Tensor (without importing torch)."""
     tensor = _torch_tensor_type()
@@ -110,7 +116,7 @@ def compute_dtype(xp: Any, dtype: Any) -> Any:
 
 def default_float(xp: Any) -> Any:
     """The library's default floating dtype (torch: float32 unless changed; NumPy: float64)."""
-    if array_api_compat.is_torch_namespace(xp):
+    if is_torch_namespace(xp):
         import torch
 
         return torch.get_default_dtype()
@@ -123,7 +129,7 @@ def default_float(xp: Any) -> Any:
 def result_type(xp: Any, *dtypes: Any) -> Any:
     """Type promotion over floating dtypes, bfloat16 included."""
     present = [d for d in dtypes if d is not None]
-    if array_api_compat.is_torch_namespace(xp):
+    if is_torch_namespace(xp):
         import torch
 
         out = present[0]
