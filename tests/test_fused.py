@@ -9,6 +9,7 @@ differently, so on a single element either may be the closer one).
 
 from __future__ import annotations
 
+import gc
 import math
 
 import pytest
@@ -426,6 +427,7 @@ def test_pool_hands_out_only_buffers_no_tensor_refers_to(monkeypatch):
     third = cpu.empty_gradient(like)  # `first` lives on in its view: not handed out again
     assert third.data_ptr() not in owned
     del view, second
+    gc.collect()  # (a reference cycle left by an earlier test in this worker must not count)
     fourth = cpu.empty_gradient(like)  # second's buffer (still kept) is free again
     assert fourth.data_ptr() in owned
     assert len(cpu._POOL._buffers) == 2
@@ -886,3 +888,23 @@ def test_registered_ops_have_fake_kernels():
     assert inplace_loss.dtype == torch.float32
     assert lse.dtype == torch.float32 and grad.shape == (4, 9)
     assert _fused_op.KERNELS == ("cpu", "triton")
+
+
+@pytest.mark.parametrize(
+    ("make", "overlaps"),
+    [
+        (lambda: torch.randn(4, 5)[:, :3], False),
+        (lambda: torch.randn(4, 5).t(), False),
+        (lambda: torch.randn(4, 5)[::2], False),
+        (lambda: torch.randn(1, 5).expand(3, 5), True),
+        (lambda: torch.randn(5, 1).expand(5, 4), True),
+        (lambda: torch.randn(4, 6).as_strided((4, 3), (2, 1)), True),
+        (lambda: torch.randn(4, 6).as_strided((2, 3), (3, 1)), False),
+        (lambda: torch.randn(0, 3), False),
+        (lambda: torch.randn(3, 1).expand(3, 1), False),
+        (lambda: torch.randn(2, 3, 4)[:, :, :2], False),
+        (lambda: torch.randn(2, 1, 4).expand(2, 3, 4), True),
+    ],
+)
+def test_overlap_check(make, overlaps):
+    assert _fused_op._may_overlap(make()) is overlaps
