@@ -267,35 +267,30 @@ def _label_column(
             numbers = texts.astype(np.float64)
         except ValueError:
             return texts
-        bad = ~np.isfinite(numbers)  # "nan", "inf": a missing or broken label, not a class
-        if bad.any():
-            index = int(np.argmax(bad))
-            raise DataError(
-                f"{path}: target column {name!r} has {str(texts[index])!r} at "
-                f"{_row_label(columns, index)}"
-            )
-        _check_integral(path, columns, name, numbers, texts)
+        _check_numeric_labels(path, columns, name, numbers, texts)
         return texts
     if values.dtype.kind == "f":
-        bad = ~np.isfinite(values)
-        if bad.any():
-            index = int(np.argmax(bad))
-            raise DataError(
-                f"{path}: target column {name!r} has {values[index].item()!r} at "
-                f"{_row_label(columns, index)}"
-            )
-        _check_integral(path, columns, name, values, values)
+        _check_numeric_labels(path, columns, name, values, values)
         return values
     if values.dtype.kind in "iub":
         return values
     raise DataError(f"{path}: target column {name!r} has unsupported dtype {values.dtype}")
 
 
-def _check_integral(
+def _check_numeric_labels(
     path: Path, columns: _Columns, name: str, numbers: np.ndarray, shown: np.ndarray
 ) -> None:
-    """Class labels that are numbers must be whole numbers (DataError otherwise)."""
-    fractional = np.isfinite(numbers) & (numbers != np.round(numbers))
+    """Class labels that are numbers must be finite ("nan", "inf": a missing or broken label,
+    not a class) and whole (a continuous target is not a set of classes); DataError otherwise.
+    ``shown``: the labels as the file holds them (for the message)."""
+    bad = ~np.isfinite(numbers)
+    if bad.any():
+        index = int(np.argmax(bad))
+        raise DataError(
+            f"{path}: target column {name!r} has {shown[index].item()!r} at "
+            f"{_row_label(columns, index)}"
+        )
+    fractional = numbers != np.round(numbers)
     if fractional.any():
         index = int(np.argmax(fractional))
         raise DataError(

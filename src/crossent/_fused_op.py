@@ -503,24 +503,16 @@ def _saved_tensors_of(node: Any) -> list[torch.Tensor]:
     return found
 
 
-def _may_overlap(t: torch.Tensor) -> bool:
-    """Whether two elements of ``t`` may share memory: True unless, with the dims sorted by
-    stride, each stride steps past everything the smaller ones reach (expanded tensors, with a
-    stride 0, overlap; interleaved layouts that do not are refused too, conservatively)."""
-    if t.dim() == 2:  # the row blocks this module sees; comparisons only (symbolic sizes)
-        (n0, n1), (s0, s1) = t.shape, t.stride()
-        if n0 <= 1 or n1 <= 1:
-            return (n0 > 1 and s0 == 0) or (n1 > 1 and s1 == 0)
-        rows_apart = s1 >= 1 and s0 > s1 * (n1 - 1)  # row-major-like
-        columns_apart = s0 >= 1 and s1 > s0 * (n0 - 1)  # column-major-like
-        return not (rows_apart or columns_apart)
-    reach = 0  # the largest offset the dims seen so far reach
-    dims = zip(t.stride(), t.shape, strict=True)
-    for stride, size in sorted((st, sz) for st, sz in dims if sz > 1):
-        if stride <= reach:
-            return True
-        reach += stride * (size - 1)
-    return False
+def _may_overlap(rows: torch.Tensor) -> bool:
+    """Whether two elements of a 2-D row block may share memory: unless its rows lie apart
+    (row stride past a row's reach, columns distinct) or its columns do (the transpose),
+    conservatively. Comparisons only, so symbolic sizes under torch.compile trace."""
+    (n0, n1), (s0, s1) = rows.shape, rows.stride()
+    if n0 <= 1 or n1 <= 1:
+        return (n0 > 1 and s0 == 0) or (n1 > 1 and s1 == 0)
+    rows_apart = s1 >= 1 and s0 > s1 * (n1 - 1)
+    columns_apart = s0 >= 1 and s1 > s0 * (n0 - 1)
+    return not (rows_apart or columns_apart)
 
 
 def check_inplace_allowed(logits: torch.Tensor) -> None:

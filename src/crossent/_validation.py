@@ -146,8 +146,7 @@ def check_real(xp: Any, array: Any, arg: str, op: str) -> None:
 def check_label_smoothing(label_smoothing: Any) -> float:
     """label_smoothing in [0, 1]: >1 is torch's RuntimeError; <0 or NaN is our ValueError."""
     value = float_argument(label_smoothing, "label_smoothing")
-    if value != value or value < 0:  # (NaN; comparisons, not math.isnan: a value torch.compile
-        # made symbolic supports them)
+    if not value >= 0:  # NaN fails it too (a comparison: torch.compile's symbolic floats)
         raise ValueError(
             f"label_smoothing must be between 0.0 and 1.0, got {value}. (PyTorch silently "
             f"treats a negative or NaN value as 0.0; crossent rejects it.)"

@@ -20,6 +20,7 @@ from crossent._array import (
     is_floating,
     is_integral,
     is_torch,
+    is_torch_namespace,
     namespace,
 )
 from crossent._dispatch import resolve_impl
@@ -76,7 +77,7 @@ def _quiet(xp: Any) -> contextlib.AbstractContextManager:
     """NaN and inf are legitimate results (an all-ignored mean is 0/0, BCE's gradient at p = 0
     is inf), as in torch: NumPy-backed namespaces must not warn about them. (torch never warns
     about them, and torch.compile cannot trace NumPy's errstate.)"""
-    if "torch" in getattr(xp, "__name__", ""):
+    if is_torch_namespace(xp):
         return contextlib.nullcontext()
     return np.errstate(all="ignore")
 

@@ -336,9 +336,9 @@ def _plain_sweep(rows: _Rows) -> None:
     direct = grad is not None and logits.dtype == acc and grad.is_contiguous()
     work = None if direct else rows.block_buffer()
     z_loss = grad is not None and rows.zeta != 0.0
-    if grad is not None and (z_loss or not direct):
+    gather_p_y = grad is not None and (z_loss or not direct)
+    if gather_p_y:
         p_y = rows.vector()  # float32 target probabilities, for the target term
-        a_all = rows.a if rows.zeta == 0.0 else rows.vector()
     if z_loss:
         z_all = rows.vector()  # the z-loss part of a_i, 2 zeta s_i lse_i, kept on its own
     for start, stop in rows.blocks():
@@ -366,19 +366,12 @@ def _plain_sweep(rows: _Rows) -> None:
             torch.mul(rows.scale[start:stop], rows.lse_of(start, stop), out=z_b)
             z_b.mul_(2.0 * rows.zeta)
             a_b = a_b + z_b
-        if direct and not z_loss:
-            if a_b is not None:
-                p_b.mul_(a_b[:, None])
-            continue
-        torch.gather(p_b, 1, index[start:stop], out=p_y[start:stop, None])
-        if direct:
-            p_b.mul_(a_b[:, None])
-            continue
+        if gather_p_y:
+            torch.gather(p_b, 1, index[start:stop], out=p_y[start:stop, None])
         if a_b is not None:
             p_b.mul_(a_b[:, None])
-            if rows.zeta != 0.0:
-                a_all[start:stop] = a_b
-        grad[start:stop].copy_(p_b)  # computed in float32, rounded once
+        if not direct:
+            grad[start:stop].copy_(p_b)  # computed in float32, rounded once
     if grad is None:
         return
     # Target term: g[i, y_i] = p_y * a_i - b_i (in float32 for low-precision gradients).
@@ -395,7 +388,7 @@ def _plain_sweep(rows: _Rows) -> None:
     if direct:
         g_y = grad.gather(1, index)[:, 0] - rows.b
     else:
-        g_y = p_y if rows.unit_a else p_y * a_all
+        g_y = p_y if rows.unit_a else p_y * rows.a
         g_y = (g_y - rows.b).to(grad.dtype)
     grad.index_put_((positions, rows.index), g_y)
 

@@ -476,6 +476,7 @@ def cross_entropy_rows_kernel(
                     loss = total_mass * log_sum - centred_moment
                 c_target = 0.0 * a
                 c_share = 0.0 * a
+                extra = 0.0 * a
             else:
                 valid = (y >= 0) & (y < N_COLS)
                 if HAS_WEIGHT:
@@ -512,8 +513,6 @@ def cross_entropy_rows_kernel(
                 a = c_target + extra
                 if not GRAD_FROM_LSE:
                     loss += poison
-            else:
-                extra = 0.0 * a
             if not GRAD_FROM_LSE:
                 tl.store(loss_ptr + row64, loss)
                 tl.store(lse_ptr + row64, lse)
