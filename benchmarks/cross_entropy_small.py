@@ -1,10 +1,14 @@
-"""Suite ``cross_entropy_small``: where the fused CPU path does not pay, through the public call.
+"""Suite ``cross_entropy_small``: the public call at small and medium shapes.
 
 The ``cross_entropy`` suite times the fused op itself at the issue's large shapes. Here the
-provider is the public ``crossent.cross_entropy(logits, target)`` (validation, dispatch, custom
-op, autograd: everything a user pays per call) at small and medium shapes, against torch eager,
-to show the fixed per-call cost and the shape from which the fused sweep wins.
-``--quick`` keeps the two smallest shapes.
+providers are public calls (validation, dispatch, autograd: everything a user pays per call)
+against torch eager:
+
+* ``crossent.cross_entropy``: the default ``impl="auto"``; on the CPU torch's own kernel after
+  crossent's checks below 2**20 logits, the fused kernel from there on;
+* ``crossent fused``: ``impl="fused"`` at every shape, to show where the switch pays.
+
+``--quick`` keeps the three smallest shapes.
 """
 
 from __future__ import annotations
@@ -14,23 +18,28 @@ from benchmarks.harness import Case, Provider
 
 __all__ = ["BASELINE", "cases", "providers"]
 
-SHAPES = [(64, 1000), (256, 1000), (256, 10000), (1024, 10000), (512, 32768), (2048, 32768)]
+SHAPES = [(64, 10), (64, 1000), (256, 1000), (1024, 1000), (256, 10000), (1024, 10000),
+          (512, 32768), (2048, 32768)]  # fmt: skip
 
 
 def cases(quick: bool) -> list[Case]:
-    shapes = SHAPES[:2] if quick else SHAPES
+    shapes = SHAPES[:3] if quick else SHAPES
     return [_case(n, c, dtype) for n, c in shapes for dtype in ("float32", "bfloat16")]
 
 
-def _crossent_public(case: Case):
-    import crossent
+def _crossent_public(impl: str):
+    def build(case: Case):
+        import crossent
 
-    return lambda state: crossent.cross_entropy(state["logits"], state["target"])
+        return lambda state: crossent.cross_entropy(state["logits"], state["target"], impl=impl)
+
+    return build
 
 
 def providers() -> list[Provider]:
-    """crossent.cross_entropy (public call) and torch eager."""
+    """crossent.cross_entropy (auto and fused, public calls) and torch eager."""
     return [
-        Provider("crossent.cross_entropy", _crossent_public),
+        Provider("crossent.cross_entropy", _crossent_public("auto")),
+        Provider("crossent fused", _crossent_public("fused")),
         Provider("torch eager", _torch_eager),
     ]

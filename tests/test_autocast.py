@@ -66,7 +66,7 @@ CE_CASES = {
 }
 
 
-@pytest.mark.parametrize("impl", ["auto", "reference"])
+@pytest.mark.parametrize("impl", ["auto", "reference", "torch", "fused"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("case", CE_CASES, ids=str)
 @pytest.mark.parametrize("dtype", HALF, ids=str)
@@ -84,7 +84,7 @@ def test_cross_entropy_class_indices(dtype, case, reduction, impl):
     assert_same(dtype, mine, torchs)
 
 
-@pytest.mark.parametrize("impl", ["auto", "reference"])
+@pytest.mark.parametrize("impl", ["auto", "reference", "torch", "fused"])
 @pytest.mark.parametrize("target_dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("dtype", HALF, ids=str)
 def test_cross_entropy_probabilities_and_k_dim(dtype, target_dtype, impl):
@@ -118,20 +118,22 @@ def test_cross_entropy_in_place_and_with_extras(dtype):
     assert out.loss.dtype == out.z_loss.dtype == out.lse.dtype == torch.float32
 
 
+@pytest.mark.parametrize("impl", ["auto", "reference"])
 @pytest.mark.parametrize("dtype", HALF, ids=str)
-def test_nll_and_binary_losses(dtype):
+def test_nll_and_binary_losses(dtype, impl):
     hidden, layer = half_logits(dtype)
     target = index_target(12, 9)
     gen = torch.Generator().manual_seed(9)
     soft = torch.rand(12, 9, generator=gen)
     pos_weight = torch.linspace(0.5, 2.0, 9).to(dtype)
     pairs = [
-        (lambda z: crossent.nll_loss(torch.log_softmax(z, 1), target),
+        (lambda z: crossent.nll_loss(torch.log_softmax(z, 1), target, impl=impl),
          lambda z: F.nll_loss(torch.log_softmax(z, 1), target)),
-        (lambda z: crossent.binary_cross_entropy_with_logits(z, soft, pos_weight=pos_weight),
+        (lambda z: crossent.binary_cross_entropy_with_logits(z, soft, pos_weight=pos_weight,
+                                                             impl=impl),
          lambda z: F.binary_cross_entropy_with_logits(z, soft, pos_weight=pos_weight)),
         # z / 8 keeps float16's sigmoid below 1 (at 1 both gradients are inf - inf = NaN)
-        (lambda z: crossent.binary_cross_entropy(torch.sigmoid(z / 8), soft),
+        (lambda z: crossent.binary_cross_entropy(torch.sigmoid(z / 8), soft, impl=impl),
          lambda z: F.binary_cross_entropy(torch.sigmoid(z / 8), soft)),
     ]  # fmt: skip
     for ours, theirs in pairs:
@@ -146,7 +148,7 @@ def test_float32_logits_with_half_class_weights_as_torch():
     weight = torch.linspace(0.5, 1.5, 5).bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ref = F.cross_entropy(x, target, weight)
-        for impl in ("auto", "reference"):
+        for impl in ("auto", "reference", "torch", "fused"):
             torch.testing.assert_close(crossent.cross_entropy(x, target, weight, impl=impl), ref)
     with pytest.raises(RuntimeError, match="dtype"):  # outside autocast: a dtype mismatch
         crossent.cross_entropy(x, target, weight)

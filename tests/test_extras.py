@@ -106,10 +106,15 @@ def test_bad_extras_are_rejected(bad):
 
 def test_impl_selection_errors_list_the_available_ones():
     x, t = np.zeros((2, 3)), np.array([0, 1])
-    with pytest.raises(ValueError, match=r"impl='fused' is not available for numpy.*'reference'"):
+    with pytest.raises(
+        ValueError, match=r"impl='fused' is not available for cross_entropy on numpy.*'reference'"
+    ):
         crossent.cross_entropy(x, t, impl="fused")
-    with pytest.raises(ValueError, match="'auto', 'reference', 'fused'"):
+    with pytest.raises(ValueError, match="'auto', 'reference', 'torch', 'fused'"):
         crossent.cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]), impl="cuda-magic")
+    available = r"nll_loss on torch.*one of 'auto', 'reference', 'torch'$"
+    with pytest.raises(ValueError, match=available):
+        crossent.nll_loss(torch.zeros(2, 3), torch.tensor([0, 1]), impl="fused")
 
 
 def test_triton_needs_cuda_or_the_interpreter(monkeypatch):
@@ -140,7 +145,7 @@ def test_inplace_backward_equals_out_of_place_and_refuses_leaves():
     grads = []
     for inplace in (False, True):
         h.grad = None
-        loss = crossent.cross_entropy(h @ layer, t, label_smoothing=0.1,
+        loss = crossent.cross_entropy(h @ layer, t, label_smoothing=0.1, impl="fused",
                                       inplace_backward=inplace)
         loss.backward()
         grads.append((loss.detach(), h.grad.clone()))
@@ -173,7 +178,7 @@ def test_compile_fullgraph_through_the_public_api():
 
 def test_double_backward_on_the_fused_path_says_what_to_do():
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    loss = crossent.cross_entropy(x, torch.tensor([0, 1, 2]))
+    loss = crossent.cross_entropy(x, torch.tensor([0, 1, 2]), impl="fused")
     with pytest.raises(RuntimeError, match="impl='reference'"):
         torch.autograd.grad(loss, x, create_graph=True)
 

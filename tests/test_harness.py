@@ -52,3 +52,14 @@ def test_bounds_follow_the_baseline_within_floor_and_ceiling():
     assert harness.tolerance_bounds("float32", 3e-8, 2e-8) == (1e-6, 1e-6)  # the floor
     assert harness.tolerance_bounds("float32", 1e-6, 1e-3) == (8e-6, 1e-4)  # 8x, the ceiling
     assert harness.tolerance_bounds("bfloat16", 4e-3, 4e-4) == (3.2e-2, 1e-2)
+
+
+@pytest.mark.parametrize("suite", ["cross_entropy_small", "losses_small"])
+def test_quick_suites_validate_every_provider(suite):
+    # the validation step of `python -m benchmarks <suite> --quick`, without the timing
+    module = harness.load_suite(suite)
+    providers = module.providers()
+    for case in module.cases(quick=True)[:2]:
+        built = {p.name: p.build(case) for p in providers}
+        errors = harness.validate(case, providers, built, baseline=module.BASELINE)
+        assert set(errors) == {p.name for p in providers}

@@ -74,7 +74,7 @@ def _draw_cross_entropy(rng: random.Random):
     return x, target, kwargs
 
 
-@pytest.mark.parametrize("impl", ["auto", "reference", "fused"])
+@pytest.mark.parametrize("impl", ["auto", "reference", "torch", "fused"])
 @pytest.mark.parametrize("seed", range(3))
 def test_cross_entropy_random_cases_match_torch(impl, seed):
     rng = random.Random(1000 * seed + len(impl))
@@ -138,9 +138,10 @@ def _broadcastable_shape(rng: random.Random, shape: tuple[int, ...]) -> tuple[in
 
 @pytest.mark.parametrize("op", ["nll_loss", "binary_cross_entropy",
                                 "binary_cross_entropy_with_logits"])  # fmt: skip
+@pytest.mark.parametrize("impl", ["auto", "reference"])
 @pytest.mark.parametrize("seed", range(2))
-def test_other_losses_random_cases_match_torch(op, seed):
-    rng = random.Random(7 * seed + len(op))
+def test_other_losses_random_cases_match_torch(op, seed, impl):
+    rng = random.Random(7 * seed + len(op) + len(impl))
     for _ in range(CASES_PER_SEED):
         reduction = rng.choice(["mean", "sum", "none"])
         if op == "nll_loss":
@@ -176,7 +177,7 @@ def test_other_losses_random_cases_match_torch(op, seed):
                 kwargs["pos_weight"] = torch.rand(_broadcastable_shape(rng, shape),
                                                   dtype=torch.float64) * 3  # fmt: skip
         expected = _outcome(getattr(F, op), x, *args, **kwargs)
-        got = _outcome(getattr(crossent, op), x, *args, **kwargs)
+        got = _outcome(getattr(crossent, op), x, *args, impl=impl, **kwargs)
         context = (op, tuple(x.shape), kwargs)
         if isinstance(expected, type):
             assert got is expected, context

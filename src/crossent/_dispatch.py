@@ -1,8 +1,11 @@
 """Which implementation serves a call: resolved per call from the arguments, never at import.
 
-``impl="auto"`` picks, for torch tensors, the Triton kernel on CUDA when Triton is importable,
-else the fused blocked torch-ops kernel; every other array type uses the Array API reference.
-An explicit choice that cannot serve the input raises ValueError naming the ones that can.
+``impl="auto"`` picks, for torch tensors on the CPU, torch's own kernel after crossent's checks
+for ``nll_loss``, the binary losses and cross-entropies of fewer than a million logits
+(:mod:`crossent._torch_native`); for larger cross-entropies the fused blocked torch-ops kernel,
+or the Triton kernel on CUDA when Triton is importable. Every other array type uses the Array
+API reference. An explicit choice that cannot serve the input raises ValueError naming the ones
+that can.
 """
 
 from __future__ import annotations
@@ -13,7 +16,14 @@ from typing import Any
 
 from crossent._array import is_torch
 
-IMPLS: tuple[str, ...] = ("auto", "reference", "fused", "triton")
+IMPLS: tuple[str, ...] = ("auto", "reference", "torch", "fused", "triton")
+
+#: The losses with a fused kernel (the others are served by the reference or torch's own).
+FUSED_OPS = ("cross_entropy", "linear_cross_entropy")
+#: The losses torch's own kernel can serve as they are (``linear_cross_entropy`` cannot: torch's
+#: expression materialises the logits, which is what the function exists to avoid).
+TORCH_OPS = ("cross_entropy", "nll_loss", "binary_cross_entropy",
+             "binary_cross_entropy_with_logits")
 
 
 _triton_found: list[bool] = []  # a plain memo (torch.compile warns about functools.cache)
@@ -34,13 +44,17 @@ def triton_usable(input: Any) -> bool:
     return device == "cpu" and os.environ.get("TRITON_INTERPRET") == "1" and _triton_installed()
 
 
-def available_impls(input: Any) -> tuple[str, ...]:
-    """The ``impl`` values that can serve ``input``."""
+def available_impls(input: Any, op: str = "cross_entropy") -> tuple[str, ...]:
+    """The ``impl`` values that can serve ``op`` on ``input``."""
     if not is_torch(input):
         return ("auto", "reference")
-    names = ["auto", "reference", "fused"]
-    if triton_usable(input):
-        names.append("triton")
+    names = ["auto", "reference"]
+    if op in TORCH_OPS:
+        names.append("torch")
+    if op in FUSED_OPS:
+        names.append("fused")
+        if triton_usable(input):
+            names.append("triton")
     return tuple(names)
 
 
@@ -50,22 +64,31 @@ def _describe(input: Any) -> str:
     return f"{type(input).__module__.split('.')[0]} arrays"
 
 
-def resolve_impl(impl: Any, input: Any) -> str:
-    """Map ``impl`` to a concrete implementation name for this input."""
-    available = available_impls(input)
-    if impl not in available:
-        why = ""
-        if impl == "triton":
-            why = (
-                " (Triton needs CUDA tensors and the 'triton' extra: "
-                "pip install 'crossent[triton]')"
-            )
-        raise ValueError(
-            f"impl={impl!r} is not available for {_describe(input)}{why}; "
-            f"choose one of {', '.join(repr(a) for a in available)}"
-        )
+def resolve_impl(impl: Any, input: Any, op: str = "cross_entropy") -> str:
+    """Map ``impl`` to a concrete implementation name for ``op`` on this input. ``"torch"``
+    from ``"auto"`` is a first choice: the caller falls back (to the fused kernel or the
+    reference) where :func:`crossent._torch_native.why_not` gives a reason."""
     if impl != "auto":
+        available = available_impls(input, op)
+        if impl not in available:
+            why = ""
+            if impl == "triton":
+                why = (
+                    " (Triton needs CUDA tensors and the 'triton' extra: "
+                    "pip install 'crossent[triton]')"
+                )
+            raise ValueError(
+                f"impl={impl!r} is not available for {op} on {_describe(input)}{why}; "
+                f"choose one of {', '.join(repr(a) for a in available)}"
+            )
         return impl
     if not is_torch(input):
         return "reference"
-    return "triton" if "triton" in available and input.device.type == "cuda" else "fused"
+    if op in TORCH_OPS:
+        from crossent._torch_native import auto_serves
+
+        if auto_serves(op, input):
+            return "torch"
+    if op not in FUSED_OPS:
+        return "reference"
+    return "triton" if input.device.type == "cuda" and _triton_installed() else "fused"

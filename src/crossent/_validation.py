@@ -385,7 +385,7 @@ def check_target_range(
     caller's ``target != ignore_index``, when it has it already.
     """
     target = _outside_transforms(target)
-    if _without_values(target):
+    if _without_values(target) or _plainly_in_range(target, num_classes):
         return
     bad = out_of_range(xp, target, num_classes, ignore_index, kept=kept)
     if not bool(xp.any(bad)):
@@ -406,6 +406,26 @@ def check_target_range(
         f"Target {value} is out of bounds: expected {expected} or "
         f"ignore_index={ignore_index}, got {value} at position {position}{more}"
     )
+
+
+def _cpu_extremes(array: Any) -> tuple[Any, Any] | None:
+    """``(min, max)`` of a non-empty real CPU torch tensor from one ``aminmax`` (a small call's
+    largest host cost was the masks of the full checks); None for every other array. NaN
+    entries make both NaN, which every range comparison fails."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(array, torch.Tensor) or array.device.type != "cpu":
+        return None
+    if array.numel() == 0 or array.dtype == torch.bool or array.is_complex():
+        return None
+    low, high = torch.aminmax(array.detach())
+    return low.item(), high.item()
+
+
+def _plainly_in_range(target: Any, num_classes: int) -> bool:
+    """Every entry of a CPU torch target in [0, C) (False: look closer, the entries may be
+    ignored or out of range)."""
+    extremes = _cpu_extremes(target)
+    return extremes is not None and 0 <= extremes[0] and extremes[1] < num_classes
 
 
 def _without_values(array: Any) -> bool:
@@ -495,6 +515,9 @@ def check_unit_interval(xp: Any, values: Any, what: str) -> None:
     the values underneath are checked (under vmap all batch entries at once)."""
     values = _outside_transforms(values)
     if _without_values(values):
+        return
+    extremes = _cpu_extremes(values)
+    if extremes is not None and 0 <= extremes[0] and extremes[1] <= 1:
         return
     if values.ndim == 0 or math.prod(values.shape) > 0:
         inside = (values >= 0) & (values <= 1)

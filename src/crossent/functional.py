@@ -326,15 +326,18 @@ def cross_entropy(
     Deviations: a negative or NaN ``label_smoothing`` raises ValueError (torch ignores it); an
     out-of-range target raises IndexError on every device (torch asserts on CUDA).
 
-    ``impl`` selects the implementation for torch tensors: ``"auto"`` (the Triton kernel on
-    CUDA when Triton is installed, else the fused blocked torch-ops kernel, falling back to the
-    reference where the fused path cannot serve the arguments: a probability target or class
-    weight that requires grad, or a torch.func transform), ``"reference"``, ``"fused"``,
-    ``"triton"``. Under ``torch.autocast`` the loss is computed as torch's is there (half
-    arguments count as float32, the loss is float32). NumPy and other
+    ``impl`` selects the implementation for torch tensors: ``"auto"``, ``"reference"``,
+    ``"torch"`` (torch's own kernel, called after crossent's checks: torch's result bit for
+    bit), ``"fused"``, ``"triton"``. ``"auto"`` picks, on the CPU, torch's own kernel below
+    2**20 logits (where a call's fixed cost decides) and the fused blocked torch-ops kernel from
+    there on; on CUDA the Triton kernel when Triton is installed, else the fused kernel; it
+    falls back to the reference where these cannot serve the arguments (a probability target or
+    class weight that requires grad on the fused path, an unbatched ``(C,)`` input with a
+    ``(1,)`` target, a torch.func transform). Under ``torch.autocast`` the loss is computed as
+    torch's is there (half arguments count as float32, the loss is float32). NumPy and other
     arrays always use the reference. The fused paths compute the gradient in the forward pass
     and save only it; they support neither double backward nor a second backward through the
-    same graph (both raise; use ``impl="reference"``).
+    same graph (both raise; use ``impl="reference"`` or ``"torch"``).
 
     ``inplace_backward=True`` (opt-in; fused/triton only) writes the gradient into the logits'
     own storage, so the loss needs no memory of the logits' size: the logits are consumed. It is
@@ -434,6 +437,24 @@ def _cross_entropy_dispatch(
         checked, target, weight, ignore_index, reduction, label_smoothing,
         check_range=choice == "reference",
     )
+    if choice == "torch":
+        refusal = None
+        if inplace_backward:
+            refusal = "inplace_backward=True (torch's kernel keeps the logits)"
+        elif want_extras:
+            refusal = "the z_loss/softcap/lse extras (torch has no such kernel)"
+        if _torch_serves(impl, "cross_entropy", input, target, weight, refusal=refusal):
+            from crossent import _torch_native
+
+            if not layout.probabilities:
+                target = _checked_target(
+                    xp, target, layout.num_classes, options["ignore_index"]
+                )
+            if loss_dtype is not None:
+                input = input.to(loss_dtype)
+            loss = _torch_native.cross_entropy(input, target, weight, options)
+            return CrossEntropyOutput(loss, None, None)
+        choice = "fused"  # impl="auto" on the CPU: the fused kernel, or the reference after it
     if choice != "reference":
         from crossent import _torch_dispatch
 
@@ -457,6 +478,22 @@ def _cross_entropy_dispatch(
         return CrossEntropyOutput(_run_reference(_ce_fn, options, input, target, weight), None,
                                   None)
     return _reference_extras(xp, input, target, weight, layout, options, z_loss, softcap)
+
+
+def _torch_serves(impl, op, input, target, weight, pos_weight=None, *, refusal=None) -> bool:
+    """Whether torch's own kernel serves a call resolved to ``"torch"``: True when it can
+    (:func:`crossent._torch_native.why_not`); False for ``impl="auto"`` when it cannot (the
+    caller falls back); ValueError, with the reason, for an explicit ``impl="torch"``."""
+    from crossent import _torch_native
+
+    why = refusal or _torch_native.why_not(input, target, weight, pos_weight)
+    if why is None:
+        return True
+    if impl == "auto":
+        return False
+    raise ValueError(
+        f"impl='torch' cannot serve this {op} call: {why}; use impl='reference' (or 'auto')"
+    )
 
 
 def _reference_extras(xp, input, target, weight, layout, options, z_loss, softcap):
@@ -553,6 +590,8 @@ def nll_loss(
     ignore_index: int = -100,
     reduce: bool | None = None,
     reduction: str = "mean",
+    *,
+    impl: str = "auto",
 ) -> Any:
     r"""Negative log-likelihood of log-probabilities ``input`` at class indices ``target``.
 
@@ -563,7 +602,8 @@ def nll_loss(
 
     Equals ``torch.nn.functional.nll_loss(input, target, weight, ignore_index=ignore_index,
     reduction=reduction)``. Like PyTorch, nothing checks that ``input`` holds log-probabilities
-    (:func:`crossent.diagnose` does).
+    (:func:`crossent.diagnose` does). ``impl`` (torch tensors): ``"auto"`` (torch's own kernel
+    after crossent's checks on the CPU, else the reference), ``"reference"``, ``"torch"``.
 
     >>> import numpy as np, crossent
     >>> logp = np.array([[-1.2, -0.5, -2.0], [-0.3, -1.5, -2.5]])
@@ -575,12 +615,18 @@ def nll_loss(
     if outside is not None:
         with outside as (cast, _):
             return nll_loss(
-                cast(input), target, cast(weight), ignore_index=ignore_index, reduction=reduction
-            )
+                cast(input), target, cast(weight), ignore_index=ignore_index, reduction=reduction,
+                impl=impl,
+            )  # fmt: skip
     diagnostics.maybe_warn(
         "nll_loss", input, target, weight, ignore_index=ignore_index, reduction=reduction
     )
+    choice = resolve_impl(impl, input, "nll_loss")
     _, target, weight, options = _prepare_nll(input, target, weight, ignore_index, reduction)
+    if choice == "torch" and _torch_serves(impl, "nll_loss", input, target, weight):
+        from crossent import _torch_native
+
+        return _torch_native.nll_loss(input, target, weight, options)
     return _run_reference(_nll_fn, options, input, target, weight)
 
 
@@ -634,6 +680,8 @@ def binary_cross_entropy(
     size_average: bool | None = None,
     reduce: bool | None = None,
     reduction: str = "mean",
+    *,
+    impl: str = "auto",
 ) -> Any:
     r"""Binary cross-entropy between probabilities ``input`` and targets in [0, 1].
 
@@ -645,6 +693,7 @@ def binary_cross_entropy(
     Each log term is clamped at -100, as in PyTorch; ``weight`` broadcasts to the input
     (trailing dims) but never enters the ``mean`` denominator. Equals
     ``torch.nn.functional.binary_cross_entropy(input, target, weight, reduction=reduction)``.
+    ``impl`` as in :func:`nll_loss`.
 
     >>> import numpy as np, crossent
     >>> crossent.binary_cross_entropy(np.array([0.0, 1.0, 0.0, 0.5]),
@@ -656,10 +705,15 @@ def binary_cross_entropy(
     if outside is not None:
         with outside as (cast, _):
             return binary_cross_entropy(
-                cast(input), cast(target), cast(weight), reduction=reduction
+                cast(input), cast(target), cast(weight), reduction=reduction, impl=impl
             )
     diagnostics.maybe_warn("binary_cross_entropy", input, target, weight, reduction=reduction)
+    choice = resolve_impl(impl, input, "binary_cross_entropy")
     _, options, checked = _prepare_bce(input, target, weight, reduction)
+    if choice == "torch" and _torch_serves(impl, "binary_cross_entropy", input, target, weight):
+        from crossent import _torch_native
+
+        return _torch_native.binary_cross_entropy(input, target, weight, options)
     loss = _run_reference(_bce_fn, options, input, target, weight)
     return loss if checked is None else loss - checked
 
@@ -691,6 +745,8 @@ def binary_cross_entropy_with_logits(
     reduce: bool | None = None,
     reduction: str = "mean",
     pos_weight: Any = None,
+    *,
+    impl: str = "auto",
 ) -> Any:
     r"""Binary cross-entropy on logits, with an optional weight for the positive term.
 
@@ -703,7 +759,7 @@ def binary_cross_entropy_with_logits(
     ``pos_weight`` broadcast along trailing dims (a ``(C,)`` pos_weight applies to the last
     dim). The result has the *target's* dtype, as in PyTorch. Equals
     ``torch.nn.functional.binary_cross_entropy_with_logits(input, target, weight,
-    reduction=reduction, pos_weight=pos_weight)``.
+    reduction=reduction, pos_weight=pos_weight)``. ``impl`` as in :func:`nll_loss`.
 
     >>> import numpy as np, crossent
     >>> z = np.array([[0.5, -1.0, 3.0], [2.0, 0.0, -4.0]])
@@ -717,13 +773,21 @@ def binary_cross_entropy_with_logits(
         with outside as (cast, _):
             return binary_cross_entropy_with_logits(
                 cast(input), cast(target), cast(weight), reduction=reduction,
-                pos_weight=cast(pos_weight),
+                pos_weight=cast(pos_weight), impl=impl,
             )  # fmt: skip
     diagnostics.maybe_warn(
         "binary_cross_entropy_with_logits", input, target, weight, reduction=reduction,
         pos_weight=pos_weight,
     )
+    op = "binary_cross_entropy_with_logits"
+    choice = resolve_impl(impl, input, op)
     _, options = _prepare_bce_logits(input, target, weight, pos_weight, reduction)
+    if choice == "torch" and _torch_serves(impl, op, input, target, weight, pos_weight):
+        from crossent import _torch_native
+
+        return _torch_native.binary_cross_entropy_with_logits(
+            input, target, weight, pos_weight, options
+        )
     return _run_reference(_bcel_fn, options, input, target, weight, pos_weight)
 
 

@@ -746,7 +746,8 @@ def linear_cross_entropy_with_extras(
     if (
         isinstance(input, Tensor)
         and _autocast.enabled(input.device.type)
-        and resolve_impl(impl, input) != "reference"  # the reference meets autocast op by op
+        # (the reference meets autocast op by op)
+        and resolve_impl(impl, input, "linear_cross_entropy") != "reference"
     ):
         return _under_autocast(input, linear_weight, target, linear_bias, weight, options)
     return _linear_cross_entropy(input, linear_weight, target, linear_bias, weight, **options)
@@ -791,7 +792,7 @@ def _linear_cross_entropy(
         memory_budget,
         loss_dtype,
     )
-    choice = resolve_impl(impl, input)
+    choice = resolve_impl(impl, input, "linear_cross_entropy")
     why = (
         _unsupported(input, linear_weight, linear_bias, target, weight)
         if choice != "reference"

@@ -78,7 +78,8 @@ class CrossEntropyLoss(_WeightedLoss):
 
 
 class NLLLoss(_WeightedLoss):
-    """Module form of :func:`crossent.nll_loss` (same arguments as ``torch.nn.NLLLoss``)."""
+    """Module form of :func:`crossent.nll_loss` (same arguments as ``torch.nn.NLLLoss``, plus
+    keyword-only ``impl``)."""
 
     __constants__ = ("ignore_index", "reduction")
 
@@ -89,18 +90,23 @@ class NLLLoss(_WeightedLoss):
         ignore_index: int = -100,
         reduce=None,
         reduction: Reduction = "mean",
+        *,
+        impl: str = "auto",
     ) -> None:
         super().__init__(weight, size_average, reduce, reduction)
         self.ignore_index = ignore_index
+        self.impl = impl
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.nll_loss(
-            input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction
-        )
+            input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
+            impl=self.impl,
+        )  # fmt: skip
 
 
 class BCELoss(_WeightedLoss):
-    """Module form of :func:`crossent.binary_cross_entropy` (as ``torch.nn.BCELoss``)."""
+    """Module form of :func:`crossent.binary_cross_entropy` (as ``torch.nn.BCELoss``, plus
+    keyword-only ``impl``)."""
 
     __constants__ = ("reduction",)
 
@@ -110,16 +116,21 @@ class BCELoss(_WeightedLoss):
         size_average=None,
         reduce=None,
         reduction: Reduction = "mean",
+        *,
+        impl: str = "auto",
     ) -> None:
         super().__init__(weight, size_average, reduce, reduction)
+        self.impl = impl
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return F.binary_cross_entropy(input, target, self.weight, reduction=self.reduction)
+        return F.binary_cross_entropy(
+            input, target, self.weight, reduction=self.reduction, impl=self.impl
+        )
 
 
 class BCEWithLogitsLoss(_Loss):
     """Module form of :func:`crossent.binary_cross_entropy_with_logits` (as
-    ``torch.nn.BCEWithLogitsLoss``)."""
+    ``torch.nn.BCEWithLogitsLoss``, plus keyword-only ``impl``)."""
 
     def __init__(
         self,
@@ -128,15 +139,19 @@ class BCEWithLogitsLoss(_Loss):
         reduce=None,
         reduction: Reduction = "mean",
         pos_weight: Tensor | None = None,
+        *,
+        impl: str = "auto",
     ) -> None:
         super().__init__(size_average, reduce, reduction)
         self.register_buffer("weight", weight)
         self.register_buffer("pos_weight", pos_weight)
+        self.impl = impl
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(
-            input, target, self.weight, reduction=self.reduction, pos_weight=self.pos_weight
-        )
+            input, target, self.weight, reduction=self.reduction, pos_weight=self.pos_weight,
+            impl=self.impl,
+        )  # fmt: skip
 
 
 def __getattr__(name: str):

@@ -1,0 +1,84 @@
+"""torch's own kernels (``impl="torch"``), called once crossent has validated the arguments.
+
+For a small problem the fixed cost of a call decides its speed, and nothing beats torch's own
+C++ kernels there: a 64 x 10 cross-entropy costs torch about 40 microseconds forward and
+backward, crossent's fused path about ten times that (tens of torch ops in Python, each with
+its dispatch cost). For ``nll_loss`` and the binary losses, whose work per element is a few
+flops, torch's kernels are the fastest exact implementation at every size. So on the CPU
+``impl="auto"`` runs crossent's checks (same exception types, clearer messages: the value, its
+position, the valid range) and then hands the call to ``torch.nn.functional``: the result and
+its gradient are torch's, bit for bit.
+
+What stays with crossent's own implementations (``usable`` says no):
+
+* an unbatched ``(C,)`` input with a ``(1,)`` target (torch's backward fails there; the
+  reference differentiates it);
+* calls under a torch.func transform or forward-mode AD (the reference checks targets inside
+  the transform) and calls traced by torch.compile (compiled code keeps the custom ops that hold
+  its value checks out of the graph);
+* for ``impl="auto"``, CUDA tensors (the fused/Triton path reads its range check after
+  queueing the kernel; torch's kernels would have to wait for it) and devices other than the CPU.
+
+Imported only for torch tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+#: ``impl="auto"`` runs torch's own cross-entropy below this many logits on the CPU and the
+#: fused kernel from here on (benchmarks/cross_entropy_small.py: the fused kernel's fixed cost
+#: outweighs its memory saving below about a million logits, 4 MiB in float32).
+CROSS_ENTROPY_MAX_ELEMENTS = 1 << 20
+
+
+def why_not(input: torch.Tensor, target: Any, weight: Any, pos_weight: Any = None) -> str | None:
+    """None when torch's own kernel can serve these arguments exactly as crossent promises;
+    otherwise the reason, for the error of an explicit ``impl="torch"``."""
+    if input.dim() == 1 and target.dim() == 1 and not target.is_floating_point():
+        return "an unbatched (C,) input with a (1,) target (torch's backward fails there)"
+    if torch.compiler.is_compiling():
+        return "a call traced by torch.compile"
+    from crossent._fused_op import transformed
+
+    if transformed(input, target, weight, pos_weight):
+        return "a torch.func transform"
+    if torch.autograd.forward_ad._current_level >= 0:
+        return "forward-mode AD"
+    return None
+
+
+def auto_serves(op: str, input: torch.Tensor) -> bool:
+    """Whether ``impl="auto"`` tries torch's own kernel for ``op`` on this input (before
+    :func:`why_not`): CPU tensors; for ``cross_entropy`` only below
+    :data:`CROSS_ENTROPY_MAX_ELEMENTS` logits."""
+    if input.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    return op != "cross_entropy" or input.numel() < CROSS_ENTROPY_MAX_ELEMENTS
+
+
+def cross_entropy(input, target, weight, options: dict) -> torch.Tensor:
+    return F.cross_entropy(
+        input, target, weight, ignore_index=options["ignore_index"],
+        reduction=options["reduction"], label_smoothing=options["label_smoothing"],
+    )  # fmt: skip
+
+
+def nll_loss(input, target, weight, options: dict) -> torch.Tensor:
+    return F.nll_loss(
+        input, target, weight, ignore_index=options["ignore_index"],
+        reduction=options["reduction"],
+    )  # fmt: skip
+
+
+def binary_cross_entropy(input, target, weight, options: dict) -> torch.Tensor:
+    return F.binary_cross_entropy(input, target, weight, reduction=options["reduction"])
+
+
+def binary_cross_entropy_with_logits(input, target, weight, pos_weight, options: dict):
+    return F.binary_cross_entropy_with_logits(
+        input, target, weight, reduction=options["reduction"], pos_weight=pos_weight
+    )

@@ -1,0 +1,184 @@
+"""impl="torch": torch's own kernels after crossent's checks, and when ``auto`` picks them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import crossent
+import crossent.nn as cnn
+from crossent import _torch_native
+
+
+def _leaf(*shape, transform=None, seed=0):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+    return (x if transform is None else transform(x)).detach().requires_grad_()
+
+
+def _loss_and_grad(fn, x, *args, **kwargs):
+    leaf = x.detach().clone().requires_grad_()
+    loss = fn(leaf, *args, **kwargs)
+    (grad,) = torch.autograd.grad(loss, leaf, torch.ones_like(loss))
+    return loss, grad
+
+
+GEN = torch.Generator().manual_seed(1)
+TARGET = torch.tensor([0, 4, -100, 2, 1, 3])
+KDIM_TARGET = torch.randint(0, 5, (6, 2), generator=GEN)
+PROBS = torch.softmax(torch.randn(6, 5, generator=GEN), 1)
+SOFT = torch.rand(6, 5, generator=GEN)
+W5 = torch.rand(5, generator=GEN) + 0.5
+
+#: (crossent/torch function name, input, positional args, keyword args)
+CASES = {
+    "ce-index-w-ls": ("cross_entropy", _leaf(6, 5), (TARGET,),
+                      dict(weight=W5, label_smoothing=0.1)),
+    "ce-kdim-none": ("cross_entropy", _leaf(6, 5, 2), (KDIM_TARGET,), dict(reduction="none")),
+    "ce-probs-sum": ("cross_entropy", _leaf(6, 5), (PROBS,), dict(reduction="sum",
+                                                                   label_smoothing=0.2)),
+    "ce-unbatched": ("cross_entropy", _leaf(5), (torch.tensor(3),), {}),
+    "nll-w-ignore": ("nll_loss", _leaf(6, 5, transform=lambda x: x.log_softmax(1)), (TARGET,),
+                     dict(weight=W5)),
+    "bce-w": ("binary_cross_entropy", _leaf(6, 5, transform=torch.sigmoid), (SOFT,),
+              dict(weight=W5)),
+    "bcel-pw-none": ("binary_cross_entropy_with_logits", _leaf(6, 5), (SOFT,),
+                     dict(pos_weight=W5, reduction="none")),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("impl", ["auto", "torch"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_small_cpu_calls_are_torchs_own_bit_for_bit(name, impl):
+    op, x, args, kwargs = CASES[name]
+    ours = _loss_and_grad(getattr(crossent, op), x, *args, impl=impl, **kwargs)
+    theirs = _loss_and_grad(getattr(F, op), x, *args, **kwargs)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+
+
+def test_auto_switches_to_the_fused_kernel_at_the_threshold(monkeypatch):
+    monkeypatch.setattr(_torch_native, "CROSS_ENTROPY_MAX_ELEMENTS", 16)
+    t = torch.tensor([0, 1, 2, 3])
+    small = crossent.cross_entropy(_leaf(3, 5), t[:3])  # 15 logits
+    large = crossent.cross_entropy(_leaf(4, 4), t)  # 16 logits
+    assert type(small.grad_fn).__name__ == "NllLossBackward0"  # torch's own graph
+    assert type(large.grad_fn).__name__ != "NllLossBackward0"
+    fused = crossent.cross_entropy(_leaf(4, 4), t, impl="fused")
+    assert type(large.grad_fn) is type(fused.grad_fn)
+    assert torch.equal(large, fused)
+
+
+@pytest.mark.parametrize("impl", ["auto", "torch"])
+def test_crossents_checks_come_first(impl):
+    x = torch.randn(4, 3)
+    with pytest.raises(IndexError, match=r"Target 7 is out of bounds.*\[0, 3\).*position \(2,\)"):
+        crossent.cross_entropy(x, torch.tensor([0, 1, 7, -100]), impl=impl)
+    with pytest.raises(IndexError, match=r"got -1 at position \(1,\)"):
+        crossent.nll_loss(x, torch.tensor([0, -1, 2, 1]), impl=impl)
+    with pytest.raises(RuntimeError, match=r"between 0 and 1: got nan at position \(1,\)"):
+        crossent.binary_cross_entropy(torch.tensor([0.5, float("nan")]), torch.ones(2),
+                                      impl=impl)  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"target.*between 0 and 1: got 1.5"):
+        crossent.binary_cross_entropy(torch.full((2,), 0.5), torch.tensor([0.0, 1.5]),
+                                      impl=impl)  # fmt: skip
+    with pytest.raises(ValueError, match="label_smoothing"):
+        crossent.cross_entropy(x, torch.tensor([0, 1, 2, 0]), label_smoothing=-0.1, impl=impl)
+
+
+def test_the_quick_range_checks_still_find_the_offender():
+    # the one-reduction test (min/max) passes only when every entry is plainly valid; an
+    # ignored entry, an offender among ignored ones or a uint8 target takes the full check
+    x = torch.randn(5, 3)
+    assert torch.isfinite(crossent.cross_entropy(x, torch.tensor([-100, 0, 2, -100, 1])))
+    with pytest.raises(IndexError, match=r"got -5 at position \(3,\)"):
+        crossent.cross_entropy(x, torch.tensor([-100, 0, 2, -5, 1]))
+    with pytest.raises(IndexError, match=r"got 3 at position \(4,\)"):
+        crossent.cross_entropy(x, torch.tensor([0, 1, 2, 0, 3], dtype=torch.uint8))
+    with pytest.raises(RuntimeError, match=r"got -0.25 at position \(0, 1\)"):
+        crossent.binary_cross_entropy(torch.tensor([[0.5, -0.25]]), torch.ones(1, 2))
+
+
+def test_weights_that_require_grad_are_refused_or_differentiated_as_torch_does():
+    # class-index losses refuse them (as torch does); probability targets differentiate them
+    w = (torch.rand(5) + 0.5).requires_grad_()
+    with pytest.raises(RuntimeError, match="not differentiable with respect to argument 'weight'"):
+        crossent.nll_loss(_leaf(4, 5), torch.tensor([0, 1, 2, 3]), w)
+    x, q = torch.randn(4, 5), torch.softmax(torch.randn(4, 5), 1)
+    grads = [torch.func.grad(lambda v, impl=impl: crossent.cross_entropy(x, q, v, impl=impl))(w)
+             for impl in ("auto", "reference")]  # fmt: skip
+    torch.testing.assert_close(grads[0], grads[1])
+    crossent.cross_entropy(x, q, w).backward()  # eager auto: torch's own graph
+    torch.testing.assert_close(w.grad, grads[1])
+
+
+def test_auto_falls_back_where_torchs_kernel_cannot_serve():
+    # an unbatched (C,) input with a (1,) target: torch's backward fails, crossent's does not
+    v = _leaf(5)
+    crossent.cross_entropy(v, torch.tensor([2])).backward()
+    assert v.grad is not None and torch.isfinite(v.grad).all()
+    # in place and the extras: the fused kernel
+    h = _leaf(4, 5)
+    logits = h * 2
+    crossent.cross_entropy(logits, torch.tensor([0, 1, 2, 3]), inplace_backward=True).backward()
+    torch.testing.assert_close(h.grad, torch.func.grad(
+        lambda z: F.cross_entropy(z * 2, torch.tensor([0, 1, 2, 3])))(h.detach()))
+    out = crossent.cross_entropy_with_extras(_leaf(4, 5), torch.tensor([0, 1, 2, 3]),
+                                             z_loss=1e-3)  # fmt: skip
+    assert out.lse.shape == (4,)
+    # torch.func transforms: the reference, which checks targets inside the transform
+    grads = torch.func.vmap(torch.func.grad(
+        lambda z, t: crossent.cross_entropy(z, t)))(torch.randn(3, 5), torch.tensor([0, 4, 2]))
+    assert grads.shape == (3, 5)
+
+
+@pytest.mark.parametrize(
+    ("call", "why"),
+    [
+        (lambda: crossent.cross_entropy(torch.randn(3), torch.tensor([1]), impl="torch"),
+         r"unbatched \(C,\) input with a \(1,\) target"),
+        (lambda: crossent.cross_entropy(torch.randn(2, 3) * 1, torch.tensor([0, 1]),
+                                        impl="torch", inplace_backward=True),
+         "inplace_backward=True"),
+        (lambda: crossent.cross_entropy_with_extras(torch.randn(2, 3), torch.tensor([0, 1]),
+                                                    impl="torch"), "extras"),
+        (lambda: torch.func.grad(lambda z: crossent.cross_entropy(
+            z, torch.tensor([0, 1]), impl="torch"))(torch.randn(2, 3)), "torch.func transform"),
+    ],
+    ids=["unbatched-1", "in-place", "extras", "transform"],
+)  # fmt: skip
+def test_explicit_torch_impl_says_why_it_cannot_serve(call, why):
+    with pytest.raises(ValueError, match=rf"impl='torch' cannot serve this .*{why}.*reference"):
+        call()
+
+
+def test_torch_impl_is_for_torch_tensors_and_not_for_linear_cross_entropy():
+    with pytest.raises(ValueError, match="not available for nll_loss on numpy arrays"):
+        crossent.nll_loss(np.zeros((2, 3)), np.array([0, 1]), impl="torch")
+    with pytest.raises(ValueError, match="not available for linear_cross_entropy"):
+        crossent.linear_cross_entropy(torch.randn(2, 3), torch.randn(4, 3),
+                                      torch.tensor([0, 1]), impl="torch")  # fmt: skip
+
+
+def test_under_autocast_torchs_kernel_gets_float32_as_torchs_would():
+    x = torch.randn(6, 5).bfloat16()
+    t = torch.tensor([0, 1, 2, 3, 4, 0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = crossent.cross_entropy(x, t, impl="torch")
+        theirs = F.cross_entropy(x, t)
+    assert ours.dtype == theirs.dtype == torch.float32 and torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    ("module", "args"),
+    [(cnn.NLLLoss, (torch.randn(2, 3).log_softmax(1), torch.tensor([0, 2]))),
+     (cnn.BCELoss, (torch.rand(2, 3), torch.rand(2, 3))),
+     (cnn.BCEWithLogitsLoss, (torch.randn(2, 3), torch.rand(2, 3))),
+     (cnn.CrossEntropyLoss, (torch.randn(2, 3), torch.tensor([0, 2])))],
+    ids=lambda v: getattr(v, "__name__", ""),
+)  # fmt: skip
+def test_modules_pass_impl_through(module, args):
+    with pytest.raises(ValueError, match="impl='magic' is not available"):
+        module(impl="magic")(*args)
+    torch.testing.assert_close(module(impl="reference")(*args), module()(*args))
