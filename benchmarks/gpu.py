@@ -1059,6 +1059,79 @@ def eager_route_check(run: Run, device, small: bool):
         run.check(f"eager route == custom-op route, bitwise (inplace={inplace})", same)
 
 
+def torch_route(run: Run, device, small: bool):
+    """``impl="auto"`` of nll_loss (2-D) and the binary losses runs torch's own kernel after
+    crossent's checks: bitwise torch's result, deterministic (repeat bitwise, no error under
+    ``use_deterministic_algorithms``), checks still first, then its time and memory against
+    the reference and torch eager."""
+    import torch
+    import torch.nn.functional as F
+
+    import crossent
+
+    n, c = (64, 10) if small else (8192, 32000)
+    m = 4096 if small else 1 << 24
+    gen = torch.Generator(device=device).manual_seed(23)
+    logp = torch.log_softmax(torch.randn(n, c, device=device, generator=gen), 1)
+    index = torch.randint(0, c, (n,), device=device, generator=gen)
+    index[::9] = -100
+    z = 4 * torch.randn(m, device=device, generator=gen)
+    soft = torch.rand(m, device=device, generator=gen)
+    cases = {
+        "nll_loss": (logp, index, {}),
+        "binary_cross_entropy": (torch.sigmoid(z), soft, {}),
+        "binary_cross_entropy_with_logits": (z, soft, {"pos_weight": soft[:1] + 1}),
+    }
+
+    def outcome(fn, x, target, kwargs):
+        leaf = x.detach().clone().requires_grad_()
+        loss = fn(leaf, target, **kwargs)
+        loss.backward()
+        return loss.detach(), leaf.grad
+
+    for op, (x, target, kwargs) in cases.items():
+        ours = getattr(crossent, op)
+        theirs = outcome(getattr(F, op), x, target, kwargs)
+        first = outcome(ours, x, target, kwargs)
+        torch.use_deterministic_algorithms(True)
+        try:
+            again = outcome(ours, x, target, kwargs)
+        finally:
+            torch.use_deterministic_algorithms(False)
+        same = all(torch.equal(a, b) for a, b in zip(first, theirs, strict=True))
+        repeat = all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+        run.check(f"torch route: {op} auto == torch bitwise, deterministic repeat",
+                  same and repeat, f"same={same} repeat={repeat}")  # fmt: skip
+        reps = 3 if small else 20
+        for name, fn in ((f"crossent.{op} (auto)", ours),
+                         (f"crossent.{op} (reference)",
+                          functools.partial(ours, impl="reference")),
+                         (f"F.{op}", getattr(F, op))):  # fmt: skip
+            def build(fn=fn, x=x, target=target, kwargs=kwargs):
+                state = {}
+
+                def setup():
+                    state["x"] = x.detach().clone().requires_grad_()
+
+                return (lambda: fn(state["x"], target, **kwargs).backward()), setup
+
+            time_provider(run, f"torch route {op} {tuple(x.shape)}", name, build, reps,
+                          nbytes=2 * x.numel() * x.element_size(), needs=20)  # fmt: skip
+    bad = index.clone()
+    bad[3] = c
+    errors = []
+    for call in (lambda: crossent.nll_loss(logp, bad),
+                 lambda: crossent.binary_cross_entropy(torch.sigmoid(z), soft + 1)):
+        try:
+            call()
+            errors.append("no error")
+        except (IndexError, RuntimeError) as exc:
+            errors.append(type(exc).__name__)
+    healthy = bool(torch.isfinite(crossent.nll_loss(logp, index)))
+    run.check("torch route: bad targets raise before torch's kernel runs, device healthy",
+              errors == ["IndexError", "RuntimeError"] and healthy, repr((errors, healthy)))
+
+
 def autocast_check(run: Run, device, small: bool):
     """Under torch.autocast the losses give torch's own result dtype and value (float32 from
     bfloat16 logits), the gradient too; binary_cross_entropy fails as torch's does."""
@@ -1492,6 +1565,7 @@ def main(argv=None) -> int:
         ("invalid target", invalid_target_check, (run, device, small)),
         ("eager route", eager_route_check, (run, device, small)),
         ("autocast", autocast_check, (run, device, small)),
+        ("torch route", torch_route, (run, device, small)),
         ("logits timings", logits_timings, (run, device, small)),
         ("config sweep", config_sweep, (run, device, small)),
         ("linear timings", linear_timings, (run, device, small)),

@@ -182,3 +182,24 @@ def test_modules_pass_impl_through(module, args):
     with pytest.raises(ValueError, match="impl='magic' is not available"):
         module(impl="magic")(*args)
     torch.testing.assert_close(module(impl="reference")(*args), module()(*args))
+
+
+def test_which_devices_and_ops_auto_sends_to_torchs_kernel():
+    from types import SimpleNamespace
+
+    def tensor(device, dim, numel=6):
+        return SimpleNamespace(device=SimpleNamespace(type=device), dim=lambda: dim,
+                               numel=lambda: numel)  # fmt: skip
+
+    big = _torch_native.CROSS_ENTROPY_MAX_ELEMENTS
+    served = {
+        ("cpu", "cross_entropy", 2, 6): True, ("cpu", "cross_entropy", 2, big): False,
+        ("cpu", "nll_loss", 4, big): True, ("cpu", "binary_cross_entropy", 1, big): True,
+        # CUDA: deterministic torch kernels only; cross_entropy has the Triton kernel
+        ("cuda", "cross_entropy", 2, 6): False, ("cuda", "nll_loss", 2, 6): True,
+        ("cuda", "nll_loss", 3, 6): False, ("cuda", "binary_cross_entropy", 3, 6): True,
+        ("cuda", "binary_cross_entropy_with_logits", 4, 6): True,
+        ("meta", "nll_loss", 2, 6): False,
+    }  # fmt: skip
+    for (device, op, dim, numel), expected in served.items():
+        assert _torch_native.auto_serves(op, tensor(device, dim, numel)) is expected, (device, op)

@@ -4,20 +4,23 @@ For a small problem the fixed cost of a call decides its speed, and nothing beat
 C++ kernels there: a 64 x 10 cross-entropy costs torch about 40 microseconds forward and
 backward, crossent's fused path about ten times that (tens of torch ops in Python, each with
 its dispatch cost). For ``nll_loss`` and the binary losses, whose work per element is a few
-flops, torch's kernels are the fastest exact implementation at every size. So on the CPU
-``impl="auto"`` runs crossent's checks (same exception types, clearer messages: the value, its
-position, the valid range) and then hands the call to ``torch.nn.functional``: the result and
-its gradient are torch's, bit for bit.
+flops, torch's kernels are the fastest exact implementation at every size (the reference
+under autograd keeps about 16 input-sized intermediates of a binary loss). So ``impl="auto"``
+runs crossent's checks (same exception types, clearer messages: the value, its position, the
+valid range) and then hands the call to ``torch.nn.functional``: the result and its gradient
+are torch's, bit for bit.
 
-What stays with crossent's own implementations (``usable`` says no):
+What stays with crossent's own implementations (:func:`why_not` and :func:`auto_serves`):
 
 * an unbatched ``(C,)`` input with a ``(1,)`` target (torch's backward fails there; the
   reference differentiates it);
 * calls under a torch.func transform or forward-mode AD (the reference checks targets inside
   the transform) and calls traced by torch.compile (compiled code keeps the custom ops that hold
   its value checks out of the graph);
-* for ``impl="auto"``, CUDA tensors (the fused/Triton path reads its range check after
-  queueing the kernel; torch's kernels would have to wait for it) and devices other than the CPU.
+* for ``impl="auto"`` on CUDA: ``cross_entropy`` (the Triton kernel reads its range check
+  after queueing its work; torch's kernel would have to wait for the check) and ``nll_loss`` of
+  K-dim inputs (torch's CUDA kernel sums them with atomics: not deterministic); other devices.
+  On CUDA the checks read tensor values, one synchronisation, as the reference's do.
 
 Imported only for torch tensors.
 """
@@ -33,6 +36,10 @@ import torch.nn.functional as F
 #: fused kernel from here on (benchmarks/cross_entropy_small.py: the fused kernel's fixed cost
 #: outweighs its memory saving below about a million logits, 4 MiB in float32).
 CROSS_ENTROPY_MAX_ELEMENTS = 1 << 20
+
+#: Losses whose torch CUDA kernels ``impl="auto"`` uses (elementwise, then torch's
+#: deterministic reductions).
+CUDA_OPS = ("binary_cross_entropy", "binary_cross_entropy_with_logits")
 
 
 def why_not(input: torch.Tensor, target: Any, weight: Any, pos_weight: Any = None) -> str | None:
@@ -53,11 +60,19 @@ def why_not(input: torch.Tensor, target: Any, weight: Any, pos_weight: Any = Non
 
 def auto_serves(op: str, input: torch.Tensor) -> bool:
     """Whether ``impl="auto"`` tries torch's own kernel for ``op`` on this input (before
-    :func:`why_not`): CPU tensors; for ``cross_entropy`` only below
-    :data:`CROSS_ENTROPY_MAX_ELEMENTS` logits."""
-    if input.device.type != "cpu" or torch.compiler.is_compiling():
+    :func:`why_not`). CPU tensors; for ``cross_entropy`` only below
+    :data:`CROSS_ENTROPY_MAX_ELEMENTS` logits. CUDA tensors for the binary losses and for
+    ``nll_loss`` of 1-D/2-D inputs, whose torch kernels are deterministic (its K-dim
+    ``nll_loss`` sums with atomics, so those keep the reference; ``cross_entropy`` has the
+    Triton kernel)."""
+    if torch.compiler.is_compiling():
         return False
-    return op != "cross_entropy" or input.numel() < CROSS_ENTROPY_MAX_ELEMENTS
+    device = input.device.type
+    if device == "cpu":
+        return op != "cross_entropy" or input.numel() < CROSS_ENTROPY_MAX_ELEMENTS
+    if device == "cuda":
+        return op in CUDA_OPS or (op == "nll_loss" and input.dim() <= 2)
+    return False
 
 
 def cross_entropy(input, target, weight, options: dict) -> torch.Tensor:

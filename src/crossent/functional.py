@@ -603,7 +603,8 @@ def nll_loss(
     Equals ``torch.nn.functional.nll_loss(input, target, weight, ignore_index=ignore_index,
     reduction=reduction)``. Like PyTorch, nothing checks that ``input`` holds log-probabilities
     (:func:`crossent.diagnose` does). ``impl`` (torch tensors): ``"auto"`` (torch's own kernel
-    after crossent's checks on the CPU, else the reference), ``"reference"``, ``"torch"``.
+    after crossent's checks, on the CPU and where torch's CUDA kernel is deterministic; else
+    the reference), ``"reference"``, ``"torch"``.
 
     >>> import numpy as np, crossent
     >>> logp = np.array([[-1.2, -0.5, -2.0], [-0.3, -1.5, -2.5]])
