@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -203,3 +205,69 @@ def test_which_devices_and_ops_auto_sends_to_torchs_kernel():
     }  # fmt: skip
     for (device, op, dim, numel), expected in served.items():
         assert _torch_native.auto_serves(op, tensor(device, dim, numel)) is expected, (device, op)
+
+
+def test_modules_pickled_before_they_had_impl_still_run():
+    x, t = torch.randn(2, 3), torch.tensor([0, 2])
+    for module, args in ((cnn.NLLLoss(), (x.log_softmax(1), t)),
+                         (cnn.BCELoss(), (torch.rand(2, 3), torch.rand(2, 3))),
+                         (cnn.BCEWithLogitsLoss(), (x, torch.rand(2, 3))),
+                         (cnn.CrossEntropyLoss(), (x, t))):  # fmt: skip
+        del module.impl  # as unpickled from an older crossent: no instance attribute
+        assert torch.isfinite(module(*args))
+
+
+@pytest.mark.parametrize("op", ["cross_entropy", "nll_loss"])
+def test_inputs_torchs_backward_refuses_are_differentiated(op):
+    # channels-last activations (torch: "grad_input must be contiguous") and an empty K-dim
+    # input with a uint8 target (torch: "expected scalar type Long"); the reference's gradient
+    conv = torch.nn.Conv2d(2, 3, 1).to(memory_format=torch.channels_last)
+    images = torch.randn(2, 2, 4, 5).to(memory_format=torch.channels_last)
+    target = torch.randint(0, 3, (2, 4, 5))
+    for impl in ("auto", "torch", "reference"):
+        conv.zero_grad()
+        z = conv(images)
+        z = z - z.logsumexp(1, keepdim=True) if op == "nll_loss" else z
+        getattr(crossent, op)(z, target, impl=impl).backward()
+        if impl == "auto":
+            expected = conv.weight.grad.clone()
+        else:
+            torch.testing.assert_close(conv.weight.grad, expected)
+    empty = torch.randn(2, 3, 0, requires_grad=True)
+    getattr(crossent, op)(empty, torch.zeros(2, 0, dtype=torch.uint8)).backward()
+    assert empty.grad.shape == (2, 3, 0)
+
+
+def test_forward_mode_ad_gets_torchs_tangent_and_large_calls_the_reference(monkeypatch):
+    import torch.autograd.forward_ad as fwAD
+
+    x, dx = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    t = torch.tensor([0, 2, 1, -100])
+
+    def tangent(fn):
+        with fwAD.dual_level():
+            return fwAD.unpack_dual(fn(fwAD.make_dual(x, dx), t)).tangent
+
+    expected = tangent(F.cross_entropy)
+    assert torch.equal(tangent(crossent.cross_entropy), expected)  # torch's own kernel
+    monkeypatch.setattr(_torch_native, "CROSS_ENTROPY_MAX_ELEMENTS", 4)  # auto: fused, declines
+    torch.testing.assert_close(tangent(crossent.cross_entropy), expected, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="forward-mode AD"):
+        tangent(functools.partial(crossent.cross_entropy, impl="fused"))
+
+
+def test_weights_that_require_grad_are_fine_where_autograd_does_not_record():
+    w = torch.nn.Parameter(torch.rand(3) + 0.5)
+    x, t, y = torch.randn(4, 3), torch.tensor([0, 2, 1, 1]), torch.rand(4, 3)
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            for impl in ("auto", "reference", "torch", "fused"):
+                torch.testing.assert_close(crossent.cross_entropy(x, t, w, impl=impl),
+                                           F.cross_entropy(x, t, w))  # fmt: skip
+            for impl in ("auto", "reference"):
+                torch.testing.assert_close(
+                    crossent.binary_cross_entropy_with_logits(x, y, w, pos_weight=w, impl=impl),
+                    F.binary_cross_entropy_with_logits(x, y, w, pos_weight=w),
+                )
+    with pytest.raises(RuntimeError, match="not differentiable with respect to argument 'weight'"):
+        crossent.cross_entropy(x, t, w)

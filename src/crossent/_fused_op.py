@@ -454,13 +454,17 @@ def check_supported(
             "torch.func transforms (grad, vmap, jacrev, ...): the fused path computes its "
             "gradient in the forward pass, which they cannot see through"
         )
+    if has_tangent(logits, target, weight):
+        raise FusedUnsupported("forward-mode AD (a dual tensor): the fused path has no forward "
+                               "derivative")  # fmt: skip
     if logits.dtype not in FLOAT_DTYPES:
         raise FusedUnsupported(f"logits dtype {logits.dtype} (supported: float16/bfloat16/32/64)")
-    if weight is not None and weight.requires_grad:
+    recording = torch.is_grad_enabled()  # (under no_grad nothing asks for their gradients)
+    if weight is not None and weight.requires_grad and recording:
         raise FusedUnsupported("class weights that require grad (the fused path has no weight "
                                "gradient)")  # fmt: skip
     if target.is_floating_point():
-        if target.requires_grad:
+        if target.requires_grad and recording:
             raise FusedUnsupported("a probability target that requires grad (the fused path has "
                                    "no target gradient)")  # fmt: skip
         promoted = torch.promote_types(logits.dtype, target.dtype)
@@ -480,6 +484,14 @@ def transformed(*tensors: torch.Tensor | None) -> bool:
         return False
     wrapped = torch._C._functorch.is_functorch_wrapped_tensor
     return any(t is not None and wrapped(t) for t in tensors)
+
+
+def has_tangent(*tensors: torch.Tensor | None) -> bool:
+    """Whether a tensor is a forward-mode AD dual tensor (inside ``forward_ad.dual_level()``)."""
+    if torch.autograd.forward_ad._current_level < 0 or torch.compiler.is_compiling():
+        return False
+    unpack = torch.autograd.forward_ad.unpack_dual
+    return any(t is not None and unpack(t).tangent is not None for t in tensors)
 
 
 def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:

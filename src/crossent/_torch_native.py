@@ -14,9 +14,10 @@ What stays with crossent's own implementations (:func:`why_not` and :func:`auto_
 
 * an unbatched ``(C,)`` input with a ``(1,)`` target (torch's backward fails there; the
   reference differentiates it);
-* calls under a torch.func transform or forward-mode AD (the reference checks targets inside
-  the transform) and calls traced by torch.compile (compiled code keeps the custom ops that hold
-  its value checks out of the graph);
+* calls under a torch.func transform (the reference checks targets inside the transform;
+  plain forward-mode AD with dual tensors is served by torch's kernels) and calls traced by
+  torch.compile (compiled code keeps the custom ops that hold its value checks out of the
+  graph);
 * for ``impl="auto"`` on CUDA: ``cross_entropy`` (the Triton kernel reads its range check
   after queueing its work; torch's kernel would have to wait for the check) and ``nll_loss`` of
   K-dim inputs (torch's CUDA kernel sums them with atomics: not deterministic); other devices.
@@ -53,8 +54,6 @@ def why_not(input: torch.Tensor, target: Any, weight: Any, pos_weight: Any = Non
 
     if transformed(input, target, weight, pos_weight):
         return "a torch.func transform"
-    if torch.autograd.forward_ad._current_level >= 0:
-        return "forward-mode AD"
     return None
 
 
@@ -75,7 +74,20 @@ def auto_serves(op: str, input: torch.Tensor) -> bool:
     return False
 
 
+def _as_torch_backward_needs(input: torch.Tensor, target: torch.Tensor):
+    """Two inputs torch's forward accepts but its backward does not (crossent's reference
+    differentiates both): a K-dim input that is not contiguous (channels-last activations;
+    "grad_input must be contiguous") and a uint8 class-index target of a K-dim input
+    ("expected scalar type Long"). Copies that change no value."""
+    if input.dim() > 2:
+        input = input.contiguous()
+        if target.dtype == torch.uint8:
+            target = target.long()
+    return input, target
+
+
 def cross_entropy(input, target, weight, options: dict) -> torch.Tensor:
+    input, target = _as_torch_backward_needs(input, target)
     return F.cross_entropy(
         input, target, weight, ignore_index=options["ignore_index"],
         reduction=options["reduction"], label_smoothing=options["label_smoothing"],
@@ -83,6 +95,7 @@ def cross_entropy(input, target, weight, options: dict) -> torch.Tensor:
 
 
 def nll_loss(input, target, weight, options: dict) -> torch.Tensor:
+    input, target = _as_torch_backward_needs(input, target)
     return F.nll_loss(
         input, target, weight, ignore_index=options["ignore_index"],
         reduction=options["reduction"],

@@ -166,8 +166,9 @@ def check_floating_input(xp: Any, input: Any, op: str) -> None:
 
 
 def check_not_differentiable(tensor: Any, op: str, arg: str) -> None:
-    """torch refuses autograd through class weights of the index path, BCE weights, pos_weight."""
-    if requires_grad(tensor):
+    """torch refuses autograd through class weights of the index path, BCE weights, pos_weight
+    (only while autograd records: under ``no_grad`` or ``inference_mode`` it computes the loss)."""
+    if requires_grad(tensor) and sys.modules["torch"].is_grad_enabled():
         raise RuntimeError(
             f"The function '{op}' is not differentiable with respect to argument '{arg}'. "
             f"This input cannot have requires_grad True."

@@ -28,6 +28,9 @@ class _Loss(torch.nn.modules.loss._Loss):
     """torch's loss base class, so that ``isinstance`` checks of trainers and frameworks pass;
     its ``__init__`` is crossent's (the same mapping of the deprecated arguments)."""
 
+    #: The default for modules pickled before a loss had ``impl`` (set per instance otherwise).
+    impl: str = "auto"
+
     def __init__(
         self, size_average=None, reduce=None, reduction: Reduction = "mean", *, _stacklevel=4
     ) -> None:
