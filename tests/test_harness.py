@@ -54,7 +54,7 @@ def test_bounds_follow_the_baseline_within_floor_and_ceiling():
     assert harness.tolerance_bounds("bfloat16", 4e-3, 4e-4) == (3.2e-2, 1e-2)
 
 
-@pytest.mark.parametrize("suite", ["cross_entropy_small", "losses_small"])
+@pytest.mark.parametrize("suite", ["cross_entropy_small", "losses_small", "linear_small"])
 def test_quick_suites_validate_every_provider(suite):
     # the validation step of `python -m benchmarks <suite> --quick`, without the timing
     module = harness.load_suite(suite)

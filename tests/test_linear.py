@@ -18,14 +18,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from crossent import linear
+from crossent import _torch_native, linear
 from crossent.backends import linear_blocks
 from crossent.linear import (
     LinearCrossEntropyLoss,
-    linear_cross_entropy,
     linear_cross_entropy_with_extras,
     plan_blocks,
 )
+
+
+def linear_cross_entropy(*args, **kwargs):
+    """The blocked path, which these tests are about: ``impl="auto"`` hands problems this small
+    to torch's own kernels (see test_small_problems_go_to_torchs_kernels)."""
+    kwargs.setdefault("impl", "fused")
+    return linear.linear_cross_entropy(*args, **kwargs)
+
 
 F64_TOL = 1e-12
 #: Low-precision errors must stay within this factor of torch eager's (same dtype, same data).
@@ -781,3 +788,36 @@ def test_plan_blocks_checks_its_arguments_as_linear_cross_entropy_does():
             plan_blocks(4, 8, 100, memory_budget=bad)
     with pytest.raises(ValueError, match="positive number of bytes"):
         plan_blocks(4, 8, 100, memory_budget=0)
+
+
+def test_small_problems_go_to_torchs_kernels(monkeypatch):
+    # auto, CPU, fewer than 2**20 logits that fit the budget three times: F.cross_entropy(F.linear)
+    # after crossent's checks, torch's bits; the extras, a tight budget or more logits: blocked
+    x, w, b, target, _ = make_problem(12, 5, 7, dtype=torch.float32, bias=True, ignore=0.3)
+    weight = torch.rand(7) + 0.5
+
+    def grads(fn):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        loss = fn(*leaves)
+        return (loss.detach(), *torch.autograd.grad(loss.sum(), leaves))
+
+    for kwargs in (dict(), dict(reduction="none", label_smoothing=0.1),
+                   dict(reduction="sum", ignore_index=2)):  # fmt: skip
+        t = target.clamp(min=0) if "ignore_index" in kwargs else target
+        ours = grads(lambda a, c, d, t=t, kw=kwargs: linear.linear_cross_entropy(
+            a, c, t, linear_bias=d, weight=weight, **kw))
+        theirs = grads(lambda a, c, d, t=t, kw=kwargs: F.cross_entropy(
+            F.linear(a, c, d), t, weight, **kw))
+        assert all(torch.equal(p, q) for p, q in zip(ours, theirs, strict=True)), kwargs
+    with pytest.raises(IndexError, match=r"Target 7 is out of bounds.*position \(1,\)"):
+        linear.linear_cross_entropy(x, w, torch.tensor([0, 7] + [1] * 10))
+
+    def routed(**kwargs):
+        loss = linear.linear_cross_entropy(x.requires_grad_(), w, target, **kwargs)
+        return type(loss.grad_fn).__name__ == "NllLossBackward0"  # torch's own graph
+
+    assert routed() and not routed(impl="fused")
+    assert not routed(memory_budget=3 * 12 * 7 * 4 - 1) and routed(memory_budget=3 * 12 * 7 * 4)
+    assert linear.linear_cross_entropy_with_extras(x, w, target).lse is not None
+    monkeypatch.setattr(_torch_native, "CROSS_ENTROPY_MAX_ELEMENTS", 12 * 7)
+    assert not routed()

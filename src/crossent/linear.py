@@ -553,17 +553,59 @@ def _kept(target: Tensor, call: _Call) -> Tensor:
     return kept if call.batched else kept.reshape(())
 
 
-def _reference(
-    input, linear_weight, target, linear_bias, weight, call: _Call
-) -> CrossEntropyOutput:
-    """Materialise the logits and use crossent's reference (autograd, double backward)."""
+def _materialised_logits(input, linear_weight, linear_bias, call: _Call) -> Tensor:
+    """``F.linear`` of the whole input: ``(..., C, *out_features)`` logits."""
     num_classes = linear_weight.shape[0]
     flat_classes = num_classes * math.prod(call.out_features)
-    logits = F.linear(
+    return F.linear(
         input,
         linear_weight.reshape(flat_classes, input.shape[-1]),
         None if linear_bias is None else linear_bias.reshape(flat_classes),
     ).reshape((*input.shape[:-1], num_classes, *call.out_features))
+
+
+def _small_on_torch(input, linear_weight, target, linear_bias, weight, call: _Call):
+    """``impl="auto"``'s route for a small CPU problem, or None: below 2**20 logits that fit the
+    memory budget three times over (logits, log-probabilities, their gradient), the blocked
+    path would hold them all in one block anyway, and its fixed cost per call (tens of Python
+    steps and torch ops) outweighs the work. Then this is ``F.cross_entropy(F.linear(input, W,
+    b), ...)`` after crossent's checks (``_prepare``'s and the target range): torch's result
+    bit for bit. Not for the extras
+    (z-loss, soft-capping), autocast or torch.compile (compiled code keeps the custom ops)."""
+    from crossent import _torch_native
+
+    if input.device.type != "cpu" or call.z_loss or call.softcap is not None:
+        return None
+    if call.loss_dtype is not None or torch.compiler.is_compiling():
+        return None
+    num_classes = linear_weight.shape[0]
+    logits = math.prod(input.shape[:-1]) * num_classes * math.prod(call.out_features)
+    if logits >= _torch_native.CROSS_ENTROPY_MAX_ELEMENTS:
+        return None
+    budget = call.memory_budget or default_memory_budget(
+        num_classes, input.dtype, input.device, input.shape[-1]
+    )
+    if 3 * logits * input.element_size() > budget:
+        return None
+    if _torch_native.why_not(input, target, weight) is not None:
+        return None
+    if not call.probabilities:  # (the rest of cross_entropy's checks ran in _prepare)
+        import array_api_compat.torch as xp
+
+        check.check_target_range(xp, target, num_classes, call.ignore_index)
+    if weight is not None and weight.dim() != 1:  # K-dim: any weight of C elements
+        weight = weight.reshape(-1)
+    options = {"ignore_index": call.ignore_index, "reduction": call.reduction,
+               "label_smoothing": call.label_smoothing}  # fmt: skip
+    logits = _materialised_logits(input, linear_weight, linear_bias, call)
+    return _torch_native.cross_entropy(logits, target, weight, options)
+
+
+def _reference(
+    input, linear_weight, target, linear_bias, weight, call: _Call
+) -> CrossEntropyOutput:
+    """Materialise the logits and use crossent's reference (autograd, double backward)."""
+    logits = _materialised_logits(input, linear_weight, linear_bias, call)
     return cross_entropy_with_extras(
         logits,
         target,
@@ -741,16 +783,24 @@ def linear_cross_entropy_with_extras(
         reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
         z_loss=z_loss, softcap=softcap, memory_budget=memory_budget, impl=impl,
     )  # fmt: skip
+    return _dispatch(input, linear_weight, target, linear_bias, weight, options)
+
+
+def _dispatch(input, linear_weight, target, linear_bias, weight, options, want_extras=True):
+    """Autocast, then the validated call; ``want_extras=False`` (``linear_cross_entropy``):
+    the caller reads only ``loss``, so a small problem may go to torch's own kernels."""
     from crossent import _autocast
 
     if (
         isinstance(input, Tensor)
         and _autocast.enabled(input.device.type)
         # (the reference meets autocast op by op)
-        and resolve_impl(impl, input, "linear_cross_entropy") != "reference"
+        and resolve_impl(options["impl"], input, "linear_cross_entropy") != "reference"
     ):
         return _under_autocast(input, linear_weight, target, linear_bias, weight, options)
-    return _linear_cross_entropy(input, linear_weight, target, linear_bias, weight, **options)
+    return _linear_cross_entropy(
+        input, linear_weight, target, linear_bias, weight, **options, want_extras=want_extras
+    )
 
 
 def _under_autocast(input, linear_weight, target, linear_bias, weight, options):
@@ -776,7 +826,7 @@ def _under_autocast(input, linear_weight, target, linear_bias, weight, options):
 
 def _linear_cross_entropy(
     input, linear_weight, target, linear_bias, weight, *, reduction, ignore_index,
-    label_smoothing, z_loss, softcap, memory_budget, impl, loss_dtype=None,
+    label_smoothing, z_loss, softcap, memory_budget, impl, loss_dtype=None, want_extras=True,
 ) -> CrossEntropyOutput:  # fmt: skip
     call = _prepare(
         input,
@@ -805,6 +855,10 @@ def _linear_cross_entropy(
         )
     if choice == "reference":
         return _reference(input, linear_weight, target, linear_bias, weight, call)
+    if impl == "auto" and not want_extras:
+        loss = _small_on_torch(input, linear_weight, target, linear_bias, weight, call)
+        if loss is not None:
+            return CrossEntropyOutput(loss, None, None)
     return _blocked(
         input, linear_weight, target, linear_bias, weight, call, _kernel_for(choice),
         call.memory_budget,
@@ -855,7 +909,11 @@ def linear_cross_entropy(
     smaller than 128 rows of logits) adds one logits GEMM.
 
     ``impl``: ``"auto"`` (Triton row kernel for CUDA tensors when Triton is installed, else the
-    blocked torch-ops kernel), ``"fused"`` (blocked torch ops, any device), ``"triton"``,
+    blocked torch-ops kernel; on the CPU, a problem of fewer than 2**20 logits that fit the
+    memory budget three times over, which the blocked path would hold in one block anyway, is
+    ``F.cross_entropy(F.linear(input, W, b), ...)`` after crossent's checks: torch's result bit
+    for bit, without the blocked path's fixed cost per call; not for the extras, under autocast
+    or torch.compile), ``"fused"`` (blocked torch ops, any device), ``"triton"``,
     ``"reference"`` (materialises the logits; supports double backward and gradients w.r.t.
     probability targets and their class weights, which the blocked paths refuse with
     NotImplementedError).
@@ -877,19 +935,12 @@ def linear_cross_entropy(
     >>> round(torch.nn.functional.cross_entropy(x @ W.T, y).item(), 6)
     0.176864
     """
-    return linear_cross_entropy_with_extras(
-        input,
-        linear_weight,
-        target,
-        linear_bias=linear_bias,
-        weight=weight,
-        reduction=reduction,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        memory_budget=memory_budget,
-        impl=impl,
+    options = dict(
+        reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        z_loss=z_loss, softcap=softcap, memory_budget=memory_budget, impl=impl,
+    )  # fmt: skip
+    return _dispatch(
+        input, linear_weight, target, linear_bias, weight, options, want_extras=False
     ).loss
 
 
