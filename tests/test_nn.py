@@ -23,7 +23,7 @@ def test_constructor_arguments_match_torch(ours, theirs):
     ours_params = list(inspect.signature(ours).parameters)
     theirs_params = list(inspect.signature(theirs).parameters)
     assert ours_params[: len(theirs_params)] == theirs_params
-    assert set(ours_params) - set(theirs_params) <= {"impl"}
+    assert set(ours_params) - set(theirs_params) <= {"impl", "inplace_backward"}
 
 
 @pytest.mark.parametrize(("ours", "theirs"), PAIRS, ids=lambda c: c.__name__)
@@ -124,3 +124,21 @@ def test_modules_are_torch_losses_for_isinstance_checks():
                          (cnn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss())):  # fmt: skip
         for base in (loss_base._Loss, loss_base._WeightedLoss):
             assert isinstance(ours, base) == isinstance(theirs, base)
+
+
+def test_cross_entropy_module_writes_the_gradient_in_place_when_asked():
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(6, 4, generator=gen, requires_grad=True)
+    layer = torch.randn(4, 9, generator=gen)
+    target = torch.randint(0, 9, (6,), generator=gen)
+    grads = []
+    for inplace in (False, True):
+        h.grad = None
+        logits = h @ layer
+        cnn.CrossEntropyLoss(impl="fused", inplace_backward=inplace)(logits, target).backward()
+        grads.append(h.grad.clone())
+        if inplace:  # the logits were consumed: their storage holds the gradient now
+            assert not torch.equal(logits.detach(), (h @ layer).detach())
+    assert torch.equal(grads[0], grads[1])
+    with pytest.raises(ValueError, match="inplace_backward=True"):
+        cnn.CrossEntropyLoss(impl="torch", inplace_backward=True)(h @ layer, target)

@@ -57,7 +57,7 @@ _SECOND_BACKWARD = (
 
 _DOUBLE_BACKWARD = (
     "crossent's fused cross-entropy has no double backward (create_graph=True): its gradient is "
-    "computed in the forward pass. Use impl='reference' for higher-order gradients."
+    "computed in the forward pass. Use impl='reference' (or 'torch') for higher-order gradients."
 )
 
 

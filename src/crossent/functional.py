@@ -330,10 +330,11 @@ def cross_entropy(
     ``"torch"`` (torch's own kernel, called after crossent's checks: torch's result bit for
     bit), ``"fused"``, ``"triton"``. ``"auto"`` picks, on the CPU, torch's own kernel below
     2**20 logits (where a call's fixed cost decides) and the fused blocked torch-ops kernel from
-    there on; on CUDA the Triton kernel when Triton is installed, else the fused kernel; it
-    falls back to the reference where these cannot serve the arguments (a probability target or
-    class weight that requires grad on the fused path, an unbatched ``(C,)`` input with a
-    ``(1,)`` target, a torch.func transform). Under ``torch.autocast`` the loss is computed as
+    there on; on CUDA the Triton kernel when Triton is installed, else the fused kernel. Where
+    torch's kernel cannot serve the arguments (an unbatched ``(C,)`` input with a ``(1,)``
+    target, on which its backward fails; ``inplace_backward=True``) it takes the fused kernel,
+    and where that cannot either (a probability target or class weight that requires grad, a
+    torch.func transform) the reference. Under ``torch.autocast`` the loss is computed as
     torch's is there (half arguments count as float32, the loss is float32). NumPy and other
     arrays always use the reference. The fused paths compute the gradient in the forward pass
     and save only it; they support neither double backward nor a second backward through the

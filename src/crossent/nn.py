@@ -53,9 +53,10 @@ class _WeightedLoss(_Loss, torch.nn.modules.loss._WeightedLoss):
 
 class CrossEntropyLoss(_WeightedLoss):
     """Module form of :func:`crossent.cross_entropy` (same arguments as
-    ``torch.nn.CrossEntropyLoss``, plus keyword-only ``impl``)."""
+    ``torch.nn.CrossEntropyLoss``, plus keyword-only ``impl`` and ``inplace_backward``)."""
 
     __constants__ = ("ignore_index", "reduction", "label_smoothing")
+    inplace_backward: bool = False  # (modules pickled before it existed)
 
     def __init__(
         self,
@@ -67,16 +68,19 @@ class CrossEntropyLoss(_WeightedLoss):
         label_smoothing: float = 0.0,
         *,
         impl: str = "auto",
+        inplace_backward: bool = False,
     ) -> None:
         super().__init__(weight, size_average, reduce, reduction)
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
         self.impl = impl
+        self.inplace_backward = inplace_backward
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(
             input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
             label_smoothing=self.label_smoothing, impl=self.impl,
+            inplace_backward=self.inplace_backward,
         )
 
 
