@@ -638,7 +638,8 @@ def test_uint8_targets_accepted():
     )
 
 
-def test_module_is_a_drop_in_for_torch():
+@pytest.mark.parametrize("impl", ["auto", "fused"])
+def test_module_is_a_drop_in_for_torch(impl):
     import inspect
 
     ours_params = inspect.signature(LinearCrossEntropyLoss).parameters
@@ -654,7 +655,7 @@ def test_module_is_a_drop_in_for_torch():
         "ignore_index": 3,
     }
     theirs = torch.nn.LinearCrossEntropyLoss(5, 7, **kw)
-    ours = LinearCrossEntropyLoss(5, 7, **kw)
+    ours = LinearCrossEntropyLoss(5, 7, **kw, impl=impl)
     ours.load_state_dict(theirs.state_dict())
     assert ours.state_dict().keys() == theirs.state_dict().keys()
     x = torch.randn(4, 5, dtype=torch.float64)
@@ -821,3 +822,47 @@ def test_small_problems_go_to_torchs_kernels(monkeypatch):
     assert linear.linear_cross_entropy_with_extras(x, w, target).lse is not None
     monkeypatch.setattr(_torch_native, "CROSS_ENTROPY_MAX_ELEMENTS", 12 * 7)
     assert not routed()
+
+
+@pytest.mark.parametrize("form", ["k-dim", "unbatched", "probabilities", "unbatched-probs"])
+def test_small_problems_on_torchs_kernels_in_every_form(form):
+    gen = torch.Generator().manual_seed(4)
+    d, v = 3, 5
+    x = torch.randn(*(() if form.startswith("unbatched") else (6,)), d, generator=gen,
+                    dtype=torch.float64)  # fmt: skip
+    w = torch.randn(v, *((2,) if form == "k-dim" else ()), d, generator=gen, dtype=torch.float64)
+    b = torch.randn(w.shape[:-1], generator=gen, dtype=torch.float64)
+    logits_shape = (*x.shape[:-1], *w.shape[:-1])
+    if form == "k-dim":
+        target = torch.randint(0, v, (6, 2), generator=gen)
+    elif form == "unbatched":
+        target = torch.tensor(3)
+    else:
+        target = torch.softmax(torch.randn(logits_shape, generator=gen, dtype=torch.float64), -1
+                               if form == "unbatched-probs" else 1).requires_grad_()  # fmt: skip
+
+    def grads(fn):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        loss = fn(*leaves)
+        wanted = leaves + ([target] if target.requires_grad else [])
+        return (loss.detach(), *torch.autograd.grad(loss, wanted))
+
+    ours = grads(lambda a, c, e: linear.linear_cross_entropy(a, c, target, linear_bias=e))
+    theirs = grads(lambda a, c, e: F.linear_cross_entropy(a, c, target, linear_bias=e))
+    assert all(torch.equal(p, q) for p, q in zip(ours, theirs, strict=True)), form
+
+
+def test_small_route_keeps_the_blocked_paths_errors_and_no_grad_rules():
+    x, w = torch.randn(4, 3), torch.randn(5, 3)
+    t = torch.tensor([0, 1, 4, 2])
+    for impl in ("auto", "fused"):  # a budget too small for the blocked path: on both routes
+        with pytest.raises(ValueError, match="memory_budget"):
+            linear.linear_cross_entropy(x, w, t, memory_budget=240, impl=impl)
+    weight = torch.nn.Parameter(torch.rand(5) + 0.5)  # (in an evaluation loop)
+    with torch.no_grad():
+        expected = F.linear_cross_entropy(x, w, t, weight=weight)
+        for impl in ("auto", "fused"):
+            torch.testing.assert_close(
+                linear.linear_cross_entropy(x, w, t, weight=weight, impl=impl), expected)
+    with pytest.raises(RuntimeError, match="not differentiable with respect to argument 'weight'"):
+        linear.linear_cross_entropy(x, w, t, weight=weight)  # autograd records: refused, as torch

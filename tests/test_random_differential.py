@@ -94,8 +94,9 @@ def test_cross_entropy_random_cases_match_torch(impl, seed):
         assert _same(ours[1], expected[1], 1e-11), context
 
 
+@pytest.mark.parametrize("impl", ["auto", "fused"])
 @pytest.mark.parametrize("seed", range(2))
-def test_linear_cross_entropy_random_cases_match_torch(seed):
+def test_linear_cross_entropy_random_cases_match_torch(seed, impl):
     rng = random.Random(seed)
     for _ in range(CASES_PER_SEED):
         batch = rng.choice([(0,), (1,), (5,), (3, 2), ()])
@@ -117,7 +118,8 @@ def test_linear_cross_entropy_random_cases_match_torch(seed):
         budget = rng.choice([None, 1024, 4096])
 
         def ours(leaf, *args, budget=budget, **kw):
-            return crossent.linear_cross_entropy(leaf, *args, memory_budget=budget, **kw)
+            return crossent.linear_cross_entropy(leaf, *args, memory_budget=budget, impl=impl,
+                                                 **kw)  # fmt: skip
 
         expected = _outcome(F.linear_cross_entropy, x, w, target, **kwargs)
         got = _outcome(ours, x, w, target, **kwargs)

@@ -1,10 +1,11 @@
 """Which implementation serves a call: resolved per call from the arguments, never at import.
 
-``impl="auto"`` picks, for torch tensors on the CPU, torch's own kernel after crossent's checks
-for ``nll_loss``, the binary losses and cross-entropies of fewer than a million logits
-(:mod:`crossent._torch_native`); for larger cross-entropies the fused blocked torch-ops kernel,
-or the Triton kernel on CUDA when Triton is importable. Every other array type uses the Array
-API reference. An explicit choice that cannot serve the input raises ValueError naming the ones
+``impl="auto"`` picks, for torch tensors, torch's own kernel after crossent's checks
+(:mod:`crossent._torch_native`) for ``nll_loss``, the binary losses and cross-entropies of fewer
+than 2**20 logits on the CPU, and for the binary losses and 1-D/2-D ``nll_loss`` on CUDA; for
+larger cross-entropies the fused blocked torch-ops kernel, or the Triton kernel on CUDA when
+Triton is importable; the reference for the rest. Every other array type uses the Array API
+reference. An explicit choice that cannot serve the input raises ValueError naming the ones
 that can.
 """
 
@@ -16,12 +17,10 @@ from typing import Any
 
 from crossent._array import is_torch
 
-IMPLS: tuple[str, ...] = ("auto", "reference", "torch", "fused", "triton")
-
 #: The losses with a fused kernel (the others are served by the reference or torch's own).
 FUSED_OPS = ("cross_entropy", "linear_cross_entropy")
-#: The losses torch's own kernel can serve as they are (``linear_cross_entropy`` cannot: torch's
-#: expression materialises the logits, which is what the function exists to avoid).
+#: The losses ``impl="torch"`` names (``linear_cross_entropy`` has no such choice: torch's
+#: expression materialises the logits; its ``auto`` does that only for problems one block holds).
 TORCH_OPS = ("cross_entropy", "nll_loss", "binary_cross_entropy",
              "binary_cross_entropy_with_logits")
 

@@ -1,7 +1,9 @@
 """Reductions and their exact ``mean`` denominators, in one place.
 
-Every implementation (the Array API reference, the fused torch ops, the linear path) reduces
-per-position losses through these functions, so the denominators cannot drift apart:
+Every implementation of crossent's own (the Array API reference, the fused torch ops, the linear
+path) reduces per-position losses through these functions, so the denominators cannot drift
+apart (``impl="torch"`` is torch's kernel, whose denominators these are; the tests hold both to
+torch):
 
 ========================  ==========================================================
 loss / target             ``mean`` denominator

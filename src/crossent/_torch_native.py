@@ -38,9 +38,9 @@ import torch.nn.functional as F
 #: outweighs its memory saving below about a million logits, 4 MiB in float32).
 CROSS_ENTROPY_MAX_ELEMENTS = 1 << 20
 
-#: Losses whose torch CUDA kernels ``impl="auto"`` uses (elementwise, then torch's
-#: deterministic reductions).
-CUDA_OPS = ("binary_cross_entropy", "binary_cross_entropy_with_logits")
+#: The binary losses, whose torch CUDA kernels ``impl="auto"`` uses (elementwise, then torch's
+#: deterministic reductions; ``nll_loss`` too, for 1-D/2-D inputs).
+CUDA_BINARY_OPS = ("binary_cross_entropy", "binary_cross_entropy_with_logits")
 
 
 def why_not(input: torch.Tensor, target: Any, weight: Any, pos_weight: Any = None) -> str | None:
@@ -70,7 +70,7 @@ def auto_serves(op: str, input: torch.Tensor) -> bool:
     if device == "cpu":
         return op != "cross_entropy" or input.numel() < CROSS_ENTROPY_MAX_ELEMENTS
     if device == "cuda":
-        return op in CUDA_OPS or (op == "nll_loss" and input.dim() <= 2)
+        return op in CUDA_BINARY_OPS or (op == "nll_loss" and input.dim() <= 2)
     return False
 
 

@@ -334,8 +334,10 @@ def cross_entropy(
     torch's kernel cannot serve the arguments (an unbatched ``(C,)`` input with a ``(1,)``
     target, on which its backward fails; ``inplace_backward=True``) it takes the fused kernel,
     and where that cannot either (a probability target or class weight that requires grad, a
-    torch.func transform) the reference. Under ``torch.autocast`` the loss is computed as
-    torch's is there (half arguments count as float32, the loss is float32). NumPy and other
+    torch.func transform) the reference. An explicit ``impl="torch"`` refuses (ValueError)
+    what it cannot serve, torch.compile and torch.func transforms included. Under
+    ``torch.autocast`` the loss is computed as torch's is there (half arguments count as
+    float32, the loss is float32). NumPy and other
     arrays always use the reference. The fused paths compute the gradient in the forward pass
     and save only it; they support neither double backward nor a second backward through the
     same graph (both raise; use ``impl="reference"`` or ``"torch"``).
@@ -444,17 +446,17 @@ def _cross_entropy_dispatch(
             refusal = "inplace_backward=True (torch's kernel keeps the logits)"
         elif want_extras:
             refusal = "the z_loss/softcap/lse extras (torch has no such kernel)"
-        if _torch_serves(impl, "cross_entropy", input, target, weight, refusal=refusal):
-            from crossent import _torch_native
-
+        native = _torch_kernel(choice, impl, "cross_entropy", input, target, weight,
+                               refusal=refusal)  # fmt: skip
+        if native is not None:
             if not layout.probabilities:
                 target = _checked_target(
                     xp, target, layout.num_classes, options["ignore_index"]
                 )
             if loss_dtype is not None:
                 input = input.to(loss_dtype)
-            loss = _torch_native.cross_entropy(input, target, weight, options)
-            return CrossEntropyOutput(loss, None, None)
+            return CrossEntropyOutput(native.cross_entropy(input, target, weight, options), None,
+                                      None)  # fmt: skip
         choice = "fused"  # impl="auto" on the CPU: the fused kernel, or the reference after it
     if choice != "reference":
         from crossent import _torch_dispatch
@@ -481,17 +483,20 @@ def _cross_entropy_dispatch(
     return _reference_extras(xp, input, target, weight, layout, options, z_loss, softcap)
 
 
-def _torch_serves(impl, op, input, target, weight, pos_weight=None, *, refusal=None) -> bool:
-    """Whether torch's own kernel serves a call resolved to ``"torch"``: True when it can
-    (:func:`crossent._torch_native.why_not`); False for ``impl="auto"`` when it cannot (the
-    caller falls back); ValueError, with the reason, for an explicit ``impl="torch"``."""
+def _torch_kernel(choice, impl, op, input, target, weight, pos_weight=None, *, refusal=None):
+    """:mod:`crossent._torch_native` when a call resolved to ``"torch"`` can be served by
+    torch's own kernel (:func:`crossent._torch_native.why_not`); None when it was not resolved
+    so, or for ``impl="auto"`` when it cannot (the caller falls back); ValueError, with the
+    reason, for an explicit ``impl="torch"``. Called after the arguments are validated."""
+    if choice != "torch":
+        return None
     from crossent import _torch_native
 
     why = refusal or _torch_native.why_not(input, target, weight, pos_weight)
     if why is None:
-        return True
+        return _torch_native
     if impl == "auto":
-        return False
+        return None
     raise ValueError(
         f"impl='torch' cannot serve this {op} call: {why}; use impl='reference' (or 'auto')"
     )
@@ -625,10 +630,9 @@ def nll_loss(
     )
     choice = resolve_impl(impl, input, "nll_loss")
     _, target, weight, options = _prepare_nll(input, target, weight, ignore_index, reduction)
-    if choice == "torch" and _torch_serves(impl, "nll_loss", input, target, weight):
-        from crossent import _torch_native
-
-        return _torch_native.nll_loss(input, target, weight, options)
+    native = _torch_kernel(choice, impl, "nll_loss", input, target, weight)
+    if native is not None:
+        return native.nll_loss(input, target, weight, options)
     return _run_reference(_nll_fn, options, input, target, weight)
 
 
@@ -712,10 +716,9 @@ def binary_cross_entropy(
     diagnostics.maybe_warn("binary_cross_entropy", input, target, weight, reduction=reduction)
     choice = resolve_impl(impl, input, "binary_cross_entropy")
     _, options, checked = _prepare_bce(input, target, weight, reduction)
-    if choice == "torch" and _torch_serves(impl, "binary_cross_entropy", input, target, weight):
-        from crossent import _torch_native
-
-        return _torch_native.binary_cross_entropy(input, target, weight, options)
+    native = _torch_kernel(choice, impl, "binary_cross_entropy", input, target, weight)
+    if native is not None:
+        return native.binary_cross_entropy(input, target, weight, options)
     loss = _run_reference(_bce_fn, options, input, target, weight)
     return loss if checked is None else loss - checked
 
@@ -784,12 +787,9 @@ def binary_cross_entropy_with_logits(
     op = "binary_cross_entropy_with_logits"
     choice = resolve_impl(impl, input, op)
     _, options = _prepare_bce_logits(input, target, weight, pos_weight, reduction)
-    if choice == "torch" and _torch_serves(impl, op, input, target, weight, pos_weight):
-        from crossent import _torch_native
-
-        return _torch_native.binary_cross_entropy_with_logits(
-            input, target, weight, pos_weight, options
-        )
+    native = _torch_kernel(choice, impl, op, input, target, weight, pos_weight)
+    if native is not None:
+        return native.binary_cross_entropy_with_logits(input, target, weight, pos_weight, options)
     return _run_reference(_bcel_fn, options, input, target, weight, pos_weight)
 
 

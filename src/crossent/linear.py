@@ -4,7 +4,9 @@
 ``cross_entropy(input @ linear_weight.T + linear_bias, target, ...)`` (and torch 2.13's
 ``F.linear_cross_entropy``), plus z-loss, soft-capping and a log-sum-exp output, but computes it
 through blocks of rows (and of the vocabulary, when one row block is too big for the memory
-budget) with :mod:`crossent.backends.linear_blocks`.
+budget) with :mod:`crossent.backends.linear_blocks`. (Under ``impl="auto"`` a small CPU problem,
+whose logits one block would hold anyway, is ``F.cross_entropy(F.linear(...))`` after crossent's
+checks instead: see :func:`_small_on_torch`.)
 
 Autograd. For ``mean`` and ``sum`` the forward computes ``dX``, ``dW`` and ``db`` while the
 logits of a block are at hand (gradients of the *reduced* loss: ``1/D`` is folded in), so the
@@ -573,15 +575,22 @@ def _small_on_torch(input, linear_weight, target, linear_bias, weight, call: _Ca
     bit for bit. Not for the extras
     (z-loss, soft-capping), autocast or torch.compile (compiled code keeps the custom ops)."""
     from crossent import _torch_native
+    from crossent._fused_op import transformed
 
     if input.device.type != "cpu" or call.z_loss or call.softcap is not None:
         return None
+    if transformed(input, linear_weight, linear_bias, target, weight):
+        return None  # (the blocked paths refuse transforms and point to impl="reference")
     if call.loss_dtype is not None or torch.compiler.is_compiling():
         return None
     num_classes = linear_weight.shape[0]
     logits = math.prod(input.shape[:-1]) * num_classes * math.prod(call.out_features)
     if logits >= _torch_native.CROSS_ENTROPY_MAX_ELEMENTS:
         return None
+    if call.memory_budget is not None:  # too small for the blocked path: the same error here
+        plan_blocks(max(logits // num_classes, 1), input.shape[-1], num_classes, input.dtype,
+                    call.memory_budget, probabilities=call.probabilities,
+                    label_smoothing=call.label_smoothing)  # fmt: skip
     budget = call.memory_budget or default_memory_budget(
         num_classes, input.dtype, input.device, input.shape[-1]
     )
@@ -741,9 +750,10 @@ def _unsupported(input, linear_weight, linear_bias, target, weight) -> str | Non
     if transformed(input, linear_weight, linear_bias, target, weight):
         return ("torch.func transforms (grad, vmap, ...), which cannot see through its "
                 "gradient")  # fmt: skip
-    if target.requires_grad:
+    recording = torch.is_grad_enabled()  # (under no_grad nothing asks for their gradients)
+    if target.requires_grad and recording:
         return "a probability target that requires grad (it computes no target gradient)"
-    if weight is not None and weight.requires_grad:
+    if weight is not None and weight.requires_grad and recording:
         return "class weights that require grad (it computes no weight gradient)"
     if target.is_floating_point():
         loss_dtype = _result_dtype(input, target, weight)
@@ -843,6 +853,10 @@ def _linear_cross_entropy(
         loss_dtype,
     )
     choice = resolve_impl(impl, input, "linear_cross_entropy")
+    if impl == "auto" and not want_extras:
+        loss = _small_on_torch(input, linear_weight, target, linear_bias, weight, call)
+        if loss is not None:
+            return CrossEntropyOutput(loss, None, None)
     why = (
         _unsupported(input, linear_weight, linear_bias, target, weight)
         if choice != "reference"
@@ -855,10 +869,6 @@ def _linear_cross_entropy(
         )
     if choice == "reference":
         return _reference(input, linear_weight, target, linear_bias, weight, call)
-    if impl == "auto" and not want_extras:
-        loss = _small_on_torch(input, linear_weight, target, linear_bias, weight, call)
-        if loss is not None:
-            return CrossEntropyOutput(loss, None, None)
     return _blocked(
         input, linear_weight, target, linear_bias, weight, call, _kernel_for(choice),
         call.memory_budget,
@@ -880,7 +890,7 @@ def linear_cross_entropy(
     memory_budget: int | None = None,
     impl: str = "auto",
 ) -> Tensor:
-    r"""Cross-entropy of the logits ``input @ linear_weight.T + linear_bias``, never materialised.
+    r"""Cross-entropy of the logits ``input @ linear_weight.T + linear_bias``, computed by blocks.
 
     Equals ``torch.nn.functional.cross_entropy(input @ linear_weight.T + linear_bias, target,
     weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)``
