@@ -5,7 +5,10 @@ Each case times forward + backward of the ``mean`` loss, as a user calls it:
 * ``crossent (auto)``: the default; on the CPU torch's own kernel after crossent's checks;
 * ``crossent reference``: ``impl="reference"``, the Array API reference under autograd (the
   executable specification, computed one dtype wider);
-* ``torch eager``: ``torch.nn.functional`` (the baseline of the ratios).
+* ``torch eager``: ``torch.nn.functional`` (the baseline of the ratios);
+* ``crossent compiled`` and ``torch.compile``: both under ``torch.compile`` (inductor; the
+  first, untimed call compiles, reported as warm-up). Traced, crossent's ``auto`` uses torch's
+  ops too, its checks in custom ops.
 
 The sizes span a call's fixed cost (64 rows) to a memory-bound one (a million elements).
 ``--quick`` keeps the small sizes.
@@ -43,11 +46,18 @@ def _inputs(op: str, n: int, c: int | None, seed: int = 0):
     return make
 
 
-def _call(module_name: str, op: str, **kwargs):
+def _call(module_name: str, op: str, compiled: bool = False, **kwargs):
+    import functools
     import importlib
 
     fn = getattr(importlib.import_module(module_name), op)
-    return lambda state: fn(state["input"], state["target"], **kwargs)
+    if kwargs:
+        fn = functools.partial(fn, **kwargs)
+    if compiled:
+        import torch
+
+        fn = torch.compile(fn)
+    return lambda state: fn(state["input"], state["target"])
 
 
 def _case(op: str, n: int, c: int | None) -> Case:
@@ -67,10 +77,14 @@ def cases(quick: bool) -> list[Case]:
 
 
 def providers() -> list[Provider]:
-    """crossent auto and reference, torch eager."""
+    """crossent auto and reference, torch eager, both compiled."""
     return [
         Provider("crossent (auto)", lambda case: _call("crossent", case.params["op"])),
         Provider("crossent reference",
                  lambda case: _call("crossent", case.params["op"], impl="reference")),
         Provider("torch eager", lambda case: _call("torch.nn.functional", case.params["op"])),
+        Provider("crossent compiled",
+                 lambda case: _call("crossent", case.params["op"], compiled=True)),
+        Provider("torch.compile",
+                 lambda case: _call("torch.nn.functional", case.params["op"], compiled=True)),
     ]  # fmt: skip

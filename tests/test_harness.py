@@ -58,7 +58,8 @@ def test_bounds_follow_the_baseline_within_floor_and_ceiling():
 def test_quick_suites_validate_every_provider(suite):
     # the validation step of `python -m benchmarks <suite> --quick`, without the timing
     module = harness.load_suite(suite)
-    providers = module.providers()
+    # (the compiled providers are left to the benchmark run: inductor needs seconds per case)
+    providers = [p for p in module.providers() if "compile" not in p.name]
     for case in module.cases(quick=True)[:2]:
         built = {p.name: p.build(case) for p in providers}
         errors = harness.validate(case, providers, built, baseline=module.BASELINE)

@@ -280,3 +280,39 @@ def test_weights_that_require_grad_are_fine_where_autograd_does_not_record():
                 )
     with pytest.raises(RuntimeError, match="not differentiable with respect to argument 'weight'"):
         crossent.cross_entropy(x, t, w)
+
+
+@pytest.mark.parametrize("op", ["binary_cross_entropy", "binary_cross_entropy_with_logits",
+                                "nll_loss", "cross_entropy"])  # fmt: skip
+def test_under_torch_compile(op):
+    # auto: nll_loss and the binary losses trace torch's ops (torch's bits), cross_entropy its
+    # fused op; an explicit impl="torch" compiles for all; checks still raise
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(64, 10, generator=gen)
+    target = torch.randint(0, 10, (64,), generator=gen)
+    if op == "nll_loss":
+        x = x.log_softmax(1)
+    elif op.startswith("binary"):
+        target = torch.rand(64, 10, generator=gen)
+        x = torch.sigmoid(x) if op == "binary_cross_entropy" else x
+
+    def run(fn):
+        leaf = x.clone().requires_grad_()
+        loss = torch.compile(fn, backend="eager", fullgraph=True)(leaf, target)
+        loss.backward()
+        return loss.detach(), leaf.grad
+
+    theirs = run(getattr(F, op))
+    for impl in ("auto", "torch"):
+        ours = run(functools.partial(getattr(crossent, op), impl=impl))
+        torch.testing.assert_close(ours, theirs)
+        if impl == "torch" or op != "cross_entropy":
+            assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True)), impl
+    bad = target.clone()
+    bad[3] = 10 if not op.startswith("binary") else 2.0
+    if op != "binary_cross_entropy_with_logits":  # (its targets are not range-checked)
+        error = RuntimeError if op == "binary_cross_entropy" else IndexError
+        with pytest.raises(error):
+            torch.compile(functools.partial(getattr(crossent, op), impl="torch"),
+                          backend="eager", fullgraph=True)(x, bad)  # fmt: skip

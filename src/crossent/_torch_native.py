@@ -15,9 +15,10 @@ What stays with crossent's own implementations (:func:`why_not` and :func:`auto_
 * an unbatched ``(C,)`` input with a ``(1,)`` target (torch's backward fails there; the
   reference differentiates it);
 * calls under a torch.func transform (the reference checks targets inside the transform;
-  plain forward-mode AD with dual tensors is served by torch's kernels) and calls traced by
-  torch.compile (compiled code keeps the custom ops that hold its value checks out of the
-  graph);
+  plain forward-mode AD with dual tensors is served by torch's kernels);
+* for ``impl="auto"`` under torch.compile: ``cross_entropy`` (its fused custom op). Traced
+  calls check values in custom ops, as every traced path does, so the other losses trace
+  torch's ops, and an explicit ``impl="torch"`` compiles too;
 * for ``impl="auto"`` on CUDA: ``cross_entropy`` (the Triton kernel reads its range check
   after queueing its work; torch's kernel would have to wait for the check) and ``nll_loss`` of
   K-dim inputs (torch's CUDA kernel sums them with atomics: not deterministic); other devices.
@@ -38,9 +39,9 @@ import torch.nn.functional as F
 #: outweighs its memory saving below about a million logits, 4 MiB in float32).
 CROSS_ENTROPY_MAX_ELEMENTS = 1 << 20
 
-#: The binary losses, whose torch CUDA kernels ``impl="auto"`` uses (elementwise, then torch's
-#: deterministic reductions; ``nll_loss`` too, for 1-D/2-D inputs).
-CUDA_BINARY_OPS = ("binary_cross_entropy", "binary_cross_entropy_with_logits")
+#: The binary losses: ``impl="auto"`` uses torch's kernels for them on CUDA too (elementwise,
+#: then torch's deterministic reductions; ``nll_loss`` too, for 1-D/2-D inputs).
+BINARY_OPS = ("binary_cross_entropy", "binary_cross_entropy_with_logits")
 
 
 def why_not(input: torch.Tensor, target: Any, weight: Any, pos_weight: Any = None) -> str | None:
@@ -48,8 +49,6 @@ def why_not(input: torch.Tensor, target: Any, weight: Any, pos_weight: Any = Non
     otherwise the reason, for the error of an explicit ``impl="torch"``."""
     if input.dim() == 1 and target.dim() == 1 and not target.is_floating_point():
         return "an unbatched (C,) input with a (1,) target (torch's backward fails there)"
-    if torch.compiler.is_compiling():
-        return "a call traced by torch.compile"
     from crossent._fused_op import transformed
 
     if transformed(input, target, weight, pos_weight):
@@ -64,13 +63,13 @@ def auto_serves(op: str, input: torch.Tensor) -> bool:
     ``nll_loss`` of 1-D/2-D inputs, whose torch kernels are deterministic (its K-dim
     ``nll_loss`` sums with atomics, so those keep the reference; ``cross_entropy`` has the
     Triton kernel)."""
-    if torch.compiler.is_compiling():
-        return False
     device = input.device.type
+    if torch.compiler.is_compiling() and op == "cross_entropy":
+        return False  # traced, cross_entropy keeps its fused custom op
     if device == "cpu":
         return op != "cross_entropy" or input.numel() < CROSS_ENTROPY_MAX_ELEMENTS
     if device == "cuda":
-        return op in CUDA_BINARY_OPS or (op == "nll_loss" and input.dim() <= 2)
+        return op in BINARY_OPS or (op == "nll_loss" and input.dim() <= 2)
     return False
 
 

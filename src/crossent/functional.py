@@ -609,8 +609,8 @@ def nll_loss(
     Equals ``torch.nn.functional.nll_loss(input, target, weight, ignore_index=ignore_index,
     reduction=reduction)``. Like PyTorch, nothing checks that ``input`` holds log-probabilities
     (:func:`crossent.diagnose` does). ``impl`` (torch tensors): ``"auto"`` (torch's own kernel
-    after crossent's checks, on the CPU and where torch's CUDA kernel is deterministic; else
-    the reference), ``"reference"``, ``"torch"``.
+    after crossent's checks, on the CPU, under torch.compile and where torch's CUDA kernel is
+    deterministic; else the reference), ``"reference"``, ``"torch"``.
 
     >>> import numpy as np, crossent
     >>> logp = np.array([[-1.2, -0.5, -2.0], [-0.3, -1.5, -2.5]])
@@ -718,8 +718,9 @@ def binary_cross_entropy(
     _, options, checked = _prepare_bce(input, target, weight, reduction)
     native = _torch_kernel(choice, impl, "binary_cross_entropy", input, target, weight)
     if native is not None:
-        return native.binary_cross_entropy(input, target, weight, options)
-    loss = _run_reference(_bce_fn, options, input, target, weight)
+        loss = native.binary_cross_entropy(input, target, weight, options)
+    else:
+        loss = _run_reference(_bce_fn, options, input, target, weight)
     return loss if checked is None else loss - checked
 
 
