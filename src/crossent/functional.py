@@ -498,7 +498,8 @@ def _torch_kernel(choice, impl, op, input, target, weight, pos_weight=None, *, r
     if impl == "auto":
         return None
     raise ValueError(
-        f"impl='torch' cannot serve this {op} call: {why}; use impl='reference' (or 'auto')"
+        f"impl='torch' cannot serve this {op} call: {why}; use impl='auto', which picks an "
+        f"implementation that can"
     )
 
 
