@@ -8,6 +8,9 @@ against torch eager:
   crossent's checks below 2**20 logits, the fused kernel from there on;
 * ``crossent fused``: ``impl="fused"`` at every shape, to show where the switch pays.
 
+Two K-dimensional (segmentation-style) cases show why ``auto`` keeps torch's kernel for K-dim
+inputs at every size on the CPU.
+
 ``--quick`` keeps the three smallest shapes.
 """
 
@@ -22,9 +25,42 @@ SHAPES = [(64, 10), (64, 1000), (256, 1000), (1024, 1000), (256, 10000), (1024, 
           (512, 32768), (2048, 32768)]  # fmt: skip
 
 
+#: K-dimensional (segmentation-style) inputs ``(N, C, H, W)``, float32.
+KDIM_SHAPES = [(4, 21, 256, 256), (8, 21, 384, 384)]
+
+
+def _kdim_case(shape: tuple[int, ...]) -> Case:
+    def make():
+        import torch
+
+        gen = torch.Generator().manual_seed(0)
+        logits = torch.randn(shape, generator=gen).requires_grad_()
+        target = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=gen)
+        return {"logits": logits, "target": target}
+
+    def reference(inputs):
+        import torch.nn.functional as F
+
+        return F.cross_entropy(inputs["logits"], inputs["target"])
+
+    numel = 1
+    for size in shape:
+        numel *= size
+    return Case(
+        name="N,C,H,W=" + "x".join(map(str, shape)) + " float32",
+        params={"shape": shape, "dtype": "float32"},
+        make_inputs=make,
+        reference_loss=reference,
+        dtype="float32",
+        reference_bytes=4 * numel,
+        reference_label="logits",
+    )
+
+
 def cases(quick: bool) -> list[Case]:
     shapes = SHAPES[:3] if quick else SHAPES
-    return [_case(n, c, dtype) for n, c in shapes for dtype in ("float32", "bfloat16")]
+    flat = [_case(n, c, dtype) for n, c in shapes for dtype in ("float32", "bfloat16")]
+    return flat + ([] if quick else [_kdim_case(shape) for shape in KDIM_SHAPES])
 
 
 def _crossent_public(impl: str):

@@ -70,6 +70,8 @@ def test_auto_switches_to_the_fused_kernel_at_the_threshold(monkeypatch):
     fused = crossent.cross_entropy(_leaf(4, 4), t, impl="fused")
     assert type(large.grad_fn) is type(fused.grad_fn)
     assert torch.equal(large, fused)
+    kdim = crossent.cross_entropy(_leaf(2, 4, 3), torch.tensor([[0, 1, 2], [3, 2, 1]]))
+    assert type(kdim.grad_fn).__name__.startswith("NllLoss")  # 24 logits, but K-dim: torch's
 
 
 @pytest.mark.parametrize("impl", ["auto", "torch"])
@@ -203,6 +205,7 @@ def test_which_devices_and_ops_auto_sends_to_torchs_kernel():
     big = _torch_native.CROSS_ENTROPY_MAX_ELEMENTS
     served = {
         ("cpu", "cross_entropy", 2, 6): True, ("cpu", "cross_entropy", 2, big): False,
+        ("cpu", "cross_entropy", 3, big): True,  # K-dim: torch's kernel at any size
         ("cpu", "nll_loss", 4, big): True, ("cpu", "binary_cross_entropy", 1, big): True,
         # CUDA: deterministic torch kernels only; cross_entropy has the Triton kernel
         ("cuda", "cross_entropy", 2, 6): False, ("cuda", "nll_loss", 2, 6): True,

@@ -329,18 +329,19 @@ def cross_entropy(
     ``impl`` selects the implementation for torch tensors: ``"auto"``, ``"reference"``,
     ``"torch"`` (torch's own kernel, called after crossent's checks: torch's result bit for
     bit), ``"fused"``, ``"triton"``. ``"auto"`` picks, on the CPU, torch's own kernel below
-    2**20 logits (where a call's fixed cost decides) and the fused blocked torch-ops kernel from
-    there on; on CUDA the Triton kernel when Triton is installed, else the fused kernel. Where
-    torch's kernel cannot serve the arguments (an unbatched ``(C,)`` input with a ``(1,)``
-    target, on which its backward fails; ``inplace_backward=True``) it takes the fused kernel,
-    and where that cannot either (a probability target or class weight that requires grad, a
-    torch.func transform) the reference. An explicit ``impl="torch"`` refuses (ValueError)
-    what it cannot serve, torch.compile and torch.func transforms included. Under
+    2**20 logits (where a call's fixed cost decides) and for K-dim inputs at any size (the fused
+    kernel would copy them into rows first), and the fused blocked torch-ops kernel for 2-D
+    inputs from there on; on CUDA the Triton kernel when Triton is installed, else the fused
+    kernel. Where torch's kernel cannot serve the arguments (an unbatched ``(C,)`` input with a
+    ``(1,)`` target, on which its backward fails; ``inplace_backward=True``) it takes the fused
+    kernel, and where that cannot either (a probability target or class weight that requires
+    grad, a torch.func transform) the reference. An explicit ``impl="torch"`` refuses
+    (ValueError) what it cannot serve, torch.compile and torch.func transforms included. Under
     ``torch.autocast`` the loss is computed as torch's is there (half arguments count as
-    float32, the loss is float32). NumPy and other
-    arrays always use the reference. The fused paths compute the gradient in the forward pass
-    and save only it; they support neither double backward nor a second backward through the
-    same graph (both raise; use ``impl="reference"`` or ``"torch"``).
+    float32, the loss is float32). NumPy and other arrays always use the reference. The fused
+    paths compute the gradient in the forward pass and save only it; they support neither double
+    backward nor a second backward through the same graph (both raise; use ``impl="reference"``
+    or ``"torch"``).
 
     ``inplace_backward=True`` (opt-in; fused/triton only) writes the gradient into the logits'
     own storage, so the loss needs no memory of the logits' size: the logits are consumed. It is
