@@ -34,9 +34,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-#: ``impl="auto"`` runs torch's own cross-entropy below this many logits on the CPU and the
-#: fused kernel from here on (benchmarks/cross_entropy_small.py: the fused kernel's fixed cost
-#: outweighs its memory saving below about a million logits, 4 MiB in float32).
+#: ``impl="auto"`` runs torch's own cross-entropy of a 2-D input below this many logits on the
+#: CPU and the fused kernel from here on (benchmarks/cross_entropy_small.py: the fused kernel's
+#: fixed cost outweighs its memory saving below about a million logits, 4 MiB in float32).
 CROSS_ENTROPY_MAX_ELEMENTS = 1 << 20
 
 #: The binary losses: ``impl="auto"`` uses torch's kernels for them on CUDA too (elementwise,
@@ -60,11 +60,11 @@ def auto_serves(op: str, input: torch.Tensor) -> bool:
     """Whether ``impl="auto"`` tries torch's own kernel for ``op`` on this input (before
     :func:`why_not`). CPU tensors; for ``cross_entropy`` below
     :data:`CROSS_ENTROPY_MAX_ELEMENTS` logits, and K-dim inputs ``(N, C, d1, ...)`` at any size
-    (the fused kernel first copies them to ``(N*d1*..., C)`` rows: up to 2.4x torch's time to
-    save 15% of peak memory, ``benchmarks cross_entropy_small``). CUDA tensors for the binary losses
-    and for ``nll_loss`` of 1-D/2-D inputs, whose torch kernels are deterministic (its K-dim
-    ``nll_loss`` sums with atomics, so those keep the reference; ``cross_entropy`` has the
-    Triton kernel)."""
+    (the fused kernel first copies them to ``(N*d1*..., C)`` rows: 1.5x-3x torch eager's time to
+    save about 16% of peak memory, ``benchmarks cross_entropy_small``). CUDA tensors for the
+    binary losses and for ``nll_loss`` of 1-D/2-D inputs, whose torch kernels are deterministic
+    (its K-dim ``nll_loss`` sums with atomics, so those keep the reference; ``cross_entropy``
+    has the Triton kernel)."""
     device = input.device.type
     if torch.compiler.is_compiling() and op == "cross_entropy":
         return False  # traced, cross_entropy keeps its fused custom op

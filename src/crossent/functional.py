@@ -336,7 +336,7 @@ def cross_entropy(
     ``(1,)`` target, on which its backward fails; ``inplace_backward=True``) it takes the fused
     kernel, and where that cannot either (a probability target or class weight that requires
     grad, a torch.func transform) the reference. An explicit ``impl="torch"`` refuses
-    (ValueError) what it cannot serve, torch.compile and torch.func transforms included. Under
+    (ValueError) what it cannot serve, torch.func transforms included. Under
     ``torch.autocast`` the loss is computed as torch's is there (half arguments count as
     float32, the loss is float32). NumPy and other arrays always use the reference. The fused
     paths compute the gradient in the forward pass and save only it; they support neither double
@@ -611,8 +611,8 @@ def nll_loss(
     Equals ``torch.nn.functional.nll_loss(input, target, weight, ignore_index=ignore_index,
     reduction=reduction)``. Like PyTorch, nothing checks that ``input`` holds log-probabilities
     (:func:`crossent.diagnose` does). ``impl`` (torch tensors): ``"auto"`` (torch's own kernel
-    after crossent's checks, on the CPU, under torch.compile and where torch's CUDA kernel is
-    deterministic; else the reference), ``"reference"``, ``"torch"``.
+    after crossent's checks, traced by torch.compile or not, on the CPU and where torch's CUDA
+    kernel is deterministic; else the reference), ``"reference"``, ``"torch"``.
 
     >>> import numpy as np, crossent
     >>> logp = np.array([[-1.2, -0.5, -2.0], [-0.3, -1.5, -2.5]])
