@@ -16,6 +16,8 @@ inputs at every size on the CPU.
 
 from __future__ import annotations
 
+import math
+
 from benchmarks.cross_entropy import BASELINE, _case, _torch_eager
 from benchmarks.harness import Case, Provider
 
@@ -43,16 +45,13 @@ def _kdim_case(shape: tuple[int, ...]) -> Case:
 
         return F.cross_entropy(inputs["logits"], inputs["target"])
 
-    numel = 1
-    for size in shape:
-        numel *= size
     return Case(
         name="N,C,H,W=" + "x".join(map(str, shape)) + " float32",
         params={"shape": shape, "dtype": "float32"},
         make_inputs=make,
         reference_loss=reference,
         dtype="float32",
-        reference_bytes=4 * numel,
+        reference_bytes=4 * math.prod(shape),
         reference_label="logits",
     )
 

@@ -137,18 +137,30 @@ def test_out_of_range_target_raises_index_error_on_the_fused_path():
         crossent.cross_entropy(torch.randn(3, 4), torch.tensor([0, 1, 9]), impl="fused")
 
 
-def test_inplace_backward_equals_out_of_place_and_refuses_leaves():
+@pytest.mark.parametrize("form", ["function", "module"])
+def test_inplace_backward_equals_out_of_place_and_refuses_leaves(form):
     g = torch.Generator().manual_seed(0)
     h = torch.randn(16, 8, generator=g, requires_grad=True)
     layer = torch.randn(8, 40, generator=g)
     t = torch.randint(0, 40, (16,), generator=g)
+
+    def loss_fn(logits, inplace):
+        if form == "module":
+            criterion = crossent.nn.CrossEntropyLoss(label_smoothing=0.1, impl="fused",
+                                                     inplace_backward=inplace)  # fmt: skip
+            return criterion(logits, t)
+        return crossent.cross_entropy(logits, t, label_smoothing=0.1, impl="fused",
+                                      inplace_backward=inplace)  # fmt: skip
+
     grads = []
     for inplace in (False, True):
         h.grad = None
-        loss = crossent.cross_entropy(h @ layer, t, label_smoothing=0.1, impl="fused",
-                                      inplace_backward=inplace)
+        logits = h @ layer
+        loss = loss_fn(logits, inplace)
         loss.backward()
         grads.append((loss.detach(), h.grad.clone()))
+        if inplace:  # the logits were consumed: their storage holds the gradient now
+            assert not torch.equal(logits.detach(), (h @ layer).detach())
     assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
     with pytest.raises(RuntimeError, match="leaf"):
         crossent.cross_entropy(torch.randn(2, 3, requires_grad=True), torch.tensor([0, 1]),

@@ -556,9 +556,12 @@ def test_warm_started_fit_batches_is_a_fit_not_a_continuation():
 def test_partial_fit_continues_a_model_fitted_by_lbfgs():
     X, y = load_iris(return_X_y=True)
     model = SoftmaxRegression(max_iter=200).fit(StandardScaler().fit_transform(X), y)
+    fitted = model.coef_.copy()
     model.set_params(solver="sgd")
     model.partial_fit(StandardScaler().fit_transform(X), y)
     assert model.coef_.shape == (3, 4)
+    # one epoch from the optimum stays near it (one from zero would not)
+    assert np.linalg.norm(model.coef_ - fitted) < 0.25 * np.linalg.norm(fitted)
 
 
 def test_half_precision_torch_input_is_read_as_float32():

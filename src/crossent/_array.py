@@ -144,6 +144,12 @@ def requires_grad(x: Any) -> bool:
     return bool(getattr(x, "requires_grad", False)) and is_torch(x)
 
 
+def needs_grad(x: Any) -> bool:
+    """:func:`requires_grad` while autograd records (under ``no_grad`` or ``inference_mode``
+    nothing asks for the gradient, and torch accepts what it would otherwise refuse)."""
+    return requires_grad(x) and sys.modules["torch"].is_grad_enabled()
+
+
 def shape_str(shape: tuple[int, ...]) -> str:
     """``(2, 3)`` -> ``[2, 3]``, PyTorch's way of printing sizes in messages."""
     return "[" + ", ".join(str(int(s)) for s in shape) + "]"

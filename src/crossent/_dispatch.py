@@ -1,13 +1,11 @@
 """Which implementation serves a call: resolved per call from the arguments, never at import.
 
-``impl="auto"`` picks, for torch tensors, torch's own kernel after crossent's checks
-(:mod:`crossent._torch_native`) for ``nll_loss``, the binary losses and the cross-entropies of
-fewer than 2**20 logits or of K-dim inputs on the CPU (traced by torch.compile too, except
-cross_entropy), and for the binary losses and 1-D/2-D ``nll_loss`` on CUDA; for larger 2-D
-cross-entropies the fused blocked torch-ops kernel, or on CUDA the Triton kernel when Triton is
-importable; the reference for the rest. Every other array type uses the Array API
-reference. An explicit choice that cannot serve the input raises ValueError naming the ones
-that can.
+``impl="auto"`` picks, for torch tensors, torch's own kernel after crossent's checks where
+:func:`crossent._torch_native.auto_serves` says so (the one statement of those rules); else for
+``cross_entropy`` and ``linear_cross_entropy`` the fused blocked torch-ops kernel, or on CUDA
+the Triton kernel when Triton is importable; the reference for the rest. Every other array type
+uses the Array API reference. An explicit choice that cannot serve the input raises ValueError
+naming the ones that can.
 """
 
 from __future__ import annotations

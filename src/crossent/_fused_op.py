@@ -43,6 +43,7 @@ import torch
 from torch.utils import _python_dispatch
 
 from crossent import _reduction
+from crossent._array import needs_grad
 from crossent.backends import cpu
 from crossent.backends.rows import RowOptions, accumulation_dtype
 
@@ -459,12 +460,11 @@ def check_supported(
                                "derivative")  # fmt: skip
     if logits.dtype not in FLOAT_DTYPES:
         raise FusedUnsupported(f"logits dtype {logits.dtype} (supported: float16/bfloat16/32/64)")
-    recording = torch.is_grad_enabled()  # (under no_grad nothing asks for their gradients)
-    if weight is not None and weight.requires_grad and recording:
+    if needs_grad(weight):
         raise FusedUnsupported("class weights that require grad (the fused path has no weight "
                                "gradient)")  # fmt: skip
     if target.is_floating_point():
-        if target.requires_grad and recording:
+        if needs_grad(target):
             raise FusedUnsupported("a probability target that requires grad (the fused path has "
                                    "no target gradient)")  # fmt: skip
         promoted = torch.promote_types(logits.dtype, target.dtype)

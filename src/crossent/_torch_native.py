@@ -61,7 +61,7 @@ def auto_serves(op: str, input: torch.Tensor) -> bool:
     :func:`why_not`). CPU tensors; for ``cross_entropy`` below
     :data:`CROSS_ENTROPY_MAX_ELEMENTS` logits, and K-dim inputs ``(N, C, d1, ...)`` at any size
     (the fused kernel first copies them to ``(N*d1*..., C)`` rows: 1.5x-3x torch eager's time to
-    save about 16% of peak memory, ``benchmarks cross_entropy_small``). CUDA tensors for the
+    save about 15% of peak memory, ``benchmarks cross_entropy_small``). CUDA tensors for the
     binary losses and for ``nll_loss`` of 1-D/2-D inputs, whose torch kernels are deterministic
     (its K-dim ``nll_loss`` sums with atomics, so those keep the reference; ``cross_entropy``
     has the Triton kernel)."""

@@ -44,6 +44,8 @@ class _ReferenceLoss(torch.autograd.Function):
 def _reference_backward(ctx, grad_output):
     """The analytic gradients of the reference, as differentiable torch ops (shared by the
     autograd Functions below)."""
+    from crossent._fused_op import transformed
+
     if grad_output is None:  # an undefined output gradient (grads are not materialised)
         return (None,) * 6
     input, target, weight, pos_weight = ctx.saved_tensors
@@ -58,7 +60,7 @@ def _reference_backward(ctx, grad_output):
         and torch.is_grad_enabled()
         and not grad_input.requires_grad
         and not torch.compiler.is_compiling()
-        and not _transformed(input)  # (torch.func handles an input-free gradient itself)
+        and not transformed(input)  # (torch.func handles an input-free gradient itself)
     ):
         # create_graph=True, and a gradient that does not depend on the input (nll_loss's):
         # still a function of it, with zero derivative, as torch's is (double backward
@@ -92,12 +94,6 @@ class _ReferenceLossEager(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
         return _reference_backward(ctx, grad_output)
-
-
-def _transformed(input: torch.Tensor) -> bool:
-    from crossent._fused_op import transformed
-
-    return transformed(input)
 
 
 class _ZeroDerivative(torch.autograd.Function):

@@ -23,7 +23,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from crossent._array import dtype_name, is_floating, is_integral, requires_grad, shape_str
+from crossent._array import dtype_name, is_floating, is_integral, needs_grad, shape_str
 from crossent._reduction import REDUCTIONS
 
 
@@ -168,7 +168,7 @@ def check_floating_input(xp: Any, input: Any, op: str) -> None:
 def check_not_differentiable(tensor: Any, op: str, arg: str) -> None:
     """torch refuses autograd through class weights of the index path, BCE weights, pos_weight
     (only while autograd records: under ``no_grad`` or ``inference_mode`` it computes the loss)."""
-    if requires_grad(tensor) and sys.modules["torch"].is_grad_enabled():
+    if needs_grad(tensor):
         raise RuntimeError(
             f"The function '{op}' is not differentiable with respect to argument '{arg}'. "
             f"This input cannot have requires_grad True."

@@ -33,11 +33,12 @@ from torch import Tensor
 
 from crossent import _reduction
 from crossent import _validation as check
+from crossent._array import needs_grad
 from crossent._dispatch import resolve_impl
 from crossent.backends import linear_blocks
 from crossent.backends.linear_blocks import BlockPlan
 from crossent.backends.rows import RowOptions, accumulation_dtype
-from crossent.functional import CrossEntropyOutput, cross_entropy_with_extras
+from crossent.functional import CrossEntropyOutput, _checked_target, cross_entropy_with_extras
 
 __all__ = [
     "BlockPlan",
@@ -601,7 +602,7 @@ def _small_on_torch(input, linear_weight, target, linear_bias, weight, call: _Ca
     if not call.probabilities:  # (the rest of cross_entropy's checks ran in _prepare)
         import array_api_compat.torch as xp
 
-        check.check_target_range(xp, target, num_classes, call.ignore_index)
+        target = _checked_target(xp, target, num_classes, call.ignore_index)
     if weight is not None and weight.dim() != 1:  # K-dim: any weight of C elements
         weight = weight.reshape(-1)
     options = {"ignore_index": call.ignore_index, "reduction": call.reduction,
@@ -750,10 +751,9 @@ def _unsupported(input, linear_weight, linear_bias, target, weight) -> str | Non
     if transformed(input, linear_weight, linear_bias, target, weight):
         return ("torch.func transforms (grad, vmap, ...), which cannot see through its "
                 "gradient")  # fmt: skip
-    recording = torch.is_grad_enabled()  # (under no_grad nothing asks for their gradients)
-    if target.requires_grad and recording:
+    if needs_grad(target):
         return "a probability target that requires grad (it computes no target gradient)"
-    if weight is not None and weight.requires_grad and recording:
+    if needs_grad(weight):
         return "class weights that require grad (it computes no weight gradient)"
     if target.is_floating_point():
         loss_dtype = _result_dtype(input, target, weight)
