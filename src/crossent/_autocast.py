@@ -2,11 +2,22 @@
 
 Under ``torch.autocast`` torch runs its losses by the "autocast to float32" rule: float16 and
 bfloat16 arguments are cast to float32, the op runs with autocast off, and the loss comes out in
-float32 (on CPU and CUDA for ``cross_entropy``, ``nll_loss`` and the binary losses; CUDA refuses
-``binary_cross_entropy`` outright). crossent's losses are not ATen ops, so autocast would
-otherwise reach only the small ops inside them, each by its own rule. Instead, each loss asks
-:func:`scope` at its entry: when autocast is on for the input's device, the loss runs with
-autocast off, on arguments cast as torch's own op would cast them, with its result dtype.
+float32 (on CPU and CUDA for ``nll_loss`` and the binary losses, on CPU for ``cross_entropy``;
+CUDA refuses ``binary_cross_entropy`` outright).
+
+One deliberate deviation: on CUDA torch's ``cross_entropy`` is not an autocast op. Its composite
+runs ``log_softmax`` in the input's own dtype and only then the float32 ``nll_loss``, so its
+log-probabilities are rounded to bfloat16/float16 first (``benchmarks/gpu.py`` checks that
+composite, written out, against torch bit for bit). crossent widens the logits instead, on every
+device and for every ``impl`` (``"torch"`` included): its loss is torch's float32 loss on the
+same half-precision logits (``F.cross_entropy(z.float(), ...)``), in the dtype torch returns.
+On an H200 that loss was 3e-8 (relative) from float64 where torch's own autocast loss was
+1.6e-4; record: ``benchmarks/records/gpu-h200-2026-11-27-autocast.md``.
+
+crossent's losses are not ATen ops, so autocast would otherwise reach only the small ops inside
+them, each by its own rule. Instead, each loss asks :func:`scope` at its entry: when autocast is
+on for the input's device, the loss runs with autocast off, on arguments cast as torch's own op
+would cast them, with its result dtype.
 
 Which dtype torch's op computes in is not tabulated here: a one-row call of torch's own op under
 the active autocast state answers it (cached per op, device type and autocast dtype), so the

@@ -338,10 +338,11 @@ def cross_entropy(
     grad, a torch.func transform) the reference. An explicit ``impl="torch"`` refuses
     (ValueError) what it cannot serve, torch.func transforms included. Under
     ``torch.autocast`` the loss is computed as torch's is there (half arguments count as
-    float32, the loss is float32). NumPy and other arrays always use the reference. The fused
-    paths compute the gradient in the forward pass and save only it; they support neither double
-    backward nor a second backward through the same graph (both raise; use ``impl="reference"``
-    or ``"torch"``).
+    float32, the loss is float32; on CUDA torch's own composite rounds its log-probabilities to
+    the half dtype first, crossent does not, see :mod:`crossent._autocast`). NumPy and other
+    arrays always use the reference. The fused paths compute the gradient in the forward pass
+    and save only it; they support neither double backward nor a second backward through the
+    same graph (both raise; use ``impl="reference"`` or ``"torch"``).
 
     ``inplace_backward=True`` (opt-in; fused/triton only) writes the gradient into the logits'
     own storage, so the loss needs no memory of the logits' size: the logits are consumed. It is

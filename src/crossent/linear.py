@@ -816,7 +816,8 @@ def _dispatch(input, linear_weight, target, linear_bias, weight, options, want_e
 def _under_autocast(input, linear_weight, target, linear_bias, weight, options):
     """What ``F.cross_entropy(F.linear(x, W, b), target, weight, ...)`` does under autocast:
     ``linear`` casts ``x``, ``W`` and ``b`` to the autocast dtype, ``cross_entropy`` widens its
-    arguments (see :mod:`crossent._autocast`). The blocked path does both with autocast off:
+    arguments (see :mod:`crossent._autocast`, also for the CUDA composite's rounded
+    log-probabilities, which crossent does not copy). The blocked path does both with autocast off:
     the GEMMs in the autocast dtype, the loss in the dtype torch's cross_entropy gives."""
     from crossent import _autocast
 
