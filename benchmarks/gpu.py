@@ -882,13 +882,34 @@ def config_sweep(run: Run, device, small: bool):
         ("block 8192, 16 warps", KernelConfig(8192, 16)),
         ("block 2048, 8 warps", KernelConfig(2048, 8)),
         ("block 2048, 8 warps, 4/SM", KernelConfig(2048, 8, programs=4 * sms)),
-    ]
+        ("block 4096, 16 warps, grid = rows (default before 2026-11-27)",
+         KernelConfig(4096, 16, programs=0)),
+    ]  # fmt: skip
     gemma = [
         ("default", None),
         ("stages=1", KernelConfig(b, w, num_stages=1)),
         ("grid = rows", KernelConfig(b, w, programs=0)),
         ("grid = 2/SM", KernelConfig(b, w, programs=2 * sms)),
+        main[-1],
     ]
+    if run.args.wide_sweep:  # more persistent grids, deeper pipelines, bigger blocks
+        wide = [
+            (f"{per}/SM, block {blk}, {warps} warps, stages {stages}{tag}",
+             KernelConfig(blk, warps, stages, programs=per * sms, l2_hints=not tag))
+            for per, blk, warps, stages, tag in [
+                (1, 8192, 32, 4, ""), (1, 8192, 32, 6, ""), (1, 16384, 32, 3, ""),
+                (1, 4096, 16, 6, ""), (2, 4096, 16, 4, ""), (2, 4096, 16, 6, ""),
+                (2, 8192, 16, 3, ""), (3, 4096, 16, 1, ""), (4, 2048, 8, 1, ""),
+                (4, 2048, 8, 4, ""), (6, 2048, 8, 3, ""), (8, 1024, 4, 3, ""),
+                (8, 2048, 4, 3, ""), (4, 2048, 8, 3, ", no hints"),
+            ]
+        ] + [
+            ("rows, block 2048, 8 warps, stages 3", KernelConfig(2048, 8, 3, programs=0)),
+            ("rows, block 2048, 8 warps, stages 1", KernelConfig(2048, 8, 1, programs=0)),
+            ("rows, block 8192, 32 warps, stages 3", KernelConfig(8192, 32, 3, programs=0)),
+        ]  # fmt: skip
+        main = main[:1] + main[-1:] + wide
+        gemma = gemma[:1] + main[-1:] + wide
     shapes = [((64, 1000), main[:3]) if small else ((8192, 128256), main)]
     if not small:
         shapes.append(((4096, 256000), gemma))
@@ -1461,7 +1482,7 @@ def compile_check() -> int:
         return " ".join(usage[0].split()[:5]) if usage else "?"
 
     def variant(dtype="bf16", prob=False, weight=False, smooth=False, z=False, cap=False,
-                grad=True, scaled=False, from_lse=False, stages=3, block=4096, warps=16,
+                grad=True, scaled=False, from_lse=False, stages=3, block=2048, warps=8,
                 cols=128256, hints=True):  # fmt: skip
         acc = tl.float64 if dtype == "fp64" else tl.float32
         acc_name = "fp64" if dtype == "fp64" else "fp32"
@@ -1561,6 +1582,9 @@ def parse_args(argv=None):
     parser.add_argument("--compile-check", action="store_true", help="compile for sm_90, no GPU")
     parser.add_argument("--budget-s", type=float, default=280.0, help="soft time budget")
     parser.add_argument("--gemm", action="store_true", help="also time dW-style GEMMs")
+    parser.add_argument(
+        "--wide-sweep", action="store_true", help="config sweep: more grids and pipelines"
+    )
     parser.add_argument("--only", default="", help="comma-separated section names to run")
     parser.add_argument("--out", default=os.environ.get("OUT", "results"), help="output folder")
     return parser.parse_args(argv)

@@ -12,12 +12,18 @@ deterministic and costs nothing at import or at the first call:
 
 * a block of ``num_warps * 32`` lanes times one 16-byte access per lane (8 bf16/fp16, 4 fp32,
   2 fp64 elements), so the per-lane online-softmax state stays a few registers;
-* ``num_warps = 16`` for long rows, fewer for short ones (at least one full access per lane);
+* ``num_warps = 8`` for long rows (a 2048-element bf16 block), fewer for short ones (at least
+  one full access per lane). Measured on an H200 (bf16, in place, 2026-11-27,
+  ``benchmarks/records/gpu-h200-2026-11-27-sweep.md``): 1.87 ms against 2.02 ms for 16 warps
+  and 4096-element blocks at 8192 x 128256, 1.77 against 2.06 ms at 4096 x 256000; on an H100
+  the two were level (2.16 against 2.18 ms, 2026-11-26);
 * ``num_stages = 3`` (two blocks of loads in flight ahead of the arithmetic);
 * one program per row, scheduled by the hardware (``programs=0``). Measured on an H100 (bf16,
   8192 x 128256, in place): 2.18 ms against 2.70 ms for a persistent grid sized to keep the rows
   in flight within ``L2_FRACTION`` of the L2 cache (still available as ``programs=None``) and
-  2.19 ms for two programs per SM.
+  2.19 ms for two programs per SM. No wider sweep on the H200 (persistent grids of 1-8
+  programs per SM, 1-6 pipeline stages, blocks of 1024-16384 elements) came within 5% of
+  one read and one write: the best reached 58% of the copy bandwidth.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ if TYPE_CHECKING:
 L2_FRACTION = 0.6
 
 _WARP = 32
+_MAX_WARPS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +71,14 @@ def choose_config(num_cols: int, element_size: int) -> KernelConfig:
     """The default launch parameters for rows of ``num_cols`` elements of ``element_size``.
 
     >>> choose_config(128256, 2)
-    KernelConfig(block=4096, num_warps=16, num_stages=3, programs=0, l2_hints=True)
+    KernelConfig(block=2048, num_warps=8, num_stages=3, programs=0, l2_hints=True)
     >>> choose_config(1000, 4)
     KernelConfig(block=1024, num_warps=8, num_stages=3, programs=0, l2_hints=True)
     """
     per_lane = max(1, 16 // element_size)
-    block = min(_next_power_of_2(num_cols), 16 * _WARP * per_lane)
+    block = min(_next_power_of_2(num_cols), _MAX_WARPS * _WARP * per_lane)
     block = max(block, 16)
-    num_warps = max(1, min(16, block // (_WARP * per_lane)))
+    num_warps = max(1, min(_MAX_WARPS, block // (_WARP * per_lane)))
     return KernelConfig(block=block, num_warps=num_warps, programs=0)
 
 

@@ -36,8 +36,12 @@ each row over 8-16 programs exchanging partial statistics through global memory 
 acquire/release counter, the chunk held in registers or re-read from L2): correct, but slower
 on an H200 at every shape measured (2.07-2.9 ms against 1.81 ms at 8192 x 128256, also for 16 to
 1024 rows; ``benchmarks/records/gpu-h200-2026-11-26*.md``): the registers hold 32-64 KB of a
-row per SM, too little to cover the several L2 round trips of each row's exchange. What is left
-is distributed shared memory within a cluster, which Triton's language does not expose.
+row per SM, too little to cover the several L2 round trips of each row's exchange. A wider launch
+sweep on the H200 (2026-11-27, ``gpu-h200-2026-11-27-sweep.md``: persistent grids of 1-8 programs
+per SM, 1-6 pipeline stages, blocks of 1024-16384 elements) found nothing above 58% of the copy
+bandwidth; its best (2048-element blocks, 8 warps, one program per row) is the default since.
+What is left is distributed shared memory within a cluster, which Triton's language does not
+expose.
 
 What memory is saved. Nothing of size ``R x C`` is allocated: per-row outputs are ``(R,)``
 vectors; the gradient goes to the caller's buffer (possibly the logits themselves).
