@@ -16,7 +16,7 @@ deterministic and costs nothing at import or at the first call:
   one full access per lane). Measured on an H200 (bf16, in place, 2026-11-27,
   ``benchmarks/records/gpu-h200-2026-11-27-sweep.md``): 1.87 ms against 2.02 ms for 16 warps
   and 4096-element blocks at 8192 x 128256, 1.77 against 2.06 ms at 4096 x 256000; on an H100
-  the two were level (2.16 against 2.18 ms, 2026-11-26);
+  2% faster (2.17 against 2.22 ms, ``gpu-h100-2026-11-27-block2048.md``);
 * ``num_stages = 3`` (two blocks of loads in flight ahead of the arithmetic);
 * one program per row, scheduled by the hardware (``programs=0``). Measured on an H100 (bf16,
   8192 x 128256, in place): 2.18 ms against 2.70 ms for a persistent grid sized to keep the rows
