@@ -205,13 +205,20 @@ def test_modules_pass_impl_through(module, args):
 def test_which_devices_and_ops_auto_sends_to_torchs_kernel():
     from types import SimpleNamespace
 
-    def tensor(device, dim, numel=6):
+    def tensor(device, dim, numel=6, dtype=torch.float32):
         return SimpleNamespace(device=SimpleNamespace(type=device), dim=lambda: dim,
-                               numel=lambda: numel)  # fmt: skip
+                               numel=lambda: numel, dtype=dtype)  # fmt: skip
 
     big = _torch_native.CROSS_ENTROPY_MAX_ELEMENTS
+    half_big = _torch_native.HALF_CROSS_ENTROPY_MAX_ELEMENTS
+    assert half_big > big
+    for dtype in (torch.float16, torch.bfloat16):  # half logits switch later (float32 blocks)
+        assert _torch_native.auto_serves("cross_entropy", tensor("cpu", 2, big, dtype))
+        assert _torch_native.auto_serves("cross_entropy", tensor("cpu", 2, half_big - 1, dtype))
+        assert not _torch_native.auto_serves("cross_entropy", tensor("cpu", 2, half_big, dtype))
     served = {
         ("cpu", "cross_entropy", 2, 6): True, ("cpu", "cross_entropy", 2, big): False,
+        ("cpu", "cross_entropy", 2, big - 1): True,
         ("cpu", "cross_entropy", 3, big): True,  # K-dim: torch's kernel at any size
         ("cpu", "nll_loss", 4, big): True, ("cpu", "binary_cross_entropy", 1, big): True,
         # CUDA: deterministic torch kernels only; cross_entropy has the Triton kernel

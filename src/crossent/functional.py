@@ -329,7 +329,8 @@ def cross_entropy(
     ``impl`` selects the implementation for torch tensors: ``"auto"``, ``"reference"``,
     ``"torch"`` (torch's own kernel, called after crossent's checks: torch's result bit for
     bit), ``"fused"``, ``"triton"``. ``"auto"`` picks, on the CPU, torch's own kernel below
-    2**20 logits (where a call's fixed cost decides) and for K-dim inputs at any size (the fused
+    2**20 logits (2**23 for float16/bfloat16; where a call's fixed cost decides) and for K-dim
+    inputs at any size (the fused
     kernel would copy them into rows first), and the fused blocked torch-ops kernel for 2-D
     inputs from there on; on CUDA the Triton kernel when Triton is installed, else the fused
     kernel. Where torch's kernel cannot serve the arguments (an unbatched ``(C,)`` input with a
