@@ -9,8 +9,9 @@ against torch eager:
   on;
 * ``crossent fused``: ``impl="fused"`` at every shape, to show where the switch pays.
 
-Two K-dimensional (segmentation-style) cases show why ``auto`` keeps torch's kernel for K-dim
-inputs at every size on the CPU.
+K-dimensional (segmentation-style) cases show where ``auto`` switches K-dim inputs from torch's
+kernel to the fused kernel's column layout (float32, from 2**22 logits) and why it keeps
+torch's kernel for bfloat16 ones.
 
 ``--quick`` keeps the three smallest shapes.
 """
@@ -28,16 +29,18 @@ SHAPES = [(64, 10), (64, 1000), (256, 1000), (1024, 1000), (256, 10000), (512, 8
           (1024, 8192), (1024, 10000), (512, 32768), (2048, 32768)]  # fmt: skip
 
 
-#: K-dimensional (segmentation-style) inputs ``(N, C, H, W)``, float32.
-KDIM_SHAPES = [(4, 21, 256, 256), (8, 21, 384, 384)]
+#: K-dimensional (segmentation-style) inputs ``(N, C, H, W)`` and their dtypes.
+KDIM_SHAPES = [((2, 21, 64, 64), "float32"), ((4, 21, 128, 128), "float32"),
+               ((4, 21, 256, 256), "float32"), ((4, 21, 256, 256), "bfloat16"),
+               ((8, 21, 384, 384), "float32")]  # fmt: skip
 
 
-def _kdim_case(shape: tuple[int, ...]) -> Case:
+def _kdim_case(shape: tuple[int, ...], dtype: str = "float32") -> Case:
     def make():
         import torch
 
         gen = torch.Generator().manual_seed(0)
-        logits = torch.randn(shape, generator=gen).requires_grad_()
+        logits = torch.randn(shape, generator=gen).to(getattr(torch, dtype)).requires_grad_()
         target = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=gen)
         return {"logits": logits, "target": target}
 
@@ -47,12 +50,12 @@ def _kdim_case(shape: tuple[int, ...]) -> Case:
         return F.cross_entropy(inputs["logits"], inputs["target"])
 
     return Case(
-        name="N,C,H,W=" + "x".join(map(str, shape)) + " float32",
-        params={"shape": shape, "dtype": "float32"},
+        name="N,C,H,W=" + "x".join(map(str, shape)) + f" {dtype}",
+        params={"shape": shape, "dtype": dtype},
         make_inputs=make,
         reference_loss=reference,
-        dtype="float32",
-        reference_bytes=4 * math.prod(shape),
+        dtype=dtype,
+        reference_bytes=(4 if dtype == "float32" else 2) * math.prod(shape),
         reference_label="logits",
     )
 
@@ -60,7 +63,7 @@ def _kdim_case(shape: tuple[int, ...]) -> Case:
 def cases(quick: bool) -> list[Case]:
     shapes = SHAPES[:3] if quick else SHAPES
     flat = [_case(n, c, dtype) for n, c in shapes for dtype in ("float32", "bfloat16")]
-    return flat + ([] if quick else [_kdim_case(shape) for shape in KDIM_SHAPES])
+    return flat + ([] if quick else [_kdim_case(shape, dtype) for shape, dtype in KDIM_SHAPES])
 
 
 def _crossent_public(impl: str):

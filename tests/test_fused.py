@@ -339,6 +339,97 @@ def test_rows_kernel_matches_contract_reference(options, weight, soft, dtype):
         torch.testing.assert_close(grad, ref_grad, **tol)
 
 
+COLUMN_OPTIONS = [
+    dict(), dict(ignore_index=2), dict(z_loss=1e-3), dict(ignore_index=0, z_loss=0.01)
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("weight", [False, True])
+@pytest.mark.parametrize("options", COLUMN_OPTIONS, ids=str)
+@pytest.mark.parametrize("block_rows", [None, 3, 7])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_column_layout_is_the_rows_layout_without_the_copy(in_place, block_rows, options,
+                                                           weight, dtype):  # fmt: skip
+    """A K-dim input as (N, C, S): the same per-row losses, lse and gradient as its rows
+    (N*S, C), with blocks of whole samples (None), of a few positions, and of a sample and a
+    remainder; written into a buffer or into the logits."""
+    n, c, positions = 3, 6, 7
+    x, target, w = make_case(n * positions, c, dtype, weight=weight, ignored=4,
+                             ignore_index=options.get("ignore_index", -100))  # fmt: skip
+    columns = (x * 3).reshape(n, positions, c).transpose(1, 2).contiguous()  # (N, C, S)
+    rows_x = columns.transpose(1, 2).reshape(-1, c)  # the same logits as rows (a copy)
+    opts = RowOptions(**options)
+    scale = torch.rand(n * positions, generator=torch.Generator().manual_seed(1)).to(
+        accumulation := rows.accumulation_dtype(dtype))  # fmt: skip
+    ref_grad = torch.empty_like(rows_x)
+    ref_loss, ref_lse = cpu.cross_entropy_rows(rows_x, target, w, opts, ref_grad,
+                                               row_scale=scale, block_rows=block_rows)  # fmt: skip
+    work = columns.clone()
+    grad = work if in_place else torch.empty_like(columns)
+    loss, lse = cpu.cross_entropy_rows(work, target, w, opts, grad, row_scale=scale,
+                                       block_rows=block_rows)  # fmt: skip
+    assert loss.dtype == lse.dtype == accumulation
+    tol = dict(rtol=1e-13, atol=1e-13) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(loss, ref_loss, **tol)
+    torch.testing.assert_close(lse, ref_lse, **tol)
+    as_rows = grad.transpose(1, 2).reshape(-1, c)
+    if dtype == torch.bfloat16:  # both round float32 values computed in another order
+        torch.testing.assert_close(as_rows.float(), ref_grad.float(), rtol=8e-3, atol=1e-6)
+    else:
+        torch.testing.assert_close(as_rows, ref_grad, **tol)
+
+
+def test_column_layout_serves_plain_class_indices_only():
+    x = torch.randn(2, 4, 5)
+    target = torch.zeros(10, dtype=torch.long)
+    for options in (RowOptions(label_smoothing=0.1), RowOptions(softcap=3.0)):
+        with pytest.raises(ValueError, match="class indices without"):
+            cpu.cross_entropy_rows(x, target, None, options)
+        with pytest.raises(ValueError, match=r"\(N, C, S\) logits"):
+            fused_cross_entropy(x, target, None, options, "mean")
+    with pytest.raises(ValueError, match=r"\(N, C, S\) logits"):
+        fused_cross_entropy(x, torch.rand(10, 4), None, RowOptions(), "mean")
+    with pytest.raises(ValueError, match="contiguous"):
+        cpu.cross_entropy_rows(x.transpose(1, 2), target, None, RowOptions())
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weight", [False, True])
+def test_k_dim_public_call_takes_the_column_layout_and_matches_torch(weight, reduction):
+    """impl='fused' on a K-dim class-index input reaches the kernel as a view of the input (no
+    copy), in place too (the gradient lands in the input's own storage)."""
+    import crossent
+
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 5, 3, 4, generator=gen, dtype=torch.float64)
+    target = torch.randint(0, 5, (2, 3, 4), generator=gen)
+    target[1, 0] = -100
+    w = torch.rand(5, generator=gen, dtype=torch.float64) + 0.2 if weight else None
+    seen = []
+    original = cpu.cross_entropy_rows
+
+    def spy(logits, *args, **kwargs):
+        seen.append((logits.shape, logits.data_ptr()))
+        return original(logits, *args, **kwargs)
+
+    leaf = x.clone().requires_grad_()
+    ref = F.cross_entropy(leaf, target, w, reduction=reduction)
+    upstream = torch.rand(ref.shape, generator=gen, dtype=torch.float64)
+    (ref_grad,) = torch.autograd.grad(ref, leaf, upstream)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "cross_entropy_rows", spy)
+        for in_place in (False, True):
+            leaf = x.clone().requires_grad_()
+            logits = leaf * 1.0 if in_place else leaf
+            ours = crossent.cross_entropy(logits, target, w, reduction=reduction, impl="fused",
+                                          inplace_backward=in_place)  # fmt: skip
+            (grad,) = torch.autograd.grad(ours, leaf, upstream)
+            torch.testing.assert_close(ours, ref, rtol=1e-12, atol=0)
+            torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-15)
+            assert seen[-1] == ((2, 5, 12), logits.data_ptr())  # the input itself, as (N, C, S)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("soft", [False, True])
 def test_z_loss_and_softcap_formulas_by_float64_autograd(reduction, soft):

@@ -74,6 +74,50 @@ def test_auto_switches_to_the_fused_kernel_at_the_threshold(monkeypatch):
     assert type(kdim.grad_fn).__name__.startswith("NllLoss")  # 24 logits, but K-dim: torch's
 
 
+def test_auto_takes_the_column_layout_for_large_plain_k_dim_inputs(monkeypatch):
+    """From KDIM_CROSS_ENTROPY_MAX_ELEMENTS logits a float32/float64 K-dim call with class
+    indices and no smoothing/soft-capping runs the fused kernel (as (N, C, S), no copy); any
+    other K-dim call keeps torch's kernel."""
+    monkeypatch.setattr(_torch_native, "KDIM_CROSS_ENTROPY_MAX_ELEMENTS", 24)
+    gen = torch.Generator().manual_seed(3)
+    t = torch.randint(0, 4, (2, 3), generator=gen)
+    soft = torch.softmax(torch.randn(2, 4, 3, generator=gen), 1)
+
+    def graph(x, target, **kwargs):
+        return type(crossent.cross_entropy(x, target, **kwargs).grad_fn).__name__
+
+    fused = graph(_leaf(2, 4, 3), t, impl="fused")
+    assert not fused.startswith("NllLoss")
+    assert graph(_leaf(2, 4, 3), t) == fused  # 24 logits: the column layout
+    assert graph(_leaf(2, 4, 3), t, weight=torch.rand(4), ignore_index=1) == fused
+    assert graph(_leaf(2, 4, 3).double(), t) == fused
+    # torch's kernel (torch's graph, torch's bits): below the threshold, with smoothing, with
+    # probabilities, in half precision
+    for x, target, kwargs in ((_leaf(2, 4, 2), t[:, :2], {}),
+                              (_leaf(2, 4, 3), t, dict(label_smoothing=0.1)),
+                              (_leaf(2, 4, 3), soft, {}), (_leaf(2, 4, 3).bfloat16(), t, {})):
+        ours = crossent.cross_entropy(x, target, **kwargs)
+        theirs = F.cross_entropy(x, target, **kwargs)
+        assert type(ours.grad_fn) is type(theirs.grad_fn) and torch.equal(ours, theirs), kwargs
+    # the extras have no torch kernel: the fused kernel, as columns for z-loss, as rows (a
+    # copy) for soft-capping
+    from crossent.backends import cpu
+
+    shapes = []
+    original = cpu.cross_entropy_rows
+
+    def spy(x, *args, **kwargs):
+        shapes.append(x.shape)
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(cpu, "cross_entropy_rows", spy)
+    crossent.cross_entropy_with_extras(_leaf(2, 4, 3), t, z_loss=1e-3)
+    crossent.cross_entropy_with_extras(_leaf(2, 4, 3), t, softcap=5.0)
+    assert shapes == [(2, 4, 3), (6, 4)]
+    x = _leaf(2, 4, 3)
+    torch.testing.assert_close(crossent.cross_entropy(x, t), F.cross_entropy(x, t))
+
+
 @pytest.mark.parametrize("impl", ["auto", "torch"])
 def test_crossents_checks_come_first(impl):
     x = torch.randn(4, 3)
@@ -229,6 +273,17 @@ def test_which_devices_and_ops_auto_sends_to_torchs_kernel():
     }  # fmt: skip
     for (device, op, dim, numel), expected in served.items():
         assert _torch_native.auto_serves(op, tensor(device, dim, numel)) is expected, (device, op)
+    # K-dim: the fused kernel's column layout from KDIM_CROSS_ENTROPY_MAX_ELEMENTS logits, for
+    # float32/float64 only, and only where that layout serves the call (``columns``)
+    kdim = _torch_native.KDIM_CROSS_ENTROPY_MAX_ELEMENTS
+    for dtype in (torch.float32, torch.float64):
+        assert not _torch_native.auto_serves("cross_entropy", tensor("cpu", 4, kdim, dtype),
+                                             columns=True)  # fmt: skip
+        assert _torch_native.auto_serves("cross_entropy", tensor("cpu", 4, kdim - 1, dtype),
+                                         columns=True)  # fmt: skip
+        assert _torch_native.auto_serves("cross_entropy", tensor("cpu", 4, kdim, dtype))
+    assert _torch_native.auto_serves("cross_entropy", tensor("cpu", 3, kdim, torch.bfloat16),
+                                     columns=True)  # fmt: skip
 
 
 def test_modules_pickled_before_they_had_impl_still_run():

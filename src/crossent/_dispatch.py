@@ -62,10 +62,12 @@ def _describe(input: Any) -> str:
     return f"{type(input).__module__.split('.')[0]} arrays"
 
 
-def resolve_impl(impl: Any, input: Any, op: str = "cross_entropy") -> str:
+def resolve_impl(impl: Any, input: Any, op: str = "cross_entropy", *, columns: bool = False) -> str:
     """Map ``impl`` to a concrete implementation name for ``op`` on this input. ``"torch"``
     from ``"auto"`` is a first choice: the caller falls back (to the fused kernel or the
-    reference) where :func:`crossent._torch_native.why_not` gives a reason."""
+    reference) where :func:`crossent._torch_native.why_not` gives a reason. ``columns``: a
+    K-dim cross-entropy the fused kernel takes as it lies (see
+    :func:`crossent._torch_native.auto_serves`)."""
     if impl != "auto":
         available = available_impls(input, op)
         if impl not in available:
@@ -85,7 +87,7 @@ def resolve_impl(impl: Any, input: Any, op: str = "cross_entropy") -> str:
     if op in TORCH_OPS:
         from crossent._torch_native import auto_serves
 
-        if auto_serves(op, input):
+        if auto_serves(op, input, columns=columns):
             return "torch"
     if op not in FUSED_OPS:
         return "reference"

@@ -86,6 +86,11 @@ def _rows_kernel(kernel: str):
     return cross_entropy_rows
 
 
+def _num_rows(logits: torch.Tensor) -> int:
+    """The rows of ``(M, C)`` logits, the ``N * S`` positions of the ``(N, C, S)`` layout."""
+    return logits.shape[0] * logits.shape[2] if logits.dim() == 3 else logits.shape[0]
+
+
 def _checked_denominator(
     target: torch.Tensor, num_classes: int, weight: torch.Tensor | None, ignore_index: int,
     dtype: torch.dtype, *, defer: bool = False,
@@ -205,7 +210,7 @@ def _forward(
         z_loss = torch.zeros(lse.shape if reduction == "none" else (), dtype=acc, device=lse.device)
         if reduction == "mean":
             z_loss = z_loss / denominator
-    if target.is_floating_point() and reduction == "sum" and logits.shape[0] == 0:
+    if target.is_floating_point() and reduction == "sum" and _num_rows(logits) == 0:
         loss = -loss  # torch's soft-target sum of nothing is -0.0
     out = loss_dtype or logits.dtype
     return loss.to(out), z_loss.to(out), lse
@@ -218,7 +223,7 @@ def _rows_without_classes(
     target check rejected any kept index): loss 0, or NaN for smoothed class indices (torch's
     ``0 * eps / C`` with ``C = 0``); lse 0, as for any ignored row; no gradient to write."""
     smoothed = options.label_smoothing > 0 and not target.is_floating_point()
-    rows = torch.full((logits.shape[0],), math.nan if smoothed else 0.0, dtype=dtype,
+    rows = torch.full((_num_rows(logits),), math.nan if smoothed else 0.0, dtype=dtype,
                       device=logits.device)  # fmt: skip
     return rows, torch.zeros_like(rows)
 
@@ -231,10 +236,10 @@ def _options(ignore_index: int, label_smoothing: float, z_loss: float, softcap: 
 
 def _fake_outputs(logits, target, reduction, loss_dtype):
     acc = accumulation_dtype(logits.dtype)
-    shape = (logits.shape[0],) if reduction == "none" else ()
+    shape = (_num_rows(logits),) if reduction == "none" else ()
     dtype = loss_dtype or logits.dtype
     loss, z_loss = logits.new_empty(shape, dtype=dtype), logits.new_empty(shape, dtype=dtype)
-    lse = logits.new_empty((logits.shape[0],), dtype=acc)
+    lse = logits.new_empty((_num_rows(logits),), dtype=acc)
     return loss, z_loss, lse
 
 
@@ -317,10 +322,13 @@ def _scale_rows(grad, scale, kept):
         if math.isfinite(value) or kept is None:
             grad.mul_(scale)
             return
-    rows = torch.broadcast_to(scale.to(grad.dtype), (grad.shape[0],))
+    rows = torch.broadcast_to(scale.to(grad.dtype), (_num_rows(grad),))
     if kept is not None:
         rows = torch.where(kept, rows, torch.zeros((), dtype=rows.dtype, device=rows.device))
-    grad.mul_(rows[:, None])
+    if grad.dim() == 3:  # the (N, C, S) layout: row n * S + s is grad[n, :, s]
+        grad.mul_(rows.reshape(grad.shape[0], 1, grad.shape[2]))
+    else:
+        grad.mul_(rows[:, None])
 
 
 def _triton_scaler():
@@ -518,7 +526,10 @@ def _saved_tensors_of(node: Any) -> list[torch.Tensor]:
 def _may_overlap(rows: torch.Tensor) -> bool:
     """Whether two elements of a 2-D row block may share memory: unless its rows lie apart
     (row stride past a row's reach, columns distinct) or its columns do (the transpose),
-    conservatively. Comparisons only, so symbolic sizes under torch.compile trace."""
+    conservatively. Comparisons only, so symbolic sizes under torch.compile trace. (An
+    ``(N, C, S)`` block is contiguous, so its elements are distinct.)"""
+    if rows.dim() == 3:
+        return not rows.is_contiguous()
     (n0, n1), (s0, s1) = rows.shape, rows.stride()
     if n0 <= 1 or n1 <= 1:
         return (n0 > 1 and s0 == 0) or (n1 > 1 and s1 == 0)
@@ -586,6 +597,13 @@ def check_inplace_allowed(logits: torch.Tensor) -> None:
         frontier = following
 
 
+def column_layout_serves(kernel: str, target: torch.Tensor, options: RowOptions) -> bool:
+    """Whether the fused path takes a K-dim input as ``(N, C, S)`` columns (no copy into
+    rows): the ``cpu`` kernel, class indices, no label smoothing, no soft-capping."""
+    return (kernel == "cpu" and not target.is_floating_point()
+            and options.label_smoothing == 0 and options.softcap is None)  # fmt: skip
+
+
 def fused_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -601,7 +619,9 @@ def fused_cross_entropy(
 
     Args:
         logits: ``(M, C)`` floating tensor, class dimension last (made contiguous if its class
-            stride is not 1).
+            stride is not 1); for the ``cpu`` kernel and class indices without smoothing or
+            soft-capping also ``(N, C, S)`` (made contiguous), whose ``M = N * S`` rows are its
+            positions (row ``n * S + s`` is ``logits[n, :, s]``): a K-dim input as it is.
         target: ``(M,)`` int64/uint8 class indices or ``(M, C)`` floating probabilities.
         weight: ``(C,)`` class weights or None (validated by the caller).
         options: ignore_index, label_smoothing, z_loss, softcap (validated by the caller).
@@ -640,7 +660,13 @@ def fused_cross_entropy(
         raise ValueError(f"unknown fused kernel {kernel!r}; available: {', '.join(KERNELS)}")
     if reduction not in _reduction.REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction")
-    if logits.dim() != 2:
+    if logits.dim() == 3:
+        if not column_layout_serves(kernel, target, options):
+            raise ValueError(
+                "fused_cross_entropy takes (N, C, S) logits for the 'cpu' kernel and class "
+                "indices without label smoothing or soft-capping only"
+            )
+    elif logits.dim() != 2:
         raise ValueError(f"fused_cross_entropy expects 2-D logits (M, C), got {logits.dim()}-D")
     check_supported(logits, target, weight, loss_dtype)
     if target.is_floating_point():
@@ -648,7 +674,9 @@ def fused_cross_entropy(
             target = target.contiguous()
     elif target.dtype != torch.int64:
         target = target.long()
-    if logits.stride(-1) != 1:
+    if logits.dim() == 3 and not logits.is_contiguous():
+        logits = logits.contiguous()
+    elif logits.dim() == 2 and logits.stride(-1) != 1:
         logits = logits.contiguous()
     args = (
         target,

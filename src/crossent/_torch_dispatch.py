@@ -3,7 +3,10 @@
 The functional layer has validated the arguments; here the input is brought to 2-D rows
 ``(M, C)`` (classes last), handed to :func:`crossent._fused_op.fused_cross_entropy` with the
 ``cpu`` (blocked torch ops) or ``triton`` row kernel, and the per-position outputs are shaped
-back. Imported only for torch tensors.
+back. A K-dim input ``(N, C, d1, ...)`` goes to the ``cpu`` kernel as ``(N, C, d1*...)`` (a
+view of a contiguous input) where that kernel's column layout serves the call (class indices,
+no smoothing or soft-capping), and is otherwise copied into rows. Imported only for torch
+tensors.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any
 
 import torch
 
-from crossent._fused_op import FusedUnsupported, fused_cross_entropy
+from crossent._fused_op import FusedUnsupported, column_layout_serves, fused_cross_entropy
 from crossent.backends.rows import RowOptions
 
 
@@ -42,18 +45,21 @@ def cross_entropy(
     """``(loss, z_loss, lse)`` from the fused path; None when ``impl="auto"`` must fall back to
     the reference (the fused path cannot serve these arguments). ``loss_dtype``: the loss's
     dtype when it is not the input's (autocast)."""
-    rows = _rows(input)
-    target_rows = _rows(target) if layout.probabilities else target.reshape(-1)
     row_options = RowOptions(
         ignore_index=options["ignore_index"],
         label_smoothing=options["label_smoothing"],
         z_loss=z_loss,
         softcap=softcap,
     )
+    kernel = "triton" if choice == "triton" else "cpu"
+    if input.dim() > 2 and column_layout_serves(kernel, target, row_options):
+        rows = input.reshape(input.shape[0], input.shape[1], input.shape[2:].numel())
+    else:
+        rows = _rows(input)
+    target_rows = _rows(target) if layout.probabilities else target.reshape(-1)
     try:
         loss, z, lse = fused_cross_entropy(
-            rows, target_rows, weight, row_options, options["reduction"],
-            kernel="triton" if choice == "triton" else "cpu",
+            rows, target_rows, weight, row_options, options["reduction"], kernel=kernel,
             inplace_backward=inplace_backward, loss_dtype=loss_dtype,
         )  # fmt: skip
     except FusedUnsupported as exc:

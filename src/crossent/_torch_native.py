@@ -48,6 +48,16 @@ HALF_CROSS_ENTROPY_MAX_ELEMENTS = 1 << 23
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
+#: K-dim inputs ``(N, C, d1, ...)``: ``impl="auto"`` runs torch's own cross-entropy below this
+#: many logits on the CPU, and from here on the fused kernel's column layout, which takes such
+#: an input as it lies (no copy into rows), where that serves: float32/float64 logits, class
+#: indices, no label smoothing or soft-capping (anything else keeps torch's kernel at every
+#: size). benchmarks/cross_entropy_small.py (2026-11-27, 2-core EPYC, 21 classes, two runs of
+#: the column kernel, records ...-cross_entropy_small-kdim-0.md and -kdim.md): 0.40x-0.67x of
+#: torch eager's speed at 0.17 M logits, 0.64x-0.87x at 1.4 M, 1.13x-1.34x at 5.5 M, 2.4x-2.6x
+#: at 25 M, at half of torch's peak memory from 1.4 M on.
+KDIM_CROSS_ENTROPY_MAX_ELEMENTS = 1 << 22
+
 #: The binary losses: ``impl="auto"`` uses torch's kernels for them on CUDA too (elementwise,
 #: then torch's deterministic reductions; ``nll_loss`` too, for 1-D/2-D inputs).
 BINARY_OPS = ("binary_cross_entropy", "binary_cross_entropy_with_logits")
@@ -65,13 +75,15 @@ def why_not(input: torch.Tensor, target: Any, weight: Any, pos_weight: Any = Non
     return None
 
 
-def auto_serves(op: str, input: torch.Tensor) -> bool:
+def auto_serves(op: str, input: torch.Tensor, *, columns: bool = False) -> bool:
     """Whether ``impl="auto"`` tries torch's own kernel for ``op`` on this input (before
     :func:`why_not`). CPU tensors; for ``cross_entropy`` below
     :data:`CROSS_ENTROPY_MAX_ELEMENTS` logits (:data:`HALF_CROSS_ENTROPY_MAX_ELEMENTS` for
-    float16/bfloat16), and K-dim inputs ``(N, C, d1, ...)`` at any size
-    (the fused kernel first copies them to ``(N*d1*..., C)`` rows: 1.5x-3x torch eager's time to
-    save about 15% of peak memory, ``benchmarks cross_entropy_small``). CUDA tensors for the
+    float16/bfloat16), and K-dim inputs ``(N, C, d1, ...)`` below
+    :data:`KDIM_CROSS_ENTROPY_MAX_ELEMENTS` or at any size where the fused kernel would copy
+    them into ``(N*d1*..., C)`` rows (1.5x-3x torch eager's time to save about 15% of peak
+    memory, ``benchmarks cross_entropy_small``): ``columns`` says that the call is one its
+    column layout serves (class indices, no smoothing, no soft-capping). CUDA tensors for the
     binary losses and for ``nll_loss`` of 1-D/2-D inputs, whose torch kernels are deterministic
     (its K-dim ``nll_loss`` sums with atomics, so those keep the reference; ``cross_entropy``
     has the Triton kernel)."""
@@ -79,8 +91,11 @@ def auto_serves(op: str, input: torch.Tensor) -> bool:
     if torch.compiler.is_compiling() and op == "cross_entropy":
         return False  # traced, cross_entropy keeps its fused custom op
     if device == "cpu":
-        if op != "cross_entropy" or input.dim() > 2:
+        if op != "cross_entropy":
             return True
+        if input.dim() > 2:
+            wide = input.dtype in (torch.float32, torch.float64)
+            return not (columns and wide and input.numel() >= KDIM_CROSS_ENTROPY_MAX_ELEMENTS)
         half = input.dtype in HALF_DTYPES
         return input.numel() < (HALF_CROSS_ENTROPY_MAX_ELEMENTS if half
                                 else CROSS_ENTROPY_MAX_ELEMENTS)  # fmt: skip

@@ -29,6 +29,15 @@ is read from memory once and then re-read from cache by a handful of torch ops (
 
 Per-row losses and lse are then assembled from ``(R,)`` statistics with a few vector ops.
 
+Column layout (K-dim inputs, plain sweep only). A segmentation-style input ``(N, C, d1, ...)``
+arrives as its contiguous view ``(N, C, S)``: a block is a ``(C, positions)`` slice of one sample
+and every op above reduces over the block's first dimension instead, vectorised along the
+positions; the target logits are gathered and the target terms scattered per block, while it is
+in cache. Copying such an input into ``(N*S, C)`` rows instead costs a strided pass over it and
+leaves rows of a few classes each, on which the row-wise softmax is slow (measured at
+4 x 21 x 256 x 256 float32: 12.8 ms for the copy and 23 ms for the row kernel, against 10 ms
+for the column kernel).
+
 What is recomputed. Nothing: each logit is read from memory once; each gradient element is written
 once (plus, after the plain sweep, one gather/scatter of the ``R`` target entries).
 
@@ -174,6 +183,13 @@ def cross_entropy_rows(
     tensor) the gradient written is that of ``sum_i row_scale_i * loss_i``; ignored rows stay 0
     whatever their scale. ``block_rows`` overrides the block size (tests use it).
 
+    Second extension, the column layout of K-dim inputs: ``logits`` (and ``grad``) may be a
+    contiguous ``(N, C, S)`` tensor whose "rows" are its ``R = N * S`` positions (row ``n * S +
+    s`` is ``logits[n, :, s]``; ``target`` is ``(R,)``), for class indices without smoothing or
+    soft-capping. The blocks are then ``(C, positions)`` slices of one sample and every op
+    reduces over their first dimension, vectorised along the positions, so such an input is
+    never copied into rows.
+
     >>> import torch
     >>> from crossent.backends.rows import RowOptions
     >>> x = torch.tensor([[2.0, 4.0, 0.5]], dtype=torch.float64)
@@ -181,12 +197,17 @@ def cross_entropy_rows(
     >>> round(loss.item(), 8), round(lse.item(), 7)
     (0.15317821, 4.1531782)
     """
-    num_rows = logits.shape[0]
     def unit(t: torch.Tensor) -> bool:  # a single class has no stride to speak of
+        if t.dim() == 3:  # the column layout
+            return t.is_contiguous()
         return t.numel() == 0 or t.shape[1] == 1 or t.stride(1) == 1
 
     if not unit(logits) or (grad is not None and not unit(grad)):
-        raise ValueError("cross_entropy_rows expects unit stride along the class dimension")
+        raise ValueError(
+            "cross_entropy_rows expects unit stride along the class dimension (or a contiguous "
+            "(N, C, S) tensor)"
+        )
+    num_rows = _num_rows(logits)
     acc = accumulation_dtype(logits.dtype)
     if num_rows == 0:
         empty = logits.new_empty((0,), dtype=acc)
@@ -197,6 +218,11 @@ def cross_entropy_rows(
     else:
         _general_sweep(rows)
     return rows.finish()
+
+
+def _num_rows(logits: torch.Tensor) -> int:
+    """R: the rows of an ``(R, C)`` block, the positions ``N * S`` of an ``(N, C, S)`` one."""
+    return logits.shape[0] * logits.shape[2] if logits.dim() == 3 else logits.shape[0]
 
 
 class _Rows:
@@ -214,7 +240,7 @@ class _Rows:
         import torch
 
         self.logits, self.target, self.grad = logits, target, grad
-        num_rows, num_classes = logits.shape
+        num_rows, num_classes = _num_rows(logits), logits.shape[1]
         self.num_rows, self.num_classes = num_rows, num_classes
         self.acc = acc = accumulation_dtype(logits.dtype)
         self.eps = float(options.label_smoothing)
@@ -222,7 +248,15 @@ class _Rows:
         self.cap = options.softcap
         self.probs = target.dtype.is_floating_point
         self.plain = not self.probs and self.eps == 0 and self.cap is None
-        self.rows_per_block = min(num_rows, block_rows or block_rows_for(num_classes, acc.itemsize))
+        # Column layout (N, C, S): blocks are (C, positions) slices of one sample, the class
+        # dimension of a block is its first; rows: (rows, C) blocks, classes second.
+        self.positions = logits.shape[2] if logits.dim() == 3 else None
+        if self.positions is not None and not self.plain:
+            raise ValueError("the (N, C, S) layout serves class indices without smoothing or "
+                             "soft-capping")  # fmt: skip
+        self.class_dim = 1 if self.positions is None else 0
+        per_block = block_rows or block_rows_for(num_classes, acc.itemsize)
+        self.rows_per_block = min(self.positions or num_rows, per_block)
         device = logits.device
 
         def vector():
@@ -287,11 +321,54 @@ class _Rows:
         import torch
 
         shape = (self.rows_per_block, self.num_classes)
+        if self.positions is not None:
+            shape = shape[::-1]
         return torch.empty(shape, dtype=self.acc, device=self.logits.device)
 
+    def work_block(self, work, count: int):
+        """The packed first ``count`` rows of a block buffer (a block of that many rows)."""
+        if self.positions is None:
+            return work[:count]
+        return work.view(-1)[: self.num_classes * count].view(self.num_classes, count)
+
     def blocks(self):
-        for start in range(0, self.num_rows, self.rows_per_block):
-            yield start, min(start + self.rows_per_block, self.num_rows)
+        """``(start, stop)`` row ranges; in the column layout none crosses a sample."""
+        span = self.positions or self.num_rows
+        for first in range(0, self.num_rows, span):
+            for start in range(first, first + span, self.rows_per_block):
+                yield start, min(start + self.rows_per_block, first + span)
+
+    def block(self, tensor, start: int, stop: int):
+        """Rows ``start:stop`` of ``tensor`` (logits-shaped): ``(rows, C)`` or ``(C, rows)``."""
+        if self.positions is None:
+            return tensor[start:stop]
+        n, first = divmod(start, self.positions)
+        return tensor[n, :, first : first + stop - start]
+
+    def packed_blocks(self, tensor) -> bool:
+        """Whether every block of ``tensor`` is packed (``out=`` ops may write into it)."""
+        whole = self.positions is None or self.rows_per_block == self.positions
+        return whole and tensor.is_contiguous()
+
+    def per_row(self, vector):
+        """A ``(rows,)`` vector broadcast against a block (one value per row)."""
+        return vector[:, None] if self.positions is None else vector[None, :]
+
+    def along_classes(self, vector):
+        """An ``(R,)`` vector as the whole tensor's class dimension (1) sees it: ``(R, 1)`` or
+        ``(N, 1, S)``, for gathers and scatters over the whole tensor."""
+        if self.positions is None:
+            return vector[:, None]
+        return vector.view(-1, 1, self.positions)
+
+    def target_positions(self):
+        """The index tuple of every row's target entry, for ``index_put_``."""
+        import torch
+
+        rows = torch.arange(self.num_rows, device=self.logits.device)
+        if self.positions is None:
+            return rows, self.index
+        return rows // self.positions, self.index, rows % self.positions
 
     def lse_of(self, start, stop):
         import torch
@@ -324,40 +401,52 @@ def _plain_sweep(rows: _Rows) -> None:
     """Class indices without smoothing or soft-capping: softmax, two maxima, one scaling."""
     import torch
 
-    logits, grad, acc = rows.logits, rows.grad, rows.acc
-    index = rows.index[:, None]
-    # The target logits, before an in-place sweep overwrites them.
-    if logits.dtype == acc:
-        torch.gather(logits, 1, index, out=rows.z_y[:, None])
-    else:
-        rows.z_y.copy_(logits.gather(1, index)[:, 0])
+    logits, grad, acc, dim = rows.logits, rows.grad, rows.acc, rows.class_dim
+    index = rows.along_classes(rows.index)
+    # Column blocks gather their target logits (and scatter their target terms) while they are
+    # in cache: over the whole (N, C, S) tensor each entry is a strided access (measured 2.4
+    # and 1.8 ms at 4 x 21 x 65536 float32, against 0.2 ms per block).
+    blockwise = rows.positions is not None
+    if not blockwise:  # the target logits, before an in-place sweep overwrites them
+        if logits.dtype == acc:
+            torch.gather(logits, 1, index, out=rows.along_classes(rows.z_y))
+        else:
+            rows.z_y.copy_(logits.gather(1, index).reshape(-1))
     # softmax straight into the gradient (only a packed one: out= ops write a strided view of
     # a wider tensor as if it were packed, past its rows)
-    direct = grad is not None and logits.dtype == acc and grad.is_contiguous()
+    direct = grad is not None and logits.dtype == acc and rows.packed_blocks(grad)
     work = None if direct else rows.block_buffer()
     z_loss = grad is not None and rows.zeta != 0.0
+    scatter_b = direct and blockwise and not z_loss and grad.device.type in SCATTER_ADD_DEVICES
     gather_p_y = grad is not None and (z_loss or not direct)
     if gather_p_y:
         p_y = rows.vector()  # float32 target probabilities, for the target term
     if z_loss:
         z_all = rows.vector()  # the z-loss part of a_i, 2 zeta s_i lse_i, kept on its own
     for start, stop in rows.blocks():
-        x_b = logits[start:stop]
+        x_b = rows.block(logits, start, stop)
         m_b = rows.row_max[start:stop]
+        index_b = rows.per_row(rows.index[start:stop])
+        if blockwise:  # (before an in-place block is overwritten)
+            z_y_b = rows.per_row(rows.z_y[start:stop])
+            if x_b.dtype == acc:
+                torch.gather(x_b, dim, index_b, out=z_y_b)
+            else:
+                z_y_b.copy_(x_b.gather(dim, index_b))
         if direct:
-            p_b = grad[start:stop]
-            torch.amax(x_b, 1, out=m_b)
-            torch.ops.aten._softmax.out(x_b, 1, False, out=p_b)
+            p_b = rows.block(grad, start, stop)
+            torch.amax(x_b, dim, out=m_b)
+            torch.ops.aten._softmax.out(x_b, dim, False, out=p_b)
         else:
-            p_b = work[: stop - start]
+            p_b = rows.work_block(work, stop - start)
             if logits.dtype == acc:
-                torch.amax(x_b, 1, out=m_b)
-                torch.ops.aten._softmax.out(x_b, 1, False, out=p_b)
+                torch.amax(x_b, dim, out=m_b)
+                torch.ops.aten._softmax.out(x_b, dim, False, out=p_b)
             else:
                 p_b.copy_(x_b)
-                torch.amax(p_b, 1, out=m_b)
-                torch.ops.aten._softmax.out(p_b, 1, False, out=p_b)
-        torch.amax(p_b, 1, out=rows.p_max[start:stop])
+                torch.amax(p_b, dim, out=m_b)
+                torch.ops.aten._softmax.out(p_b, dim, False, out=p_b)
+        torch.amax(p_b, dim, out=rows.p_max[start:stop])
         if grad is None:
             continue
         a_b = None if rows.unit_a else rows.a[start:stop]
@@ -367,30 +456,31 @@ def _plain_sweep(rows: _Rows) -> None:
             z_b.mul_(2.0 * rows.zeta)
             a_b = a_b + z_b
         if gather_p_y:
-            torch.gather(p_b, 1, index[start:stop], out=p_y[start:stop, None])
+            torch.gather(p_b, dim, index_b, out=rows.per_row(p_y[start:stop]))
         if a_b is not None:
-            p_b.mul_(a_b[:, None])
+            p_b.mul_(rows.per_row(a_b))
+        if scatter_b:  # g[i, y_i] + (-b_i), as below
+            p_b.scatter_add_(dim, index_b, rows.per_row(rows.b[start:stop].neg()))
         if not direct:
-            grad[start:stop].copy_(p_b)  # computed in float32, rounded once
-    if grad is None:
+            rows.block(grad, start, stop).copy_(p_b)  # computed in float32, rounded once
+    if grad is None or scatter_b:
         return
     # Target term: g[i, y_i] = p_y * a_i - b_i (in float32 for low-precision gradients).
     # (index_put_, not scatter_: scatter_ converts a whole bfloat16 tensor to float32 and back.)
-    positions = torch.arange(rows.num_rows, device=grad.device)
     if z_loss:  # b_i (p_y - 1) + p_y z_i: a one-hot row keeps its z-loss gradient
         g_y = torch.addcmul(rows.b * (p_y - 1.0), p_y, z_all).to(grad.dtype)
-        grad.index_put_((positions, rows.index), g_y)
+        grad.index_put_(rows.target_positions(), g_y)
         return
     if direct and grad.device.type in SCATTER_ADD_DEVICES:
         # g[i, y_i] + (-b_i) is g[i, y_i] - b_i exactly, one entry per row.
-        grad.scatter_add_(1, index, rows.b.neg()[:, None])
+        grad.scatter_add_(1, index, rows.along_classes(rows.b.neg()))
         return
     if direct:
-        g_y = grad.gather(1, index)[:, 0] - rows.b
+        g_y = grad.gather(1, index).reshape(-1) - rows.b
     else:
         g_y = p_y if rows.unit_a else p_y * rows.a
         g_y = (g_y - rows.b).to(grad.dtype)
-    grad.index_put_((positions, rows.index), g_y)
+    grad.index_put_(rows.target_positions(), g_y)
 
 
 def _general_sweep(rows: _Rows) -> None:
