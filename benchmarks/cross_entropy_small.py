@@ -32,7 +32,7 @@ SHAPES = [(64, 10), (64, 1000), (256, 1000), (1024, 1000), (256, 10000), (512, 8
 #: K-dimensional (segmentation-style) inputs ``(N, C, H, W)`` and their dtypes.
 KDIM_SHAPES = [((2, 21, 64, 64), "float32"), ((4, 21, 128, 128), "float32"),
                ((4, 21, 256, 256), "float32"), ((4, 21, 256, 256), "bfloat16"),
-               ((8, 21, 384, 384), "float32")]  # fmt: skip
+               ((8, 21, 384, 384), "float32"), ((16384, 10, 4, 8), "float32")]  # fmt: skip
 
 
 def _kdim_case(shape: tuple[int, ...], dtype: str = "float32") -> Case:

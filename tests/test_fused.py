@@ -347,13 +347,14 @@ COLUMN_OPTIONS = [
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("weight", [False, True])
 @pytest.mark.parametrize("options", COLUMN_OPTIONS, ids=str)
-@pytest.mark.parametrize("block_rows", [None, 3, 7])
+@pytest.mark.parametrize("block_rows", [None, 3, 7, 10, 14])
 @pytest.mark.parametrize("in_place", [False, True])
 def test_column_layout_is_the_rows_layout_without_the_copy(in_place, block_rows, options,
                                                            weight, dtype):  # fmt: skip
     """A K-dim input as (N, C, S): the same per-row losses, lse and gradient as its rows
-    (N*S, C), with blocks of whole samples (None), of a few positions, and of a sample and a
-    remainder; written into a buffer or into the logits."""
+    (N*S, C), with blocks of all samples (None), of a few positions of one sample (3: two
+    slices and a remainder per sample), of one sample (7, 10) and of two samples and a
+    remainder sample (14); written into a buffer or into the logits."""
     n, c, positions = 3, 6, 7
     x, target, w = make_case(n * positions, c, dtype, weight=weight, ignored=4,
                              ignore_index=options.get("ignore_index", -100))  # fmt: skip
@@ -392,6 +393,45 @@ def test_column_layout_serves_plain_class_indices_only():
         fused_cross_entropy(x, torch.rand(10, 4), None, RowOptions(), "mean")
     with pytest.raises(ValueError, match="contiguous"):
         cpu.cross_entropy_rows(x.transpose(1, 2), target, None, RowOptions())
+    # the 'cpu' kernel on tensors of another device (impl='fused' on CUDA) keeps rows
+    meta = torch.empty(2, 4, 5, device="meta")
+    assert _fused_op.column_layout_serves("cpu", x, target, RowOptions())
+    assert not _fused_op.column_layout_serves("cpu", meta, target, RowOptions())
+    assert not _fused_op.column_layout_serves("triton", x, target, RowOptions())
+
+
+def test_column_layout_with_one_position_per_sample_matches_torch():
+    """(N, C, 1): whole samples per block, as many as fit (not one block per sample)."""
+    import crossent
+
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(500, 7, 1, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 7, (500, 1), generator=gen)
+    blocks = []
+    original = cpu._Rows.blocks
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu._Rows, "blocks", lambda self: blocks.append(1) or original(self))
+        ours = crossent.cross_entropy(x, target, impl="fused")
+    assert blocks  # (the column layout ran)
+    (grad,) = torch.autograd.grad(ours, x)
+    ref = F.cross_entropy(x, target)
+    (ref_grad,) = torch.autograd.grad(ref, x)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-15)
+    per_block = cpu.block_rows_for(7, 8)
+    rows = cpu._Rows(x.detach(), target.reshape(-1), None, RowOptions(), None, None, None)
+    assert len(list(rows.blocks())) == -(-500 // per_block)  # blocks of many samples each
+
+
+def test_k_dim_out_of_range_target_names_its_position_in_the_target_shape():
+    import crossent
+
+    x = torch.randn(2, 5, 3, 4)
+    target = torch.randint(0, 5, (2, 3, 4))
+    target[1, 2, 3] = 7
+    for impl in ("fused", "reference"):
+        with pytest.raises(IndexError, match=r"got 7 at position \(1, 2, 3\)"):
+            crossent.cross_entropy(x, target, impl=impl)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

@@ -312,7 +312,7 @@ def _scale_rows(grad, scale, kept):
     stay 0 (times a non-finite scale too, as in torch)."""
     if grad.numel() == 0:
         return
-    if grad.is_cuda and _triton_scaler() is not None:
+    if grad.is_cuda and grad.dim() == 2 and _triton_scaler() is not None:
         _triton_scaler()(grad, scale, kept)  # skips rows whose factor is 1, on the device
         return
     if scale.dim() == 0 and grad.device.type == "cpu" and scale.device.type == "cpu":
@@ -597,10 +597,13 @@ def check_inplace_allowed(logits: torch.Tensor) -> None:
         frontier = following
 
 
-def column_layout_serves(kernel: str, target: torch.Tensor, options: RowOptions) -> bool:
+def column_layout_serves(
+    kernel: str, logits: torch.Tensor, target: torch.Tensor, options: RowOptions
+) -> bool:
     """Whether the fused path takes a K-dim input as ``(N, C, S)`` columns (no copy into
-    rows): the ``cpu`` kernel, class indices, no label smoothing, no soft-capping."""
-    return (kernel == "cpu" and not target.is_floating_point()
+    rows): the ``cpu`` kernel on CPU tensors, class indices, no label smoothing, no
+    soft-capping."""
+    return (kernel == "cpu" and logits.device.type == "cpu" and not target.is_floating_point()
             and options.label_smoothing == 0 and options.softcap is None)  # fmt: skip
 
 
@@ -661,10 +664,10 @@ def fused_cross_entropy(
     if reduction not in _reduction.REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction")
     if logits.dim() == 3:
-        if not column_layout_serves(kernel, target, options):
+        if not column_layout_serves(kernel, logits, target, options):
             raise ValueError(
-                "fused_cross_entropy takes (N, C, S) logits for the 'cpu' kernel and class "
-                "indices without label smoothing or soft-capping only"
+                "fused_cross_entropy takes (N, C, S) logits for the 'cpu' kernel on CPU tensors "
+                "and class indices without label smoothing or soft-capping only"
             )
     elif logits.dim() != 2:
         raise ValueError(f"fused_cross_entropy expects 2-D logits (M, C), got {logits.dim()}-D")

@@ -3,10 +3,10 @@
 The functional layer has validated the arguments; here the input is brought to 2-D rows
 ``(M, C)`` (classes last), handed to :func:`crossent._fused_op.fused_cross_entropy` with the
 ``cpu`` (blocked torch ops) or ``triton`` row kernel, and the per-position outputs are shaped
-back. A K-dim input ``(N, C, d1, ...)`` goes to the ``cpu`` kernel as ``(N, C, d1*...)`` (a
-view of a contiguous input) where that kernel's column layout serves the call (class indices,
-no smoothing or soft-capping), and is otherwise copied into rows. Imported only for torch
-tensors.
+back. A contiguous K-dim input ``(N, C, d1, ...)`` goes to the ``cpu`` kernel as its view
+``(N, C, d1*...)`` where that kernel's column layout serves the call (CPU tensors, class
+indices, no smoothing or soft-capping), and is otherwise brought to rows (a view for a
+channels-last input, a copy for others). Imported only for torch tensors.
 """
 
 from __future__ import annotations
@@ -52,16 +52,26 @@ def cross_entropy(
         softcap=softcap,
     )
     kernel = "triton" if choice == "triton" else "cpu"
-    if input.dim() > 2 and column_layout_serves(kernel, target, row_options):
-        rows = input.reshape(input.shape[0], input.shape[1], input.shape[2:].numel())
+    if (input.dim() > 2 and input.is_contiguous()
+            and column_layout_serves(kernel, input, target, row_options)):  # fmt: skip
+        rows = input.view(input.shape[0], input.shape[1], input.shape[2:].numel())
     else:
-        rows = _rows(input)
+        rows = _rows(input)  # (channels-last K-dim inputs: a view too)
     target_rows = _rows(target) if layout.probabilities else target.reshape(-1)
     try:
         loss, z, lse = fused_cross_entropy(
             rows, target_rows, weight, row_options, options["reduction"], kernel=kernel,
             inplace_backward=inplace_backward, loss_dtype=loss_dtype,
         )  # fmt: skip
+    except IndexError:
+        if target.dim() > 1 and not layout.probabilities and not torch.compiler.is_compiling():
+            # the same check on the target as given, for the position in its own shape
+            from crossent._fused_op import _torch_namespace
+            from crossent._validation import check_target_range
+
+            check_target_range(_torch_namespace(), target, input.shape[1],
+                               row_options.ignore_index)  # fmt: skip
+        raise
     except FusedUnsupported as exc:
         if impl == "auto":
             return None

@@ -52,10 +52,11 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 #: many logits on the CPU, and from here on the fused kernel's column layout, which takes such
 #: an input as it lies (no copy into rows), where that serves: float32/float64 logits, class
 #: indices, no label smoothing or soft-capping (anything else keeps torch's kernel at every
-#: size). benchmarks/cross_entropy_small.py (2026-11-27, 2-core EPYC, 21 classes, two runs of
-#: the column kernel, records ...-cross_entropy_small-kdim-0.md and -kdim.md): 0.40x-0.67x of
-#: torch eager's speed at 0.17 M logits, 0.64x-0.87x at 1.4 M, 1.13x-1.34x at 5.5 M, 2.4x-2.6x
-#: at 25 M, at half of torch's peak memory from 1.4 M on.
+#: size). benchmarks/cross_entropy_small.py (2026-11-27, 2-core EPYC, three runs of the column
+#: kernel, records ...-cross_entropy_small-kdim-0.md, -kdim-1.md, -kdim.md): 0.40x-0.67x of
+#: torch eager's speed at 0.17 M logits (21 classes), 0.64x-0.87x at 1.4 M, 1.13x-1.55x at
+#: 5.5 M, 2.0x-2.6x at 25 M, 1.41x at 5.2 M with 10 classes and 32 positions per sample, at
+#: half of torch's peak memory (two thirds for the last).
 KDIM_CROSS_ENTROPY_MAX_ELEMENTS = 1 << 22
 
 #: The binary losses: ``impl="auto"`` uses torch's kernels for them on CUDA too (elementwise,

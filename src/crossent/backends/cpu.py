@@ -30,13 +30,13 @@ is read from memory once and then re-read from cache by a handful of torch ops (
 Per-row losses and lse are then assembled from ``(R,)`` statistics with a few vector ops.
 
 Column layout (K-dim inputs, plain sweep only). A segmentation-style input ``(N, C, d1, ...)``
-arrives as its contiguous view ``(N, C, S)``: a block is a ``(C, positions)`` slice of one sample
-and every op above reduces over the block's first dimension instead, vectorised along the
-positions; the target logits are gathered and the target terms scattered per block, while it is
-in cache. Copying such an input into ``(N*S, C)`` rows instead costs a strided pass over it and
-leaves rows of a few classes each, on which the row-wise softmax is slow (measured at
-4 x 21 x 256 x 256 float32: 12.8 ms for the copy and 23 ms for the row kernel, against 10 ms
-for the column kernel).
+arrives as its contiguous view ``(N, C, S)``: a block is a run of whole samples ``(samples, C,
+S)`` (or a ``(1, C, positions)`` slice of one sample larger than a block), every op above
+reduces over its dimension 1, vectorised along the positions, and the target logits are
+gathered and the target terms scattered per block, while it is in cache. Copying such an
+input into ``(N*S, C)`` rows instead costs a strided pass over it and leaves rows of a few
+classes each, on which the row-wise softmax is slow (measured at 4 x 21 x 256 x 256 float32:
+12.8 ms for the copy and 23 ms for the row kernel, against 10 ms for the column kernel).
 
 What is recomputed. Nothing: each logit is read from memory once; each gradient element is written
 once (plus, after the plain sweep, one gather/scatter of the ``R`` target entries).
@@ -186,9 +186,9 @@ def cross_entropy_rows(
     Second extension, the column layout of K-dim inputs: ``logits`` (and ``grad``) may be a
     contiguous ``(N, C, S)`` tensor whose "rows" are its ``R = N * S`` positions (row ``n * S +
     s`` is ``logits[n, :, s]``; ``target`` is ``(R,)``), for class indices without smoothing or
-    soft-capping. The blocks are then ``(C, positions)`` slices of one sample and every op
-    reduces over their first dimension, vectorised along the positions, so such an input is
-    never copied into rows.
+    soft-capping. The blocks are then runs of whole samples (or slices of one large sample) and
+    every op reduces over their class dimension, vectorised along the positions, so such an
+    input is never copied into rows.
 
     >>> import torch
     >>> from crossent.backends.rows import RowOptions
@@ -248,15 +248,21 @@ class _Rows:
         self.cap = options.softcap
         self.probs = target.dtype.is_floating_point
         self.plain = not self.probs and self.eps == 0 and self.cap is None
-        # Column layout (N, C, S): blocks are (C, positions) slices of one sample, the class
-        # dimension of a block is its first; rows: (rows, C) blocks, classes second.
+        # Column layout (N, C, S): blocks are runs of whole samples (samples, C, S), or (1, C,
+        # positions) slices of one sample when a sample exceeds a block, so that a block is
+        # never smaller than necessary (each costs a dozen torch ops); classes are dimension 1
+        # of a block in both layouts.
         self.positions = logits.shape[2] if logits.dim() == 3 else None
         if self.positions is not None and not self.plain:
             raise ValueError("the (N, C, S) layout serves class indices without smoothing or "
                              "soft-capping")  # fmt: skip
-        self.class_dim = 1 if self.positions is None else 0
         per_block = block_rows or block_rows_for(num_classes, acc.itemsize)
-        self.rows_per_block = min(self.positions or num_rows, per_block)
+        if self.positions is None:
+            self.rows_per_block = min(num_rows, per_block)
+        elif per_block >= self.positions:  # whole samples
+            self.rows_per_block = per_block // self.positions * self.positions
+        else:
+            self.rows_per_block = per_block
         device = logits.device
 
         def vector():
@@ -321,38 +327,50 @@ class _Rows:
         import torch
 
         shape = (self.rows_per_block, self.num_classes)
-        if self.positions is not None:
-            shape = shape[::-1]
+        if self.positions is not None:  # viewed per block by work_block
+            shape = (self.rows_per_block * self.num_classes,)
         return torch.empty(shape, dtype=self.acc, device=self.logits.device)
 
+    def _width(self, count: int) -> int:
+        """Positions per sample in a column block of ``count`` rows."""
+        return min(self.positions, count)
+
     def work_block(self, work, count: int):
-        """The packed first ``count`` rows of a block buffer (a block of that many rows)."""
+        """A packed block of ``count`` rows in a block buffer, shaped as the logits' block."""
         if self.positions is None:
             return work[:count]
-        return work.view(-1)[: self.num_classes * count].view(self.num_classes, count)
+        width = self._width(count)
+        return work[: self.num_classes * count].view(count // width, self.num_classes, width)
 
     def blocks(self):
-        """``(start, stop)`` row ranges; in the column layout none crosses a sample."""
-        span = self.positions or self.num_rows
+        """``(start, stop)`` row ranges: whole samples, or slices of one sample."""
+        whole = self.positions is None or self.rows_per_block >= self.positions
+        span = self.num_rows if whole else self.positions
         for first in range(0, self.num_rows, span):
             for start in range(first, first + span, self.rows_per_block):
                 yield start, min(start + self.rows_per_block, first + span)
 
     def block(self, tensor, start: int, stop: int):
-        """Rows ``start:stop`` of ``tensor`` (logits-shaped): ``(rows, C)`` or ``(C, rows)``."""
+        """Rows ``start:stop`` of ``tensor`` (logits-shaped): ``(rows, C)``, ``(samples, C,
+        S)`` or ``(1, C, positions)``."""
         if self.positions is None:
             return tensor[start:stop]
+        if self.rows_per_block >= self.positions:
+            return tensor[start // self.positions : stop // self.positions]
         n, first = divmod(start, self.positions)
-        return tensor[n, :, first : first + stop - start]
+        return tensor[n : n + 1, :, first : first + stop - start]
 
     def packed_blocks(self, tensor) -> bool:
         """Whether every block of ``tensor`` is packed (``out=`` ops may write into it)."""
-        whole = self.positions is None or self.rows_per_block == self.positions
+        whole = self.positions is None or self.rows_per_block >= self.positions
         return whole and tensor.is_contiguous()
 
     def per_row(self, vector):
-        """A ``(rows,)`` vector broadcast against a block (one value per row)."""
-        return vector[:, None] if self.positions is None else vector[None, :]
+        """A ``(rows,)`` vector broadcast against a block, one value per row: ``(rows, 1)`` or
+        ``(samples, 1, positions)``."""
+        if self.positions is None:
+            return vector[:, None]
+        return vector.view(-1, 1, self._width(vector.shape[0]))
 
     def along_classes(self, vector):
         """An ``(R,)`` vector as the whole tensor's class dimension (1) sees it: ``(R, 1)`` or
@@ -401,7 +419,7 @@ def _plain_sweep(rows: _Rows) -> None:
     """Class indices without smoothing or soft-capping: softmax, two maxima, one scaling."""
     import torch
 
-    logits, grad, acc, dim = rows.logits, rows.grad, rows.acc, rows.class_dim
+    logits, grad, acc = rows.logits, rows.grad, rows.acc
     index = rows.along_classes(rows.index)
     # Column blocks gather their target logits (and scatter their target terms) while they are
     # in cache: over the whole (N, C, S) tensor each entry is a strided access (measured 2.4
@@ -425,28 +443,28 @@ def _plain_sweep(rows: _Rows) -> None:
         z_all = rows.vector()  # the z-loss part of a_i, 2 zeta s_i lse_i, kept on its own
     for start, stop in rows.blocks():
         x_b = rows.block(logits, start, stop)
-        m_b = rows.row_max[start:stop]
+        m_b = rows.per_row(rows.row_max[start:stop])
         index_b = rows.per_row(rows.index[start:stop])
         if blockwise:  # (before an in-place block is overwritten)
             z_y_b = rows.per_row(rows.z_y[start:stop])
             if x_b.dtype == acc:
-                torch.gather(x_b, dim, index_b, out=z_y_b)
+                torch.gather(x_b, 1, index_b, out=z_y_b)
             else:
-                z_y_b.copy_(x_b.gather(dim, index_b))
+                z_y_b.copy_(x_b.gather(1, index_b))
         if direct:
             p_b = rows.block(grad, start, stop)
-            torch.amax(x_b, dim, out=m_b)
-            torch.ops.aten._softmax.out(x_b, dim, False, out=p_b)
+            torch.amax(x_b, 1, keepdim=True, out=m_b)
+            torch.ops.aten._softmax.out(x_b, 1, False, out=p_b)
         else:
             p_b = rows.work_block(work, stop - start)
             if logits.dtype == acc:
-                torch.amax(x_b, dim, out=m_b)
-                torch.ops.aten._softmax.out(x_b, dim, False, out=p_b)
+                torch.amax(x_b, 1, keepdim=True, out=m_b)
+                torch.ops.aten._softmax.out(x_b, 1, False, out=p_b)
             else:
                 p_b.copy_(x_b)
-                torch.amax(p_b, dim, out=m_b)
-                torch.ops.aten._softmax.out(p_b, dim, False, out=p_b)
-        torch.amax(p_b, dim, out=rows.p_max[start:stop])
+                torch.amax(p_b, 1, keepdim=True, out=m_b)
+                torch.ops.aten._softmax.out(p_b, 1, False, out=p_b)
+        torch.amax(p_b, 1, keepdim=True, out=rows.per_row(rows.p_max[start:stop]))
         if grad is None:
             continue
         a_b = None if rows.unit_a else rows.a[start:stop]
@@ -456,11 +474,11 @@ def _plain_sweep(rows: _Rows) -> None:
             z_b.mul_(2.0 * rows.zeta)
             a_b = a_b + z_b
         if gather_p_y:
-            torch.gather(p_b, dim, index_b, out=rows.per_row(p_y[start:stop]))
+            torch.gather(p_b, 1, index_b, out=rows.per_row(p_y[start:stop]))
         if a_b is not None:
             p_b.mul_(rows.per_row(a_b))
         if scatter_b:  # g[i, y_i] + (-b_i), as below
-            p_b.scatter_add_(dim, index_b, rows.per_row(rows.b[start:stop].neg()))
+            p_b.scatter_add_(1, index_b, rows.per_row(rows.b[start:stop].neg()))
         if not direct:
             rows.block(grad, start, stop).copy_(p_b)  # computed in float32, rounded once
     if grad is None or scatter_b:
