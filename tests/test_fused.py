@@ -340,26 +340,37 @@ def test_rows_kernel_matches_contract_reference(options, weight, soft, dtype):
 
 
 COLUMN_OPTIONS = [
-    dict(), dict(ignore_index=2), dict(z_loss=1e-3), dict(ignore_index=0, z_loss=0.01)
+    dict(), dict(ignore_index=2), dict(z_loss=1e-3), dict(ignore_index=0, z_loss=0.01),
+    dict(label_smoothing=0.1), dict(softcap=4.0),
+    dict(softcap=2.5, z_loss=0.01, label_smoothing=0.2),
+]
+COLUMN_CASES = [  # (ignore_index does not apply to probabilities)
+    (soft, options) for soft in (False, True) for options in COLUMN_OPTIONS
+    if not (soft and "ignore_index" in options)
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("weight", [False, True])
-@pytest.mark.parametrize("options", COLUMN_OPTIONS, ids=str)
+@pytest.mark.parametrize(("soft", "options"), COLUMN_CASES, ids=str)
 @pytest.mark.parametrize("block_rows", [None, 3, 7, 10, 14])
 @pytest.mark.parametrize("in_place", [False, True])
 def test_column_layout_is_the_rows_layout_without_the_copy(in_place, block_rows, options,
-                                                           weight, dtype):  # fmt: skip
+                                                           weight, soft, dtype):  # fmt: skip
     """A K-dim input as (N, C, S): the same per-row losses, lse and gradient as its rows
-    (N*S, C), with blocks of all samples (None), of a few positions of one sample (3: two
-    slices and a remainder per sample), of one sample (7, 10) and of two samples and a
-    remainder sample (14); written into a buffer or into the logits."""
+    (N*S, C), for class indices and probabilities (as (N, C, S) too), with blocks of all
+    samples (None), of a few positions of one sample (3: two slices and a remainder per
+    sample), of one sample (7, 10) and of two samples and a remainder sample (14); written
+    into a buffer or into the logits."""
     n, c, positions = 3, 6, 7
-    x, target, w = make_case(n * positions, c, dtype, weight=weight, ignored=4,
+    x, target, w = make_case(n * positions, c, dtype, soft=soft, weight=weight,
+                             ignored=0 if soft else 4,
                              ignore_index=options.get("ignore_index", -100))  # fmt: skip
     columns = (x * 3).reshape(n, positions, c).transpose(1, 2).contiguous()  # (N, C, S)
     rows_x = columns.transpose(1, 2).reshape(-1, c)  # the same logits as rows (a copy)
+    column_target = target
+    if soft:
+        column_target = target.reshape(n, positions, c).transpose(1, 2).contiguous()
     opts = RowOptions(**options)
     scale = torch.rand(n * positions, generator=torch.Generator().manual_seed(1)).to(
         accumulation := rows.accumulation_dtype(dtype))  # fmt: skip
@@ -368,7 +379,7 @@ def test_column_layout_is_the_rows_layout_without_the_copy(in_place, block_rows,
                                                row_scale=scale, block_rows=block_rows)  # fmt: skip
     work = columns.clone()
     grad = work if in_place else torch.empty_like(columns)
-    loss, lse = cpu.cross_entropy_rows(work, target, w, opts, grad, row_scale=scale,
+    loss, lse = cpu.cross_entropy_rows(work, column_target, w, opts, grad, row_scale=scale,
                                        block_rows=block_rows)  # fmt: skip
     assert loss.dtype == lse.dtype == accumulation
     tol = dict(rtol=1e-13, atol=1e-13) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-6)
@@ -381,23 +392,18 @@ def test_column_layout_is_the_rows_layout_without_the_copy(in_place, block_rows,
         torch.testing.assert_close(as_rows, ref_grad, **tol)
 
 
-def test_column_layout_serves_plain_class_indices_only():
+def test_column_layout_is_for_contiguous_cpu_tensors():
     x = torch.randn(2, 4, 5)
     target = torch.zeros(10, dtype=torch.long)
-    for options in (RowOptions(label_smoothing=0.1), RowOptions(softcap=3.0)):
-        with pytest.raises(ValueError, match="class indices without"):
-            cpu.cross_entropy_rows(x, target, None, options)
-        with pytest.raises(ValueError, match=r"\(N, C, S\) logits"):
-            fused_cross_entropy(x, target, None, options, "mean")
-    with pytest.raises(ValueError, match=r"\(N, C, S\) logits"):
-        fused_cross_entropy(x, torch.rand(10, 4), None, RowOptions(), "mean")
     with pytest.raises(ValueError, match="contiguous"):
         cpu.cross_entropy_rows(x.transpose(1, 2), target, None, RowOptions())
     # the 'cpu' kernel on tensors of another device (impl='fused' on CUDA) keeps rows
     meta = torch.empty(2, 4, 5, device="meta")
-    assert _fused_op.column_layout_serves("cpu", x, target, RowOptions())
-    assert not _fused_op.column_layout_serves("cpu", meta, target, RowOptions())
-    assert not _fused_op.column_layout_serves("triton", x, target, RowOptions())
+    assert _fused_op.column_layout_serves("cpu", x)
+    assert not _fused_op.column_layout_serves("cpu", meta)
+    assert not _fused_op.column_layout_serves("triton", x)
+    with pytest.raises(ValueError, match=r"\(N, C, S\) logits"):
+        fused_cross_entropy(x, target, None, RowOptions(), "mean", kernel="triton")
 
 
 def test_column_layout_with_one_position_per_sample_matches_torch():

@@ -110,7 +110,8 @@ def _checked_denominator(
     """
     if target.is_floating_point():
         # torch divides by numel / C: the M positions, or 0/0 (NaN) with no classes
-        positions = float(target.shape[0]) if num_classes else math.nan
+        rows = target.shape[0] * target.shape[2] if target.dim() == 3 else target.shape[0]
+        positions = float(rows) if num_classes else math.nan
         return torch.tensor(positions, dtype=dtype, device=target.device), _checked
     xp = _torch_namespace()
     kept = target != ignore_index
@@ -597,14 +598,10 @@ def check_inplace_allowed(logits: torch.Tensor) -> None:
         frontier = following
 
 
-def column_layout_serves(
-    kernel: str, logits: torch.Tensor, target: torch.Tensor, options: RowOptions
-) -> bool:
+def column_layout_serves(kernel: str, logits: torch.Tensor) -> bool:
     """Whether the fused path takes a K-dim input as ``(N, C, S)`` columns (no copy into
-    rows): the ``cpu`` kernel on CPU tensors, class indices, no label smoothing, no
-    soft-capping."""
-    return (kernel == "cpu" and logits.device.type == "cpu" and not target.is_floating_point()
-            and options.label_smoothing == 0 and options.softcap is None)  # fmt: skip
+    rows): the ``cpu`` kernel on CPU tensors (every target kind and option)."""
+    return kernel == "cpu" and logits.device.type == "cpu"
 
 
 def fused_cross_entropy(
@@ -622,10 +619,11 @@ def fused_cross_entropy(
 
     Args:
         logits: ``(M, C)`` floating tensor, class dimension last (made contiguous if its class
-            stride is not 1); for the ``cpu`` kernel and class indices without smoothing or
-            soft-capping also ``(N, C, S)`` (made contiguous), whose ``M = N * S`` rows are its
-            positions (row ``n * S + s`` is ``logits[n, :, s]``): a K-dim input as it is.
-        target: ``(M,)`` int64/uint8 class indices or ``(M, C)`` floating probabilities.
+            stride is not 1); for the ``cpu`` kernel on CPU tensors also ``(N, C, S)`` (made
+            contiguous), whose ``M = N * S`` rows are its positions (row ``n * S + s`` is
+            ``logits[n, :, s]``): a K-dim input as it is.
+        target: ``(M,)`` int64/uint8 class indices or ``(M, C)`` floating probabilities
+            (``(N, C, S)`` with ``(N, C, S)`` logits).
         weight: ``(C,)`` class weights or None (validated by the caller).
         options: ignore_index, label_smoothing, z_loss, softcap (validated by the caller).
         reduction: ``"none"``, ``"mean"`` or ``"sum"``; ``mean`` divides by
@@ -664,16 +662,16 @@ def fused_cross_entropy(
     if reduction not in _reduction.REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction")
     if logits.dim() == 3:
-        if not column_layout_serves(kernel, logits, target, options):
+        if not column_layout_serves(kernel, logits):
             raise ValueError(
                 "fused_cross_entropy takes (N, C, S) logits for the 'cpu' kernel on CPU tensors "
-                "and class indices without label smoothing or soft-capping only"
+                "only"
             )
     elif logits.dim() != 2:
         raise ValueError(f"fused_cross_entropy expects 2-D logits (M, C), got {logits.dim()}-D")
     check_supported(logits, target, weight, loss_dtype)
     if target.is_floating_point():
-        if target.stride(-1) != 1:
+        if target.stride(-1) != 1 or (target.dim() == 3 and not target.is_contiguous()):
             target = target.contiguous()
     elif target.dtype != torch.int64:
         target = target.long()

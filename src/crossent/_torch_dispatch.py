@@ -3,10 +3,9 @@
 The functional layer has validated the arguments; here the input is brought to 2-D rows
 ``(M, C)`` (classes last), handed to :func:`crossent._fused_op.fused_cross_entropy` with the
 ``cpu`` (blocked torch ops) or ``triton`` row kernel, and the per-position outputs are shaped
-back. A contiguous K-dim input ``(N, C, d1, ...)`` goes to the ``cpu`` kernel as its view
-``(N, C, d1*...)`` where that kernel's column layout serves the call (CPU tensors, class
-indices, no smoothing or soft-capping), and is otherwise brought to rows (a view for a
-channels-last input, a copy for others). Imported only for torch tensors.
+back. A contiguous K-dim CPU input ``(N, C, d1, ...)`` goes to the ``cpu`` kernel as its view
+``(N, C, d1*...)`` (its probability target likewise), and is otherwise brought to rows (a view
+for a channels-last input, a copy for others). Imported only for torch tensors.
 """
 
 from __future__ import annotations
@@ -52,12 +51,14 @@ def cross_entropy(
         softcap=softcap,
     )
     kernel = "triton" if choice == "triton" else "cpu"
-    if (input.dim() > 2 and input.is_contiguous()
-            and column_layout_serves(kernel, input, target, row_options)):  # fmt: skip
-        rows = input.view(input.shape[0], input.shape[1], input.shape[2:].numel())
+    columns = input.dim() > 2 and input.is_contiguous() and column_layout_serves(kernel, input)
+    if columns:
+        shape = (input.shape[0], input.shape[1], input.shape[2:].numel())
+        rows = input.view(shape)
+        target_rows = target.reshape(shape) if layout.probabilities else target.reshape(-1)
     else:
         rows = _rows(input)  # (channels-last K-dim inputs: a view too)
-    target_rows = _rows(target) if layout.probabilities else target.reshape(-1)
+        target_rows = _rows(target) if layout.probabilities else target.reshape(-1)
     try:
         loss, z, lse = fused_cross_entropy(
             rows, target_rows, weight, row_options, options["reduction"], kernel=kernel,

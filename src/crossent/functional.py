@@ -351,9 +351,8 @@ def cross_entropy(
     ``inplace_backward=True`` (opt-in; fused/triton only) writes the gradient into the logits'
     own storage, so the loss needs no memory of the logits' size: the logits are consumed. It is
     refused (RuntimeError) for a leaf tensor and for logits autograd still needs (e.g. the saved
-    output of a ``tanh``); it saves memory for 1-D/2-D inputs with unit class stride and, on the
-    CPU, for contiguous K-dim inputs with class indices and no label smoothing or soft-capping
-    (others are copied into rows first).
+    output of a ``tanh``); it saves memory for 1-D/2-D inputs with unit class stride and for
+    contiguous K-dim inputs on the CPU (others are brought to rows first, which may copy).
 
     >>> import numpy as np, crossent
     >>> float(crossent.cross_entropy(np.array([2.0, 4.0, 0.5]), np.array(1)))  # doctest: +ELLIPSIS

@@ -29,7 +29,7 @@ is read from memory once and then re-read from cache by a handful of torch ops (
 
 Per-row losses and lse are then assembled from ``(R,)`` statistics with a few vector ops.
 
-Column layout (K-dim inputs, plain sweep only). A segmentation-style input ``(N, C, d1, ...)``
+Column layout (K-dim inputs, both sweeps). A segmentation-style input ``(N, C, d1, ...)``
 arrives as its contiguous view ``(N, C, S)``: a block is a run of whole samples ``(samples, C,
 S)`` (or a ``(1, C, positions)`` slice of one sample larger than a block), every op above
 reduces over its dimension 1, vectorised along the positions, and the target logits are
@@ -185,8 +185,8 @@ def cross_entropy_rows(
 
     Second extension, the column layout of K-dim inputs: ``logits`` (and ``grad``) may be a
     contiguous ``(N, C, S)`` tensor whose "rows" are its ``R = N * S`` positions (row ``n * S +
-    s`` is ``logits[n, :, s]``; ``target`` is ``(R,)``), for class indices without smoothing or
-    soft-capping. The blocks are then runs of whole samples (or slices of one large sample) and
+    s`` is ``logits[n, :, s]``; ``target`` is ``(R,)`` class indices or ``(N, C, S)``
+    probabilities). The blocks are then runs of whole samples (or slices of one large sample) and
     every op reduces over their class dimension, vectorised along the positions, so such an
     input is never copied into rows.
 
@@ -253,9 +253,6 @@ class _Rows:
         # never smaller than necessary (each costs a dozen torch ops); classes are dimension 1
         # of a block in both layouts.
         self.positions = logits.shape[2] if logits.dim() == 3 else None
-        if self.positions is not None and not self.plain:
-            raise ValueError("the (N, C, S) layout serves class indices without smoothing or "
-                             "soft-capping")  # fmt: skip
         per_block = block_rows or block_rows_for(num_classes, acc.itemsize)
         if self.positions is None:
             self.rows_per_block = min(num_rows, per_block)
@@ -371,6 +368,22 @@ class _Rows:
         if self.positions is None:
             return vector[:, None]
         return vector.view(-1, 1, self._width(vector.shape[0]))
+
+    def along_block_classes(self, weight):
+        """A ``(C,)`` vector broadcast along a block's class dimension."""
+        return weight if self.positions is None else weight[:, None]
+
+    def class_sum(self, block, weight, out) -> None:
+        """``out[i] = sum_c weight_c block[i, c]`` (plain sum without weights) over a block's
+        rows, into the ``(rows,)`` vector ``out``."""
+        import torch
+
+        if weight is None:
+            torch.sum(block, 1, keepdim=True, out=self.per_row(out))
+        elif self.positions is None:
+            torch.mv(block, weight, out=out)
+        else:
+            torch.matmul(weight, block, out=self.per_row(out)[:, 0])
 
     def along_classes(self, vector):
         """An ``(R,)`` vector as the whole tensor's class dimension (1) sees it: ``(R, 1)`` or
@@ -507,50 +520,47 @@ def _general_sweep(rows: _Rows) -> None:
 
     logits, target, grad, acc, w = rows.logits, rows.target, rows.grad, rows.acc, rows.w
     eps, num_classes, cap = rows.eps, rows.num_classes, rows.cap
-    work_is_grad = grad is not None and grad.dtype == acc and grad.is_contiguous()  # (as above)
+    work_is_grad = grad is not None and grad.dtype == acc and rows.packed_blocks(grad)  # (as above)
     work = None if work_is_grad else rows.block_buffer()
     tanh_buf = rows.block_buffer() if cap is not None else None
     # Probability targets are smoothed explicitly, q' = q (1 - eps) + eps / C, as torch does:
     # a term q'_c (z_c - m) is then NaN only where torch's is (q'_c = 0 at a -inf logit).
     q_buf = rows.block_buffer() if rows.probs and (target.dtype != acc or eps > 0) else None
     prod_buf = rows.block_buffer() if rows.probs else None
+    w_b = None if w is None else rows.along_block_classes(w)
     for start, stop in rows.blocks():
         count = stop - start
-        x_b = logits[start:stop]
-        g_b = grad[start:stop] if grad is not None else None
-        m_b = rows.row_max[start:stop]
-        u_b = g_b if work_is_grad else work[:count]
+        x_b = rows.block(logits, start, stop)
+        g_b = rows.block(grad, start, stop) if grad is not None else None
+        m_b = rows.per_row(rows.row_max[start:stop])
+        u_b = g_b if work_is_grad else rows.work_block(work, count)
         # z (soft-capped logits) in u_b; ops with out= compute in their inputs' dtype.
         if cap is not None:
-            t_b = tanh_buf[:count]
+            t_b = rows.work_block(tanh_buf, count)
             torch.div(x_b if x_b.dtype == acc else t_b.copy_(x_b), cap, out=t_b)
             t_b.tanh_()
             torch.mul(t_b, cap, out=u_b)
         elif u_b.data_ptr() != x_b.data_ptr():
             u_b.copy_(x_b)
-        torch.amax(u_b, 1, out=m_b)
+        torch.amax(u_b, 1, keepdim=True, out=m_b)
         if not rows.probs:
-            idx_b = rows.index[start:stop, None]
-            torch.gather(u_b, 1, idx_b, out=rows.z_y[start:stop, None])
-        u_b.sub_(m_b[:, None])
+            idx_b = rows.per_row(rows.index[start:stop])
+            torch.gather(u_b, 1, idx_b, out=rows.per_row(rows.z_y[start:stop]))
+        u_b.sub_(m_b)
         if eps > 0 and not rows.probs:
-            out = rows.sum_wu[start:stop]
-            torch.sum(u_b, 1, out=out) if w is None else torch.mv(u_b, w, out=out)
+            rows.class_sum(u_b, w, rows.sum_wu[start:stop])
         if rows.probs:
-            q_b = target[start:stop] if q_buf is None else q_buf[:count].copy_(target[start:stop])
+            t_q = rows.block(target, start, stop)
+            q_b = t_q if q_buf is None else rows.work_block(q_buf, count).copy_(t_q)
             if eps > 0:
                 q_b.mul_(1.0 - eps).add_(eps / num_classes)
-            prod_b = prod_buf[:count]
+            prod_b = rows.work_block(prod_buf, count)
             torch.mul(q_b, u_b, out=prod_b)
-            if w is None:
-                torch.sum(q_b, 1, out=rows.sum_wq[start:stop])
-                torch.sum(prod_b, 1, out=rows.sum_wqu[start:stop])
-            else:
-                torch.mv(q_b, w, out=rows.sum_wq[start:stop])
-                torch.mv(prod_b, w, out=rows.sum_wqu[start:stop])
+            rows.class_sum(q_b, w, rows.sum_wq[start:stop])
+            rows.class_sum(prod_b, w, rows.sum_wqu[start:stop])
         p_b = u_b
         torch.ops.aten._softmax.out(u_b, 1, False, out=p_b)
-        torch.amax(p_b, 1, out=rows.p_max[start:stop])
+        torch.amax(p_b, 1, keepdim=True, out=rows.per_row(rows.p_max[start:stop]))
         if grad is None:
             continue
 
@@ -567,28 +577,28 @@ def _general_sweep(rows: _Rows) -> None:
             extra_b = z_b if extra_b is None else extra_b + z_b
         if not rows.probs:
             p_y_b = torch.gather(p_b, 1, idx_b)  # before the scaling below
-        p_b.mul_(a_b[:, None])
+        p_b.mul_(rows.per_row(a_b))
         if rows.probs:  # - s w q'
             if w is None:
-                torch.mul(q_b, s_b[:, None], out=prod_b)
+                torch.mul(q_b, rows.per_row(s_b), out=prod_b)
             else:
-                torch.mul(q_b, w, out=prod_b)
-                prod_b.mul_(s_b[:, None])
+                torch.mul(q_b, w_b, out=prod_b)
+                prod_b.mul_(rows.per_row(s_b))
             p_b.sub_(prod_b)
             c_b = None
         else:  # - b e_y, as b (p_y - 1) + p_y (a - b) (see _Rows.a_minus_b)
-            picked = rows.b[start:stop, None] * (p_y_b - 1.0)
+            picked = rows.per_row(rows.b[start:stop]) * (p_y_b - 1.0)
             if extra_b is not None:
-                picked.addcmul_(p_y_b, extra_b[:, None])
+                picked.addcmul_(p_y_b, rows.per_row(extra_b))
             p_b.scatter_(1, idx_b, picked)
             c_b = rows.c[start:stop] if rows.c is not None else None
         if c_b is not None:  # - c w
             if w is None:
-                p_b.sub_(c_b[:, None])
+                p_b.sub_(rows.per_row(c_b))
             else:
-                p_b.addr_(c_b, w, alpha=-1.0)
+                p_b.addcmul_(rows.per_row(c_b), w_b, value=-1.0)
         if cap is not None:  # times dz/dx = 1 - tanh**2
-            t_b = tanh_buf[:count]
+            t_b = rows.work_block(tanh_buf, count)
             t_b.mul_(t_b)
             p_b.addcmul_(p_b, t_b, value=-1.0)
         if p_b.data_ptr() != g_b.data_ptr():
