@@ -41,9 +41,10 @@ CROSS_ENTROPY_MAX_ELEMENTS = 1 << 20
 
 #: The same threshold for float16/bfloat16 logits. The fused kernel works on float32 copies of
 #: its blocks (two conversions per element), and below a few million logits one block holds
-#: them all, so it saves no memory there: in benchmarks/cross_entropy_small.py (2026-11-27 10:22
-#: UTC, 2-core EPYC) bfloat16 512x8192 ran at 0.92x of torch eager's speed on the fused kernel
-#: with the same peak memory, 1024x8192 at 1.27x with two thirds of torch's peak memory.
+#: them all, so it saves no memory there: in benchmarks/cross_entropy_small.py (2-core EPYC,
+#: records ...-cross_entropy_small-bf16-1022.md and -1025.md) bfloat16 512x8192 ran at
+#: 0.92x/0.59x of torch eager's speed on the fused kernel with the same peak memory, 1024x8192
+#: at 1.27x/1.01x with two thirds of torch's peak memory.
 HALF_CROSS_ENTROPY_MAX_ELEMENTS = 1 << 23
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -55,8 +56,8 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 #: size). benchmarks/cross_entropy_small.py (2026-11-27, 2-core EPYC, three runs of the column
 #: kernel, records ...-cross_entropy_small-kdim-0.md, -kdim-1.md, -kdim.md): 0.40x-0.67x of
 #: torch eager's speed at 0.17 M logits (21 classes), 0.64x-0.87x at 1.4 M, 1.13x-1.55x at
-#: 5.5 M, 2.0x-2.6x at 25 M, 1.41x at 5.2 M with 10 classes and 32 positions per sample, at
-#: half of torch's peak memory (two thirds for the last).
+#: 5.5 M, 2.0x-2.6x at 25 M, 1.41x at 5.2 M with 10 classes and 32 positions per sample, at a
+#: third to two thirds of torch's peak memory.
 KDIM_CROSS_ENTROPY_MAX_ELEMENTS = 1 << 22
 
 #: The binary losses: ``impl="auto"`` uses torch's kernels for them on CUDA too (elementwise,

@@ -19,11 +19,11 @@ deterministic and costs nothing at import or at the first call:
   2% faster (2.17 against 2.22 ms, ``gpu-h100-2026-11-27-block2048.md``);
 * ``num_stages = 3`` (two blocks of loads in flight ahead of the arithmetic);
 * one program per row, scheduled by the hardware (``programs=0``). Measured on an H100 (bf16,
-  8192 x 128256, in place): 2.18 ms against 2.70 ms for a persistent grid sized to keep the rows
-  in flight within ``L2_FRACTION`` of the L2 cache (still available as ``programs=None``) and
-  2.19 ms for two programs per SM. No wider sweep on the H200 (persistent grids of 1-8
-  programs per SM, 1-6 pipeline stages, blocks of 1024-16384 elements) came within 5% of
-  one read and one write: the best reached 58% of the copy bandwidth.
+  8192 x 128256, in place, ``gpu-h100-2026-11-27-block2048.md``): 2.17 ms against 3.69 ms for a
+  persistent grid sized to keep the rows in flight within ``L2_FRACTION`` of the L2 cache (still
+  available as ``programs=None``), 2.57 ms for two programs per SM and 3.60 ms for one. No
+  configuration of a wider sweep on the H200 (persistent grids of 1-8 programs per SM, 1-6
+  pipeline stages, blocks of 1024-16384 elements) reached more than 58% of the copy bandwidth.
 """
 
 from __future__ import annotations
