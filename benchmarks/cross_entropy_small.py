@@ -29,13 +29,16 @@ SHAPES = [(64, 10), (64, 1000), (256, 1000), (1024, 1000), (256, 10000), (512, 8
           (1024, 8192), (1024, 10000), (512, 32768), (2048, 32768)]  # fmt: skip
 
 
-#: K-dimensional (segmentation-style) inputs ``(N, C, H, W)`` and their dtypes.
-KDIM_SHAPES = [((2, 21, 64, 64), "float32"), ((4, 21, 128, 128), "float32"),
-               ((4, 21, 256, 256), "float32"), ((4, 21, 256, 256), "bfloat16"),
-               ((8, 21, 384, 384), "float32"), ((16384, 10, 4, 8), "float32")]  # fmt: skip
+#: K-dimensional (segmentation-style) inputs ``(N, C, H, W)``, their dtypes and label smoothing.
+KDIM_SHAPES = [
+    ((2, 21, 64, 64), "float32", 0.0), ((4, 21, 128, 128), "float32", 0.0),
+    ((4, 21, 256, 256), "float32", 0.0), ((4, 21, 256, 256), "bfloat16", 0.0),
+    ((8, 21, 384, 384), "float32", 0.0), ((16384, 10, 4, 8), "float32", 0.0),
+    ((4, 21, 256, 256), "float32", 0.1), ((8, 21, 384, 384), "float32", 0.1),
+]  # fmt: skip
 
 
-def _kdim_case(shape: tuple[int, ...], dtype: str = "float32") -> Case:
+def _kdim_case(shape: tuple[int, ...], dtype: str = "float32", smoothing: float = 0.0) -> Case:
     def make():
         import torch
 
@@ -47,11 +50,12 @@ def _kdim_case(shape: tuple[int, ...], dtype: str = "float32") -> Case:
     def reference(inputs):
         import torch.nn.functional as F
 
-        return F.cross_entropy(inputs["logits"], inputs["target"])
+        return F.cross_entropy(inputs["logits"], inputs["target"], label_smoothing=smoothing)
 
+    smoothed = f" smoothing={smoothing}" if smoothing else ""
     return Case(
-        name="N,C,H,W=" + "x".join(map(str, shape)) + f" {dtype}",
-        params={"shape": shape, "dtype": dtype},
+        name="N,C,H,W=" + "x".join(map(str, shape)) + f" {dtype}{smoothed}",
+        params={"shape": shape, "dtype": dtype, "label_smoothing": smoothing},
         make_inputs=make,
         reference_loss=reference,
         dtype=dtype,
@@ -63,16 +67,30 @@ def _kdim_case(shape: tuple[int, ...], dtype: str = "float32") -> Case:
 def cases(quick: bool) -> list[Case]:
     shapes = SHAPES[:3] if quick else SHAPES
     flat = [_case(n, c, dtype) for n, c in shapes for dtype in ("float32", "bfloat16")]
-    return flat + ([] if quick else [_kdim_case(shape, dtype) for shape, dtype in KDIM_SHAPES])
+    return flat + ([] if quick else [_kdim_case(*spec) for spec in KDIM_SHAPES])
 
 
 def _crossent_public(impl: str):
     def build(case: Case):
         import crossent
 
-        return lambda state: crossent.cross_entropy(state["logits"], state["target"], impl=impl)
+        smoothing = case.params.get("label_smoothing", 0.0)
+        return lambda state: crossent.cross_entropy(
+            state["logits"], state["target"], label_smoothing=smoothing, impl=impl
+        )
 
     return build
+
+
+def _torch_eager_smoothed(case: Case):
+    """torch eager, with the case's label smoothing (none for the 2-D cases)."""
+    import torch.nn.functional as F
+
+    smoothing = case.params.get("label_smoothing", 0.0)
+    if not smoothing:
+        return _torch_eager(case)
+    return lambda state: F.cross_entropy(state["logits"], state["target"],
+                                         label_smoothing=smoothing)  # fmt: skip
 
 
 def providers() -> list[Provider]:
@@ -80,5 +98,5 @@ def providers() -> list[Provider]:
     return [
         Provider("crossent.cross_entropy", _crossent_public("auto")),
         Provider("crossent fused", _crossent_public("fused")),
-        Provider("torch eager", _torch_eager),
+        Provider("torch eager", _torch_eager_smoothed),
     ]

@@ -75,9 +75,9 @@ def test_auto_switches_to_the_fused_kernel_at_the_threshold(monkeypatch):
 
 
 def test_auto_takes_the_column_layout_for_large_plain_k_dim_inputs(monkeypatch):
-    """From KDIM_CROSS_ENTROPY_MAX_ELEMENTS logits a float32/float64 K-dim call with class
-    indices and no smoothing/soft-capping runs the fused kernel (as (N, C, S), no copy); any
-    other K-dim call keeps torch's kernel."""
+    """From KDIM_CROSS_ENTROPY_MAX_ELEMENTS logits a contiguous float32/float64 K-dim call with
+    class indices runs the fused kernel (as (N, C, S), no copy); any other K-dim call keeps
+    torch's kernel."""
     monkeypatch.setattr(_torch_native, "KDIM_CROSS_ENTROPY_MAX_ELEMENTS", 24)
     gen = torch.Generator().manual_seed(3)
     t = torch.randint(0, 4, (2, 3), generator=gen)
@@ -90,12 +90,14 @@ def test_auto_takes_the_column_layout_for_large_plain_k_dim_inputs(monkeypatch):
     assert not fused.startswith("NllLoss")
     assert graph(_leaf(2, 4, 3), t) == fused  # 24 logits: the column layout
     assert graph(_leaf(2, 4, 3), t, weight=torch.rand(4), ignore_index=1) == fused
+    assert graph(_leaf(2, 4, 3), t, label_smoothing=0.1) == fused
     assert graph(_leaf(2, 4, 3).double(), t) == fused
-    # torch's kernel (torch's graph, torch's bits): below the threshold, with smoothing, with
-    # probabilities, in half precision
-    for x, target, kwargs in ((_leaf(2, 4, 2), t[:, :2], {}),
-                              (_leaf(2, 4, 3), t, dict(label_smoothing=0.1)),
-                              (_leaf(2, 4, 3), soft, {}), (_leaf(2, 4, 3).bfloat16(), t, {})):
+    # torch's kernel (torch's graph, torch's bits): below the threshold, with probabilities, in
+    # half precision, channels-last
+    channels_last = _leaf(2, 4, 3, 1).detach().to(memory_format=torch.channels_last)
+    for x, target, kwargs in ((_leaf(2, 4, 2), t[:, :2], {}), (_leaf(2, 4, 3), soft, {}),
+                              (_leaf(2, 4, 3).bfloat16(), t, {}),
+                              (channels_last.requires_grad_(), t[..., None], {})):
         ours = crossent.cross_entropy(x, target, **kwargs)
         theirs = F.cross_entropy(x, target, **kwargs)
         assert type(ours.grad_fn) is type(theirs.grad_fn) and torch.equal(ours, theirs), kwargs

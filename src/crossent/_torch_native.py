@@ -51,13 +51,15 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 #: K-dim inputs ``(N, C, d1, ...)``: ``impl="auto"`` runs torch's own cross-entropy below this
 #: many logits on the CPU, and from here on the fused kernel's column layout, which takes such
-#: an input as it lies (no copy into rows), where that serves: float32/float64 logits, class
-#: indices, no label smoothing or soft-capping (anything else keeps torch's kernel at every
-#: size). benchmarks/cross_entropy_small.py (2026-11-27, 2-core EPYC, three runs of the column
-#: kernel, records ...-cross_entropy_small-kdim-0.md, -kdim-1.md, -kdim.md): 0.40x-0.67x of
-#: torch eager's speed at 0.17 M logits (21 classes), 0.64x-0.87x at 1.4 M, 1.13x-1.55x at
-#: 5.5 M, 2.0x-2.6x at 25 M, 1.41x at 5.2 M with 10 classes and 32 positions per sample, at a
-#: third to two thirds of torch's peak memory.
+#: an input as it lies (no copy into rows), for contiguous float32/float64 logits with class
+#: indices (anything else keeps torch's kernel at every size: the harness has not shown the
+#: fused kernel faster for probability targets, and in bfloat16 it was slower).
+#: benchmarks/cross_entropy_small.py (2026-11-27, 2-core EPYC, three runs of the column kernel,
+#: records ...-cross_entropy_small-kdim-0.md, -kdim-1.md, -kdim.md): 0.40x-0.67x of torch
+#: eager's speed at 0.17 M logits (21 classes), 0.64x-0.87x at 1.4 M, 1.13x-1.55x at 5.5 M,
+#: 2.0x-2.6x at 25 M, 1.41x at 5.2 M with 10 classes and 32 positions per sample, at a third to
+#: two thirds of torch's peak memory; with label smoothing 0.1 (...-kdim-smoothing.md) 1.14x at
+#: 5.5 M and 2.53x at 25 M, at 0.6x of torch's peak memory.
 KDIM_CROSS_ENTROPY_MAX_ELEMENTS = 1 << 22
 
 #: The binary losses: ``impl="auto"`` uses torch's kernels for them on CUDA too (elementwise,
@@ -84,8 +86,8 @@ def auto_serves(op: str, input: torch.Tensor, *, columns: bool = False) -> bool:
     float16/bfloat16), and K-dim inputs ``(N, C, d1, ...)`` below
     :data:`KDIM_CROSS_ENTROPY_MAX_ELEMENTS` or at any size where the fused kernel would copy
     them into ``(N*d1*..., C)`` rows (1.5x-3x torch eager's time to save about 15% of peak
-    memory, ``benchmarks cross_entropy_small``): ``columns`` says that the call is one its
-    column layout serves (class indices, no smoothing, no soft-capping). CUDA tensors for the
+    memory, ``benchmarks cross_entropy_small``): ``columns`` says that the call is one auto
+    gives the column layout (a contiguous input, class indices). CUDA tensors for the
     binary losses and for ``nll_loss`` of 1-D/2-D inputs, whose torch kernels are deterministic
     (its K-dim ``nll_loss`` sums with atomics, so those keep the reference; ``cross_entropy``
     has the Triton kernel)."""
