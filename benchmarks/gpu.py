@@ -1153,6 +1153,91 @@ def torch_route(run: Run, device, small: bool):
               errors == ["IndexError", "RuntimeError"] and healthy, repr((errors, healthy)))
 
 
+def column_kernel(run: Run, device, small: bool):
+    """K-dim (segmentation-style) cross-entropy through the column kernel (the input as
+    ``(N, C, S)``, no copy): loss and gradient against float64 on the GPU, a bitwise repeat,
+    an upstream factor of 2.5 through the column scaler; then fwd+bwd time and peak memory
+    against the same call through rows (the copy into ``(N*S, C)``, forced by raising
+    ``COLUMN_MIN_POSITIONS``) and torch eager."""
+    import torch
+
+    shapes = [((2, 5, 8, 16), "float32")] if small else [
+        ((8, 21, 512, 512), "float32"), ((8, 21, 512, 512), "bfloat16"),
+        ((16, 150, 128, 128), "bfloat16"),
+    ]  # fmt: skip
+    gen = torch.Generator(device=device).manual_seed(29)
+    for shape, dtype_name in shapes:
+        dtype = getattr(torch, dtype_name)
+        x = (3 * torch.randn(shape, device=device, generator=gen)).to(dtype)
+        target = torch.randint(0, shape[1], (shape[0], *shape[2:]), device=device,
+                               generator=gen)  # fmt: skip
+        target[:, ::7] = -100
+        weight = (torch.rand(shape[1], device=device, generator=gen) + 0.5).to(dtype)
+        _column_case(run, small, x, target, weight)
+
+
+def _column_case(run: Run, small: bool, x, target, weight):
+    import torch
+    import torch.nn.functional as F
+
+    import crossent
+    from crossent.backends.triton import cross_entropy as launchers
+
+    dtype = x.dtype
+    label = f"{'x'.join(map(str, x.shape))} {str(dtype).removeprefix('torch.')}"
+
+    def grads(fn, logits, upstream=1.0):
+        leaf = logits.detach().clone().requires_grad_()
+        loss = fn(leaf)
+        (loss * upstream).backward()
+        return loss.detach(), leaf.grad
+
+    def ours(logits):
+        return crossent.cross_entropy(logits, target, weight, impl="triton")
+
+    def theirs(logits):
+        return F.cross_entropy(logits, target, weight.to(logits.dtype))
+
+    exact = grads(theirs, x.double())
+    torch_result = grads(theirs, x)
+    first = grads(ours, x)
+    again = grads(ours, x)
+    scaled = grads(ours, x, 2.5)
+    errs = [rel_err(first[i], exact[i]) for i in (0, 1)]
+    eps = torch.finfo(dtype).eps
+    bounds = [4 * max(rel_err(torch_result[i], exact[i]), eps) for i in (0, 1)]
+    repeat = all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    factor = rel_err(scaled[1], (first[1].double() * 2.5).to(dtype))
+    ok = errs[0] <= bounds[0] and errs[1] <= bounds[1] and repeat and factor <= 2.0**-7
+    detail = (f"loss {errs[0]:.1e} grad {errs[1]:.1e} (bounds {bounds[0]:.1e}, {bounds[1]:.1e}: "
+              f"4x torch's), repeat={repeat}, x2.5 err {factor:.1e}")  # fmt: skip
+    run.check(f"column kernel vs float64: {label}", ok, detail)
+
+    def through_rows(logits):
+        saved = launchers.COLUMN_MIN_POSITIONS
+        launchers.COLUMN_MIN_POSITIONS = 1 << 62  # (read at each call)
+        try:
+            return ours(logits)
+        finally:
+            launchers.COLUMN_MIN_POSITIONS = saved
+
+    def build(fn):
+        state = {}
+
+        def setup():
+            state["x"] = x.detach().clone().requires_grad_()
+
+        return (lambda: fn(state["x"]).backward()), setup
+
+    reps = 2 if small else 10
+    nbytes = 2 * x.numel() * x.element_size()  # one read of the logits, one gradient write
+    for name, fn in (("crossent.cross_entropy(impl='triton'), columns", ours),
+                     ("crossent.cross_entropy(impl='triton'), rows (copy)", through_rows),
+                     ("torch eager F.cross_entropy", theirs)):  # fmt: skip
+        time_provider(run, f"K-dim {label}", name, functools.partial(build, fn), reps,
+                      nbytes=nbytes, needs=20, trace=name.startswith("crossent"))  # fmt: skip
+
+
 def autocast_check(run: Run, device, small: bool):
     """Under torch.autocast the losses give torch's own result dtype (float32 from bfloat16
     logits) and weight gradient; binary_cross_entropy fails as torch's does.
@@ -1560,6 +1645,73 @@ def compile_check() -> int:
         except Exception as exc:
             failures += 1
             print(f"{json.dumps(spec):90s} FAILED {type(exc).__name__}: {exc}", flush=True)
+
+    from crossent.backends.triton import column_kernels
+
+    def column_variant(dtype="bf16", weight=False, z=False, grad=True, scaled=False, block=1024,
+                       warps=8):  # fmt: skip
+        kernel = column_kernels.cross_entropy_columns_kernel
+        acc = tl.float64 if dtype == "fp64" else tl.float32
+        acc_name = "fp64" if dtype == "fp64" else "fp32"
+        signature = {
+            "logits_ptr": f"*{dtype}", "target_ptr": "*i64",
+            "weight_ptr": "*fp32" if weight else "constexpr",
+            "grad_ptr": f"*{dtype}" if grad else "constexpr",
+            "row_scale_ptr": "*fp32" if scaled else "constexpr", "row_scale_stride": "i32",
+            "loss_ptr": f"*{acc_name}", "lse_ptr": f"*{acc_name}", "n_classes": "i32",
+            "n_positions": "i32", "ignore_index": "i32", "z_loss": "fp64",
+        }  # fmt: skip
+        constants = dict(
+            BLOCK_S=block, HAS_WEIGHT=weight, Z_LOSS=z, WRITE_GRAD=grad, HAS_ROW_SCALE=scaled,
+            ACC=acc,
+            LOWEST=-1.7976931348623157e308 if acc == tl.float64 else -3.4028234663852886e38,
+        )  # fmt: skip
+        for name in ("weight_ptr", "grad_ptr", "row_scale_ptr"):
+            if signature[name] == "constexpr":
+                constants[name] = None
+        for name in constants:
+            signature[name] = "constexpr"
+        source = ASTSource(kernel, signature=signature, constexprs=constants, attrs={})
+        compiled = triton.compile(
+            source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}
+        )
+        return f"smem={compiled.metadata.shared:6d} " + resources(compiled)
+
+    def scale_column_variant(dtype="bf16", kept=True, block=1024, warps=8):
+        kernel = column_kernels.scale_columns_kernel
+        signature = {
+            "x_ptr": f"*{dtype}", "n_classes": "i32", "n_positions": "i32",
+            "scale_ptr": "*fp32", "scale_stride": "i32",
+            "kept_ptr": "*i1" if kept else "constexpr",
+        }  # fmt: skip
+        constants = dict(BLOCK_S=block, HAS_KEPT=kept,
+                         ACC=tl.float64 if dtype == "fp64" else tl.float32)  # fmt: skip
+        if not kept:
+            constants["kept_ptr"] = None
+        for name in constants:
+            signature[name] = "constexpr"
+        source = ASTSource(kernel, signature=signature, constexprs=constants, attrs={})
+        compiled = triton.compile(
+            source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}
+        )
+        return f"smem={compiled.metadata.shared:6d} " + resources(compiled)
+
+    column_variants = [
+        (column_variant, {}),
+        (column_variant, {"grad": False}),
+        (column_variant, {"weight": True, "z": True, "scaled": True}),
+        (column_variant, {"dtype": "fp32", "block": 128, "warps": 1}),
+        (column_variant, {"dtype": "fp64", "weight": True}),
+        (scale_column_variant, {}),
+        (scale_column_variant, {"kept": False, "dtype": "fp32"}),
+    ]
+    for build, spec in column_variants:
+        label = f"{build.__name__} {json.dumps(spec)}"
+        try:
+            print(f"{label:90s} {build(**spec)}", flush=True)
+        except Exception as exc:
+            failures += 1
+            print(f"{label:90s} FAILED {type(exc).__name__}: {exc}", flush=True)
     return 1 if failures else 0
 
 
@@ -1619,6 +1771,7 @@ def main(argv=None) -> int:
         ("eager route", eager_route_check, (run, device, small)),
         ("autocast", autocast_check, (run, device, small)),
         ("torch route", torch_route, (run, device, small)),
+        ("column kernel", column_kernel, (run, device, small)),
         ("logits timings", logits_timings, (run, device, small)),
         ("config sweep", config_sweep, (run, device, small)),
         ("linear timings", linear_timings, (run, device, small)),

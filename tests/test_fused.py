@@ -399,11 +399,20 @@ def test_column_layout_is_for_contiguous_cpu_tensors():
         cpu.cross_entropy_rows(x.transpose(1, 2), target, None, RowOptions())
     # the 'cpu' kernel on tensors of another device (impl='fused' on CUDA) keeps rows
     meta = torch.empty(2, 4, 5, device="meta")
-    assert _fused_op.column_layout_serves("cpu", x)
-    assert not _fused_op.column_layout_serves("cpu", meta)
-    assert not _fused_op.column_layout_serves("triton", x)
+    plain = RowOptions()
+    assert _fused_op.column_layout_serves("cpu", x, target, plain)
+    assert _fused_op.column_layout_serves("cpu", x, target, RowOptions(label_smoothing=0.1))
+    assert not _fused_op.column_layout_serves("cpu", meta, target, plain)
+    # the Triton column kernel: plain class indices over enough positions per sample
+    wide = torch.empty(2, 4, 128)
+    indices = torch.zeros(256, dtype=torch.long)
+    assert _fused_op.column_layout_serves("triton", wide, indices, plain)
+    assert not _fused_op.column_layout_serves("triton", x, target, plain)  # 5 positions
+    for options in (RowOptions(label_smoothing=0.1), RowOptions(softcap=3.0)):
+        assert not _fused_op.column_layout_serves("triton", wide, indices, options)
+    assert not _fused_op.column_layout_serves("triton", wide, torch.rand(2, 4, 128), plain)
     with pytest.raises(ValueError, match=r"\(N, C, S\) logits"):
-        fused_cross_entropy(x, target, None, RowOptions(), "mean", kernel="triton")
+        fused_cross_entropy(x, target, None, plain, "mean", kernel="triton")
 
 
 def test_column_layout_with_one_position_per_sample_matches_torch():

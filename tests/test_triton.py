@@ -433,3 +433,134 @@ def test_far_from_zero_logits_are_as_accurate_as_torch(options, probabilities):
     floor = 4 * torch.finfo(torch.float32).eps
     assert err(loss, exact_loss) <= max(4 * err(ref_loss, exact_loss), floor)
     assert err(grad, exact_grad) <= max(4 * err(ref_grad, exact_grad), floor)
+
+
+# ------------------------------------------------------------------------------------------------
+# the column kernels: K-dim inputs as (N, C, S)
+
+COLUMN_OPTIONS = {
+    "plain": RowOptions(),
+    "ignore2": RowOptions(ignore_index=2),
+    "zloss": RowOptions(z_loss=0.01),
+    "ignore0-zloss": RowOptions(ignore_index=0, z_loss=1e-3),
+}
+
+
+@pytest.mark.parametrize("dtype_name", ["f64", "f32", "bf16"])
+@pytest.mark.parametrize("option_name", COLUMN_OPTIONS)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize(("positions", "scale_kind"), [(7, "none"), (130, "rows"), (33, "0-d")])
+@pytest.mark.parametrize("grad_mode", GRAD_MODES)
+def test_columns_match_the_reference_rows(dtype_name, option_name, weighted, positions,
+                                          scale_kind, grad_mode):  # fmt: skip
+    """(N, C, S) logits through the column kernel: the per-row losses, lse and gradient of the
+    same logits as (N*S, C) rows by the reference contract; positions not a multiple of the
+    block; a row scale of every kind; written into a buffer or into the logits."""
+    dtype, options, n, c = DTYPES[dtype_name], COLUMN_OPTIONS[option_name], 3, 5
+    rows_x, target, weight = make_inputs(n * positions, c, dtype, options, False, weighted, 4)
+    columns = rows_x.reshape(n, positions, c).transpose(1, 2).contiguous()
+    scale = {
+        "none": None,
+        "rows": torch.rand(n * positions, generator=torch.Generator().manual_seed(2)),
+        "0-d": torch.tensor(0.37),
+    }[scale_kind]
+    scale = scale if scale is None else scale.to(DEVICE)
+    # the reference in float64 on the same logits, scaled, then rounded once to the dtype
+    wide = None if weight is None else weight.double()
+    ref_grad = torch.empty_like(rows_x, dtype=torch.float64)
+    ref_loss, ref_lse = rows.cross_entropy_rows(rows_x.double(), target, wide, options, ref_grad)
+    if scale is not None:
+        ref_grad *= scale.double().reshape(-1, 1)
+    acc = rows.accumulation_dtype(dtype)
+    ref = (ref_loss.to(acc), ref_lse.to(acc), ref_grad.to(dtype))
+    grad = None
+    if grad_mode == "buffer":
+        grad = torch.full_like(columns, float("nan"))
+    elif grad_mode == "inplace":
+        columns = columns.clone()
+        grad = columns
+    loss, lse = cross_entropy_rows(columns, target, weight, options, grad, row_scale=scale)
+    as_rows = None if grad is None else grad.transpose(1, 2).reshape(-1, c)
+    check((loss, lse, as_rows), ref, dtype)
+
+
+def test_columns_poison_an_out_of_range_index_and_zero_ignored_positions():
+    x = torch.randn(2, 4, 9, dtype=torch.float64, device=DEVICE)
+    target = torch.randint(0, 4, (18,), device=DEVICE)
+    target[3], target[11] = 9, -100  # out of range (never checked here), ignored
+    grad = torch.full_like(x, float("nan"))
+    loss, lse = cross_entropy_rows(x, target, None, RowOptions(), grad)
+    assert loss[3].isnan() and grad[0, :, 3].isnan().all()
+    assert loss[11] == 0 and lse[11] == 0 and (grad[1, :, 2] == 0).all()
+    others = torch.ones(18, dtype=torch.bool)
+    others[[3, 11]] = False
+    as_rows = grad.transpose(1, 2).reshape(18, 4)
+    assert loss[others].isfinite().all() and as_rows[others].isfinite().all()
+
+
+@pytest.mark.parametrize("scale_kind", ["one", "0-d", "rows", "inf"])
+@pytest.mark.parametrize("with_kept", [False, True])
+def test_scale_columns(scale_kind, with_kept):
+    """scale_rows_ on an (N, C, S) gradient: factor 1 leaves it bit for bit; ignored positions
+    stay 0 times any factor when ``kept`` is given."""
+    gen = torch.Generator().manual_seed(6)
+    grad = torch.randn(2, 3, 150, generator=gen, dtype=torch.float32).to(DEVICE)
+    kept = torch.rand(300, generator=gen) > 0.3
+    grad.transpose(1, 2).reshape(300, 3)[~kept] = 0.0  # ignored positions carry zeros
+    kept = kept.to(DEVICE)
+    scale = {
+        "one": torch.tensor(1.0),
+        "0-d": torch.tensor(2.5),
+        "rows": torch.rand(300, generator=gen) + 0.5,
+        "inf": torch.tensor(float("inf")),
+    }[scale_kind].to(DEVICE)
+    expected = grad.clone()
+    factor = scale.reshape(-1).expand(300) if scale.dim() == 0 else scale
+    positions = expected.transpose(1, 2).reshape(300, 3)  # (a copy)
+    active = (factor != 1.0) & (kept if with_kept else torch.ones_like(kept))
+    positions[active] = positions[active] * factor[active, None]
+    expected = positions.reshape(2, 150, 3).transpose(1, 2)
+    out = scale_rows_(grad, scale, kept if with_kept else None)
+    assert out is grad
+    torch.testing.assert_close(grad, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def test_public_k_dim_call_takes_the_column_kernel():
+    """crossent.cross_entropy(impl='triton') on a K-dim input with enough positions: the
+    column kernel (the input itself, viewed as (N, C, S)), torch's values and gradient, and an
+    out-of-range target named by its position in the target's own shape."""
+    import crossent
+    from crossent.backends.triton import cross_entropy as launchers
+
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 5, 8, 16, generator=gen, dtype=torch.float64).to(DEVICE)
+    target = torch.randint(0, 5, (2, 8, 16), generator=gen).to(DEVICE)
+    target[0, 1] = -100
+    weight = (torch.rand(5, generator=gen, dtype=torch.float64) + 0.2).to(DEVICE)
+    seen = []
+    original = launchers._launch_columns
+
+    def spy(logits, *args):
+        seen.append(logits.shape)
+        return original(logits, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(launchers, "_launch_columns", spy)
+        for reduction in ("mean", "none"):
+            leaf = x.clone().requires_grad_()
+            ours = crossent.cross_entropy(leaf, target, weight, reduction=reduction,
+                                          impl="triton")  # fmt: skip
+            ref_leaf = x.clone().requires_grad_()
+            theirs = torch.nn.functional.cross_entropy(ref_leaf, target, weight,
+                                                       reduction=reduction)  # fmt: skip
+            upstream = torch.rand(theirs.shape, generator=gen, dtype=torch.float64).to(DEVICE)
+            ours.backward(upstream)
+            theirs.backward(upstream)
+            torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(leaf.grad, ref_leaf.grad, rtol=1e-10, atol=1e-12)
+    assert seen == [(2, 5, 128)] * 2
+    target[1, 7, 15] = 5
+    with pytest.raises(IndexError, match=r"got 5 at position \(1, 7, 15\)"):
+        crossent.cross_entropy(x, target, impl="triton")
+    small = crossent.cross_entropy(x[..., :4], target[..., :4].clamp(max=4), impl="triton")
+    assert small.isfinite()  # 32 positions: through rows (fewer than COLUMN_MIN_POSITIONS)

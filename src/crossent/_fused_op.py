@@ -313,7 +313,7 @@ def _scale_rows(grad, scale, kept):
     stay 0 (times a non-finite scale too, as in torch)."""
     if grad.numel() == 0:
         return
-    if grad.is_cuda and grad.dim() == 2 and _triton_scaler() is not None:
+    if grad.is_cuda and (grad.dim() == 2 or grad.is_contiguous()) and _triton_scaler() is not None:
         _triton_scaler()(grad, scale, kept)  # skips rows whose factor is 1, on the device
         return
     if scale.dim() == 0 and grad.device.type == "cpu" and scale.device.type == "cpu":
@@ -598,10 +598,20 @@ def check_inplace_allowed(logits: torch.Tensor) -> None:
         frontier = following
 
 
-def column_layout_serves(kernel: str, logits: torch.Tensor) -> bool:
-    """Whether the fused path takes a K-dim input as ``(N, C, S)`` columns (no copy into
-    rows): the ``cpu`` kernel on CPU tensors (every target kind and option)."""
-    return kernel == "cpu" and logits.device.type == "cpu"
+def column_layout_serves(
+    kernel: str, logits: torch.Tensor, target: torch.Tensor, options: RowOptions
+) -> bool:
+    """Whether the fused path takes a K-dim input, ``logits`` as its ``(N, C, S)`` view, as
+    columns (no copy into rows): the ``cpu`` kernel on CPU tensors (every target kind and
+    option); the ``triton`` kernel for class indices without label smoothing or soft-capping
+    and at least :data:`crossent.backends.triton.COLUMN_MIN_POSITIONS` positions per sample."""
+    if kernel == "cpu":
+        return logits.device.type == "cpu"
+    from crossent.backends.triton import COLUMN_MIN_POSITIONS
+
+    plain = (not target.is_floating_point() and options.label_smoothing == 0
+             and options.softcap is None)  # fmt: skip
+    return kernel == "triton" and plain and logits.shape[2] >= COLUMN_MIN_POSITIONS
 
 
 def fused_cross_entropy(
@@ -621,7 +631,7 @@ def fused_cross_entropy(
         logits: ``(M, C)`` floating tensor, class dimension last (made contiguous if its class
             stride is not 1); for the ``cpu`` kernel on CPU tensors also ``(N, C, S)`` (made
             contiguous), whose ``M = N * S`` rows are its positions (row ``n * S + s`` is
-            ``logits[n, :, s]``): a K-dim input as it is.
+            ``logits[n, :, s]``): a K-dim input as it is (see :func:`column_layout_serves`).
         target: ``(M,)`` int64/uint8 class indices or ``(M, C)`` floating probabilities
             (``(N, C, S)`` with ``(N, C, S)`` logits).
         weight: ``(C,)`` class weights or None (validated by the caller).
@@ -662,10 +672,11 @@ def fused_cross_entropy(
     if reduction not in _reduction.REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction")
     if logits.dim() == 3:
-        if not column_layout_serves(kernel, logits):
+        if not column_layout_serves(kernel, logits, target, options):
             raise ValueError(
-                "fused_cross_entropy takes (N, C, S) logits for the 'cpu' kernel on CPU tensors "
-                "only"
+                "fused_cross_entropy takes (N, C, S) logits for the 'cpu' kernel on CPU tensors, "
+                "and for the 'triton' kernel with class indices without label smoothing or "
+                "soft-capping"
             )
     elif logits.dim() != 2:
         raise ValueError(f"fused_cross_entropy expects 2-D logits (M, C), got {logits.dim()}-D")

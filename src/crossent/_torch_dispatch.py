@@ -3,9 +3,11 @@
 The functional layer has validated the arguments; here the input is brought to 2-D rows
 ``(M, C)`` (classes last), handed to :func:`crossent._fused_op.fused_cross_entropy` with the
 ``cpu`` (blocked torch ops) or ``triton`` row kernel, and the per-position outputs are shaped
-back. A contiguous K-dim CPU input ``(N, C, d1, ...)`` goes to the ``cpu`` kernel as its view
-``(N, C, d1*...)`` (its probability target likewise), and is otherwise brought to rows (a view
-for a channels-last input, a copy for others). Imported only for torch tensors.
+back. A contiguous K-dim input ``(N, C, d1, ...)`` goes to the kernel as its view ``(N, C,
+d1*...)`` (its probability target likewise) where :func:`crossent._fused_op.column_layout_serves`
+says so (the ``cpu`` kernel always, the ``triton`` one for plain class indices over enough
+positions), and is otherwise brought to rows (a view for a channels-last input, a copy for
+others). Imported only for torch tensors.
 """
 
 from __future__ import annotations
@@ -51,10 +53,14 @@ def cross_entropy(
         softcap=softcap,
     )
     kernel = "triton" if choice == "triton" else "cpu"
-    columns = input.dim() > 2 and input.is_contiguous() and column_layout_serves(kernel, input)
-    if columns:
+    columns = None
+    if input.dim() > 2 and input.is_contiguous():
         shape = (input.shape[0], input.shape[1], input.shape[2:].numel())
-        rows = input.view(shape)
+        columns = input.view(shape)
+        if not column_layout_serves(kernel, columns, target, row_options):
+            columns = None
+    if columns is not None:
+        rows = columns
         target_rows = target.reshape(shape) if layout.probabilities else target.reshape(-1)
     else:
         rows = _rows(input)  # (channels-last K-dim inputs: a view too)

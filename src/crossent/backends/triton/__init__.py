@@ -1,7 +1,8 @@
 """Triton kernels for CUDA tensors (optional: needs the ``triton`` extra).
 
 Importing this package imports nothing heavy; Triton is imported when a kernel is first used.
-The kernels implement the row contract of :mod:`crossent.backends.rows`.
+The kernels implement the row contract of :mod:`crossent.backends.rows` (and its column
+layout for K-dim inputs, :mod:`crossent.backends.triton.column_kernels`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import importlib.util
 from typing import Any
 
 __all__ = [
+    "COLUMN_MIN_POSITIONS",
     "KernelConfig",
     "choose_config",
     "cross_entropy_rows",

@@ -313,8 +313,95 @@ def cross_entropy_rows(
     ``config`` overrides :func:`choose_config` (tests and benchmarks use it).
 
     Returns ``(loss, lse)``: ``(R,)`` tensors, float32 (float64 for float64 logits).
+
+    Column layout: ``logits`` (and ``grad``) may also be a contiguous ``(N, C, S)`` K-dim input
+    whose ``R = N * S`` rows are its positions (row ``n * S + s`` is ``logits[n, :, s]``), for
+    class indices without label smoothing or soft-capping (see
+    :mod:`crossent.backends.triton.column_kernels`); ``config`` does not apply there.
     """
+    if logits.dim() == 3:
+        return _launch_columns(logits, target, weight, options, grad, row_scale)
     return _launch(logits, target, weight, options, grad, row_scale, None, config)
+
+
+#: The fewest positions per sample for which the fused path hands a K-dim input to the column
+#: kernel (one lane per position: fewer leave most lanes of a program idle; such inputs go
+#: through rows).
+COLUMN_MIN_POSITIONS = 128
+
+
+def _column_block(num_positions: int) -> tuple[int, int]:
+    """``(BLOCK_S, num_warps)`` of the column kernels: up to 1024 positions per program."""
+    block = min(1024, max(32, _next_power_of_2(num_positions)))
+    return block, max(1, min(8, block // 128))
+
+
+def _launch_columns(logits, target, weight, options, grad, row_scale):
+    """:func:`cross_entropy_rows` for ``(N, C, S)`` logits (the column kernel)."""
+    import torch
+
+    from crossent.backends.triton import column_kernels
+
+    for tensor in (logits, target, weight, grad, row_scale):
+        if tensor is not None:
+            _check_device(tensor)
+    if not logits.is_contiguous():
+        raise ValueError(f"expected contiguous (N, C, S) logits, got strides {logits.stride()}")
+    num_samples, num_classes, num_positions = logits.shape
+    num_rows = num_samples * num_positions
+    if num_classes == 0:
+        raise ValueError("expected at least one class, got logits with 0 classes")
+    if target.dtype.is_floating_point or options.label_smoothing or options.softcap is not None:
+        raise ValueError(
+            "the column kernel serves class indices without label smoothing or soft-capping"
+        )
+    if target.shape != (num_rows,):
+        raise ValueError(f"expected a target of shape ({num_rows},), got {tuple(target.shape)}")
+    if weight is not None:
+        if weight.shape != (num_classes,):
+            raise ValueError(
+                f"expected a weight of shape ({num_classes},), got {tuple(weight.shape)}"
+            )
+        weight = weight.contiguous()
+    if grad is not None and (
+        grad.shape != logits.shape or grad.dtype != logits.dtype or not grad.is_contiguous()
+    ):
+        raise ValueError(
+            f"expected a contiguous gradient buffer of shape {tuple(logits.shape)} and dtype "
+            f"{logits.dtype}, got {tuple(grad.shape)}, {grad.dtype}, {grad.stride()}"
+        )
+    if row_scale is not None and row_scale.numel() not in (1, num_rows):
+        raise ValueError(f"expected a 0-d or ({num_rows},) row_scale, got {tuple(row_scale.shape)}")
+    if row_scale is not None:
+        row_scale = row_scale.reshape(-1)
+    acc = accumulation_dtype(logits.dtype)
+    loss = torch.empty(num_rows, dtype=acc, device=logits.device)
+    lse = torch.empty(num_rows, dtype=acc, device=logits.device)
+    if num_rows == 0:
+        return loss, lse
+    block, num_warps = _column_block(num_positions)
+    grid = (triton_cdiv(num_positions, block), num_samples)
+    with _on_device(logits.device):
+        column_kernels.cross_entropy_columns_kernel[grid](
+            logits, target, weight, grad, row_scale,
+            (1 if row_scale.numel() > 1 else 0) if row_scale is not None else 0,
+            loss, lse, num_classes, num_positions, int(options.ignore_index),
+            float(options.z_loss),
+            BLOCK_S=block,
+            HAS_WEIGHT=weight is not None,
+            Z_LOSS=float(options.z_loss) != 0,
+            WRITE_GRAD=grad is not None,
+            HAS_ROW_SCALE=row_scale is not None,
+            ACC=_triton_dtype(acc),
+            LOWEST=torch.finfo(acc).min,
+            num_warps=num_warps,
+        )  # fmt: skip
+    return loss, lse
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for positive ``b``."""
+    return -(-a // b)
 
 
 def cross_entropy_rows_grad(
@@ -348,8 +435,9 @@ def scale_rows_(
 ) -> torch.Tensor:
     """Scale gradient rows in place by an upstream factor read on the device; returns ``grad``.
 
-    ``grad`` is ``(R, C)`` with unit class stride, ``scale`` a 0-d (one factor) or ``(R,)``
-    tensor, ``kept`` None or an ``(R,)`` bool tensor. Row ``r`` becomes
+    ``grad`` is ``(R, C)`` with unit class stride (or the column layout's contiguous
+    ``(N, C, S)``, whose ``R = N * S`` rows are its positions), ``scale`` a 0-d (one factor)
+    or ``(R,)`` tensor, ``kept`` None or an ``(R,)`` bool tensor. Row ``r`` becomes
     ``(grad[r].to(acc) * scale[r].to(acc)).to(grad.dtype)`` (``acc`` float32, float64 for
     float64: one rounding, and the scale is not first rounded to a half type) when ``kept[r]``;
     rows not kept are left as they are (the row kernel wrote zeros there, which therefore stay
@@ -362,6 +450,8 @@ def scale_rows_(
     for tensor in (grad, scale, kept):
         if tensor is not None:
             _check_device(tensor)
+    if grad.dim() == 3 and grad.is_contiguous():
+        return _scale_columns_(grad, scale, kept)
     if grad.dim() != 2 or (grad.stride(1) != 1 and grad.shape[1] > 1):
         raise ValueError(
             f"expected a 2-D gradient with unit class stride, got shape {tuple(grad.shape)} "
@@ -394,4 +484,29 @@ def scale_rows_(
             ACC=_triton_dtype(accumulation_dtype(grad.dtype)),
             num_warps=config.num_warps,
         )
+    return grad
+
+
+def _scale_columns_(grad, scale, kept):
+    """:func:`scale_rows_` for a contiguous ``(N, C, S)`` gradient (the column layout)."""
+    from crossent.backends.triton import column_kernels
+
+    num_samples, num_classes, num_positions = grad.shape
+    num_rows = num_samples * num_positions
+    if scale.numel() not in (1, num_rows):
+        raise ValueError(f"expected a 0-d or ({num_rows},) scale, got shape {tuple(scale.shape)}")
+    if kept is not None and kept.shape != (num_rows,):
+        raise ValueError(f"expected kept of shape ({num_rows},), got {tuple(kept.shape)}")
+    if grad.numel() == 0:
+        return grad
+    scale = scale.reshape(-1)
+    block, num_warps = _column_block(num_positions)
+    with _on_device(grad.device):
+        column_kernels.scale_columns_kernel[(triton_cdiv(num_positions, block), num_samples)](
+            grad, num_classes, num_positions, scale, 1 if scale.numel() > 1 else 0, kept,
+            BLOCK_S=block,
+            HAS_KEPT=kept is not None,
+            ACC=_triton_dtype(accumulation_dtype(grad.dtype)),
+            num_warps=num_warps,
+        )  # fmt: skip
     return grad
