@@ -1553,6 +1553,14 @@ def compile_check() -> int:
     fn = kernels.cross_entropy_rows_kernel
     aligned = [["tt.divisibility", 16]]
 
+    def compile_sm90(kernel, signature, constants, attrs, warps):
+        """Compile ``kernel`` for sm_90; ``constants`` become constexprs (None pointers too)."""
+        for name in constants:
+            signature[name] = "constexpr"
+        source = ASTSource(kernel, signature=signature, constexprs=constants, attrs=attrs)
+        return triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": warps})  # fmt: skip
+
     def resources(compiled) -> str:
         with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
             handle.write(compiled.asm["cubin"])
@@ -1601,19 +1609,14 @@ def compile_check() -> int:
         for name in ("weight_ptr", "grad_ptr", "row_scale_ptr"):
             if signature[name] == "constexpr":
                 constants[name] = None
-        for name in constants:
-            signature[name] = "constexpr"
         attrs = {
             (fn.arg_names.index(name),): aligned
             for name in ("logits_ptr", "logits_row_stride", "target_ptr", "grad_ptr",
                          "grad_row_stride", "loss_ptr", "lse_ptr", "weight_ptr")
             if signature[name] != "constexpr" and (cols % 16 == 0 or "ptr" in name)
         }  # fmt: skip
-        source = ASTSource(fn, signature=signature, constexprs=constants, attrs=attrs)
         begin = time.monotonic()
-        compiled = triton.compile(
-            source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}
-        )
+        compiled = compile_sm90(fn, signature, constants, attrs, warps)
         return f"{time.monotonic() - begin:4.1f}s smem={compiled.metadata.shared:6d} " + resources(
             compiled
         )
@@ -1669,12 +1672,7 @@ def compile_check() -> int:
         for name in ("weight_ptr", "grad_ptr", "row_scale_ptr"):
             if signature[name] == "constexpr":
                 constants[name] = None
-        for name in constants:
-            signature[name] = "constexpr"
-        source = ASTSource(kernel, signature=signature, constexprs=constants, attrs={})
-        compiled = triton.compile(
-            source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}
-        )
+        compiled = compile_sm90(kernel, signature, constants, {}, warps)
         return f"smem={compiled.metadata.shared:6d} " + resources(compiled)
 
     def scale_column_variant(dtype="bf16", kept=True, block=1024, warps=8):
@@ -1688,12 +1686,7 @@ def compile_check() -> int:
                          ACC=tl.float64 if dtype == "fp64" else tl.float32)  # fmt: skip
         if not kept:
             constants["kept_ptr"] = None
-        for name in constants:
-            signature[name] = "constexpr"
-        source = ASTSource(kernel, signature=signature, constexprs=constants, attrs={})
-        compiled = triton.compile(
-            source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}
-        )
+        compiled = compile_sm90(kernel, signature, constants, {}, warps)
         return f"smem={compiled.metadata.shared:6d} " + resources(compiled)
 
     column_variants = [

@@ -160,6 +160,24 @@ def _grid_size(
     return max(1, min(num_rows, resident, max(sms, in_flight)))
 
 
+def _checked_weight_and_scale(weight, row_scale, num_classes: int, num_rows: int):
+    """``(weight, row_scale)`` as the kernels read them (contiguous, flat), after their shape
+    checks (ValueError)."""
+    if weight is not None:
+        if weight.shape != (num_classes,):
+            raise ValueError(
+                f"expected a weight of shape ({num_classes},), got {tuple(weight.shape)}"
+            )
+        weight = weight.contiguous()
+    if row_scale is not None:
+        if row_scale.numel() not in (1, num_rows):
+            raise ValueError(
+                f"expected a 0-d or ({num_rows},) row_scale, got {tuple(row_scale.shape)}"
+            )
+        row_scale = row_scale.reshape(-1)
+    return weight, row_scale
+
+
 def _launch(logits, target, weight, options, grad, row_scale, lse_in, config):
     """Shared launch path of the forward and recompute modes; returns (loss, lse)."""
     import torch
@@ -185,10 +203,7 @@ def _launch(logits, target, weight, options, grad, row_scale, lse_in, config):
             )
     elif target.shape != (num_rows,):
         raise ValueError(f"expected a target of shape ({num_rows},), got {tuple(target.shape)}")
-    if weight is not None:
-        if weight.shape != (num_cols,):
-            raise ValueError(f"expected a weight of shape ({num_cols},), got {tuple(weight.shape)}")
-        weight = weight.contiguous()
+    weight, row_scale = _checked_weight_and_scale(weight, row_scale, num_cols, num_rows)
     if grad is not None and (
         grad.shape != logits.shape
         or grad.dtype != logits.dtype
@@ -198,10 +213,6 @@ def _launch(logits, target, weight, options, grad, row_scale, lse_in, config):
             f"expected a gradient buffer of shape {tuple(logits.shape)}, dtype {logits.dtype} "
             f"and unit class stride, got {tuple(grad.shape)}, {grad.dtype}, {grad.stride()}"
         )
-    if row_scale is not None and row_scale.numel() not in (1, num_rows):
-        raise ValueError(f"expected a 0-d or ({num_rows},) row_scale, got {tuple(row_scale.shape)}")
-    if row_scale is not None:
-        row_scale = row_scale.reshape(-1)
 
     acc = accumulation_dtype(logits.dtype)
     grad_from_lse = lse_in is not None
@@ -357,12 +368,7 @@ def _launch_columns(logits, target, weight, options, grad, row_scale):
         )
     if target.shape != (num_rows,):
         raise ValueError(f"expected a target of shape ({num_rows},), got {tuple(target.shape)}")
-    if weight is not None:
-        if weight.shape != (num_classes,):
-            raise ValueError(
-                f"expected a weight of shape ({num_classes},), got {tuple(weight.shape)}"
-            )
-        weight = weight.contiguous()
+    weight, row_scale = _checked_weight_and_scale(weight, row_scale, num_classes, num_rows)
     if grad is not None and (
         grad.shape != logits.shape or grad.dtype != logits.dtype or not grad.is_contiguous()
     ):
@@ -370,10 +376,6 @@ def _launch_columns(logits, target, weight, options, grad, row_scale):
             f"expected a contiguous gradient buffer of shape {tuple(logits.shape)} and dtype "
             f"{logits.dtype}, got {tuple(grad.shape)}, {grad.dtype}, {grad.stride()}"
         )
-    if row_scale is not None and row_scale.numel() not in (1, num_rows):
-        raise ValueError(f"expected a 0-d or ({num_rows},) row_scale, got {tuple(row_scale.shape)}")
-    if row_scale is not None:
-        row_scale = row_scale.reshape(-1)
     acc = accumulation_dtype(logits.dtype)
     loss = torch.empty(num_rows, dtype=acc, device=logits.device)
     lse = torch.empty(num_rows, dtype=acc, device=logits.device)
@@ -450,14 +452,13 @@ def scale_rows_(
     for tensor in (grad, scale, kept):
         if tensor is not None:
             _check_device(tensor)
-    if grad.dim() == 3 and grad.is_contiguous():
-        return _scale_columns_(grad, scale, kept)
-    if grad.dim() != 2 or (grad.stride(1) != 1 and grad.shape[1] > 1):
+    columns = grad.dim() == 3 and grad.is_contiguous()
+    if not columns and (grad.dim() != 2 or (grad.stride(1) != 1 and grad.shape[1] > 1)):
         raise ValueError(
             f"expected a 2-D gradient with unit class stride, got shape {tuple(grad.shape)} "
             f"strides {grad.stride()}"
         )
-    num_rows, num_cols = grad.shape
+    num_rows = grad.shape[0] * grad.shape[2] if columns else grad.shape[0]
     if scale.numel() not in (1, num_rows):
         raise ValueError(f"expected a 0-d or ({num_rows},) scale, got shape {tuple(scale.shape)}")
     if kept is not None and kept.shape != (num_rows,):
@@ -465,6 +466,9 @@ def scale_rows_(
     if grad.numel() == 0:
         return grad
     scale = scale.reshape(-1)
+    if columns:
+        return _scale_columns_(grad, scale, kept)
+    num_cols = grad.shape[1]
     config = choose_config(num_cols, grad.element_size())
     programs = num_rows
     if grad.device.type == "cuda":
@@ -488,18 +492,11 @@ def scale_rows_(
 
 
 def _scale_columns_(grad, scale, kept):
-    """:func:`scale_rows_` for a contiguous ``(N, C, S)`` gradient (the column layout)."""
+    """:func:`scale_rows_` for a contiguous, non-empty ``(N, C, S)`` gradient (the column
+    layout); ``scale`` flat and ``kept`` checked by the caller."""
     from crossent.backends.triton import column_kernels
 
     num_samples, num_classes, num_positions = grad.shape
-    num_rows = num_samples * num_positions
-    if scale.numel() not in (1, num_rows):
-        raise ValueError(f"expected a 0-d or ({num_rows},) scale, got shape {tuple(scale.shape)}")
-    if kept is not None and kept.shape != (num_rows,):
-        raise ValueError(f"expected kept of shape ({num_rows},), got {tuple(kept.shape)}")
-    if grad.numel() == 0:
-        return grad
-    scale = scale.reshape(-1)
     block, num_warps = _column_block(num_positions)
     with _on_device(grad.device):
         column_kernels.scale_columns_kernel[(triton_cdiv(num_positions, block), num_samples)](
