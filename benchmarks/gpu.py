@@ -1237,6 +1237,35 @@ def _column_case(run: Run, small: bool, x, target, weight):
         time_provider(run, f"K-dim {label}", name, functools.partial(build, fn), reps,
                       nbytes=nbytes, needs=20, trace=name.startswith("crossent"))  # fmt: skip
 
+    # the kernel alone (no checks, no autograd), at its default launch and a few others: what
+    # the public call adds is host time
+    from crossent.backends.rows import RowOptions
+    from crossent.backends.triton import KernelConfig, cross_entropy_rows
+
+    columns = x.reshape(x.shape[0], x.shape[1], -1)
+    flat_target = target.reshape(-1)
+    grad = torch.empty_like(columns)
+    inv = 1.0 / (flat_target != -100).sum().to(torch.float32)
+
+    def kernel_alone(config=None):
+        cross_entropy_rows(columns, flat_target, weight, RowOptions(), grad, row_scale=inv,
+                           config=config)  # fmt: skip
+
+    time_provider(run, f"K-dim {label}", "crossent column kernel alone (default launch)",
+                  lambda: (kernel_alone, None), reps, nbytes=nbytes, needs=20)  # fmt: skip
+    for block, warps in ((1024, 8), (1024, 4), (512, 4), (256, 2), (2048, 8), (256, 8)):
+        if small or run.remaining() < 30:
+            break
+        config = KernelConfig(block=block, num_warps=warps)
+        ms = median_ms(functools.partial(kernel_alone, config), reps=reps)
+        tb_s = nbytes / (ms * 1e-3) / 1e12
+        copy = run.results["info"].get("copy_tb_s") or float("nan")
+        run.results["sweep"].append({
+            "shape": label, "config": f"column kernel, {block} positions, {warps} warps",
+            "spec": repr(config), "ms": ms, "tb_s": tb_s, "pct_copy_bw": 100 * tb_s / copy,
+        })  # fmt: skip
+        run.log(f"column sweep {label} block {block} warps {warps}: {ms:.3f} ms")
+
 
 def autocast_check(run: Run, device, small: bool):
     """Under torch.autocast the losses give torch's own result dtype (float32 from bfloat16

@@ -328,10 +328,11 @@ def cross_entropy_rows(
     Column layout: ``logits`` (and ``grad``) may also be a contiguous ``(N, C, S)`` K-dim input
     whose ``R = N * S`` rows are its positions (row ``n * S + s`` is ``logits[n, :, s]``), for
     class indices without label smoothing or soft-capping (see
-    :mod:`crossent.backends.triton.column_kernels`); ``config`` does not apply there.
+    :mod:`crossent.backends.triton.column_kernels`); there ``config`` sets the positions per
+    program (``block``) and ``num_warps`` only.
     """
     if logits.dim() == 3:
-        return _launch_columns(logits, target, weight, options, grad, row_scale)
+        return _launch_columns(logits, target, weight, options, grad, row_scale, config)
     return _launch(logits, target, weight, options, grad, row_scale, None, config)
 
 
@@ -342,12 +343,15 @@ COLUMN_MIN_POSITIONS = 128
 
 
 def _column_block(num_positions: int) -> tuple[int, int]:
-    """``(BLOCK_S, num_warps)`` of the column kernels: up to 1024 positions per program."""
+    """``(BLOCK_S, num_warps)`` of the column kernels: up to 1024 positions per program with 8
+    warps (on an H200, 2026-11-27, record ``gpu-h200-2026-11-27-columns-probe.md``: the fastest
+    of six launches at 8 x 21 x 512 x 512 float32 and bfloat16, within 7% of the fastest at
+    16 x 150 x 128 x 128 bfloat16)."""
     block = min(1024, max(32, _next_power_of_2(num_positions)))
     return block, max(1, min(8, block // 128))
 
 
-def _launch_columns(logits, target, weight, options, grad, row_scale):
+def _launch_columns(logits, target, weight, options, grad, row_scale, config=None):
     """:func:`cross_entropy_rows` for ``(N, C, S)`` logits (the column kernel)."""
     import torch
 
@@ -382,6 +386,8 @@ def _launch_columns(logits, target, weight, options, grad, row_scale):
     if num_rows == 0:
         return loss, lse
     block, num_warps = _column_block(num_positions)
+    if config is not None:
+        block, num_warps = config.block, config.num_warps
     grid = (triton_cdiv(num_positions, block), num_samples)
     with _on_device(logits.device):
         column_kernels.cross_entropy_columns_kernel[grid](
