@@ -26,7 +26,8 @@ TB/s counted as three passes in float32; the public call through rows, 2.4-3.5 m
 
 What memory is saved. Nothing of the input's size is allocated; per-row outputs are ``(N*S,)``.
 
-Determinism: each lane sums its classes in a fixed order; no atomics. Offsets are ``int64``.
+Determinism: each lane sums its classes in a fixed order; no atomics. Offsets are ``int64``
+(a sample of more than 2**31 logits is addressed correctly).
 Ignored positions get a zero gradient; an out-of-range class index (only possible while a
 CUDA graph is captured, when the host check cannot run) poisons its position with NaN.
 
@@ -65,10 +66,11 @@ def cross_entropy_columns_kernel(
     """Per-position loss and log-sum-exp, and optionally the gradient, of ``(N, C, S)`` logits;
     grid ``(cdiv(S, BLOCK_S), N)``. ``LOWEST`` is the lowest finite ``ACC`` value."""
     sample = tl.program_id(1).to(tl.int64)
+    stride = tl.zeros([], tl.int64) + n_positions  # int64: c * S may pass 2**31
     s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
     in_range = s < n_positions
-    row = sample * n_positions + s
-    base = sample * n_classes * n_positions + s  # + c * S: logit c of each lane's position
+    row = sample * stride + s
+    base = sample * n_classes * stride + s  # + c * S: logit c of each lane's position
     zeta = (tl.zeros([], ACC) + z_loss).to(ACC)
 
     y = tl.load(target_ptr + row, mask=in_range, other=ignore_index)
@@ -81,7 +83,7 @@ def cross_entropy_columns_kernel(
     z_y = tl.zeros([BLOCK_S], ACC)
     c = 0
     while c < n_classes:
-        z = tl.load(logits_ptr + base + c * n_positions, mask=in_range, other=0.0).to(ACC)
+        z = tl.load(logits_ptr + base + c * stride, mask=in_range, other=0.0).to(ACC)
         grow = z > m
         e = tl.exp(tl.where(grow, m - z, z - m))
         total = tl.where(grow, total * e + 1.0, total + e)
@@ -117,7 +119,7 @@ def cross_entropy_columns_kernel(
         a = b + extra
         c = 0
         while c < n_classes:
-            offsets = base + c * n_positions
+            offsets = base + c * stride
             z = tl.load(logits_ptr + offsets, mask=in_range, other=0.0).to(ACC)
             p = tl.exp((z - m) - log_sum)
             # the target entry as b (p_y - 1) + p_y (a - b): a one-hot row keeps its z-loss part
@@ -143,18 +145,19 @@ def scale_columns_kernel(
     kept positions whose factor is not exactly 1; grid ``(cdiv(S, BLOCK_S), N)``. A program
     whose positions all skip reads nothing more."""
     sample = tl.program_id(1).to(tl.int64)
+    stride = tl.zeros([], tl.int64) + n_positions  # int64: c * S may pass 2**31
     s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
     in_range = s < n_positions
-    row = sample * n_positions + s
+    row = sample * stride + s
     scale = tl.load(scale_ptr + row * scale_stride, mask=in_range, other=1.0).to(ACC)
     active = in_range & (scale != 1.0)
     if HAS_KEPT:
         active = active & (tl.load(kept_ptr + row, mask=in_range, other=0) != 0)
     if tl.max(active.to(tl.int32), 0) > 0:
-        base = sample * n_classes * n_positions + s
+        base = sample * n_classes * stride + s
         c = 0
         while c < n_classes:
-            offsets = base + c * n_positions
+            offsets = base + c * stride
             x = tl.load(x_ptr + offsets, mask=active).to(ACC)
             tl.store(x_ptr + offsets, (x * scale).to(x_ptr.dtype.element_ty), mask=active)
             c += 1
