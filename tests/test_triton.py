@@ -564,3 +564,53 @@ def test_public_k_dim_call_takes_the_column_kernel():
         crossent.cross_entropy(x, target, impl="triton")
     small = crossent.cross_entropy(x[..., :4], target[..., :4].clamp(max=4), impl="triton")
     assert small.isfinite()  # 32 positions: through rows (fewer than COLUMN_MIN_POSITIONS)
+
+
+def test_columns_take_non_finite_logits_as_torch_does():
+    """A +inf logit makes the whole position NaN (torch's log_softmax: inf - inf), as on the
+    row path; -inf logits are ordinary zeros of the softmax."""
+    x = torch.zeros(1, 3, 128, dtype=torch.float64)
+    x[0, 0, 0] = float("inf")  # target 1: +inf elsewhere in the position
+    x[0, 1, 1] = float("inf")  # target 1: +inf at the target
+    x[0, 2, 2] = float("-inf")
+    target = torch.ones(1, 128, dtype=torch.long)
+    ours_x, ref_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    import crossent
+
+    ours = crossent.cross_entropy(ours_x, target.to(DEVICE), reduction="none", impl="triton")
+    theirs = torch.nn.functional.cross_entropy(ref_x, target, reduction="none")
+    ours.backward(torch.ones_like(ours))
+    theirs.backward(torch.ones_like(theirs))
+    torch.testing.assert_close(ours.cpu(), theirs, equal_nan=True)
+    torch.testing.assert_close(ours_x.grad.cpu(), ref_x.grad, equal_nan=True)
+    assert ours[0, :2].isnan().all() and ours_x.grad[0, :, :2].isnan().all()
+
+
+@pytest.mark.parametrize("layout", ["rows", "columns"])
+def test_strided_targets_and_factors_are_read_by_their_strides(layout):
+    """A class-index target that flattens to a strided view, and upstream factors that are
+    expanded (stride 0) or sliced: the kernels read each element where it is."""
+    import crossent
+
+    gen = torch.Generator().manual_seed(12)
+    shape = (2, 3, 4, 32) if layout == "columns" else (128, 3)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64).to(DEVICE)
+    wide = torch.randint(0, 3, (2, 4, 64) if layout == "columns" else (256,), generator=gen)
+    target = wide[..., ::2].to(DEVICE)  # (its reshape(-1) is a stride-2 view)
+    assert not target.is_contiguous()
+    ours = crossent.cross_entropy(x, target, reduction="none", impl="triton")
+    theirs = torch.nn.functional.cross_entropy(x, target, reduction="none")
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    # scale_rows_ with an expanded and a sliced factor vector
+    grad = torch.randn(shape if layout == "rows" else (2, 3, 128), generator=gen).to(DEVICE)
+    rows_count = 128 if layout == "rows" else 256
+    for factor in (torch.tensor(2.5).expand(rows_count),
+                   torch.rand(2 * rows_count, generator=gen)[::2]):  # fmt: skip
+        factor = factor.to(DEVICE)
+        expected = grad.clone()
+        as_rows = expected if layout == "rows" else expected.transpose(1, 2).reshape(-1, 3)
+        as_rows = (as_rows.double() * factor.double()[:, None]).float()
+        if layout == "columns":
+            as_rows = as_rows.reshape(2, 128, 3).transpose(1, 2)
+        out = scale_rows_(grad.clone(), factor)
+        torch.testing.assert_close(out, as_rows, rtol=0, atol=0)

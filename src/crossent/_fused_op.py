@@ -686,6 +686,8 @@ def fused_cross_entropy(
             target = target.contiguous()
     elif target.dtype != torch.int64:
         target = target.long()
+    elif not target.is_contiguous():  # (a flattened strided target: the kernels read it packed)
+        target = target.contiguous()
     if logits.dim() == 3 and not logits.is_contiguous():
         logits = logits.contiguous()
     elif logits.dim() == 2 and logits.stride(-1) != 1:

@@ -64,10 +64,12 @@ def cross_entropy_columns_kernel(
     LOWEST: tl.constexpr,
 ):
     """Per-position loss and log-sum-exp, and optionally the gradient, of ``(N, C, S)`` logits;
-    grid ``(cdiv(S, BLOCK_S), N)``. ``LOWEST`` is the lowest finite ``ACC`` value."""
-    sample = tl.program_id(1).to(tl.int64)
+    a 1-D grid of ``N * cdiv(S, BLOCK_S)`` programs. ``LOWEST`` is the lowest finite ``ACC``
+    value."""
+    blocks = tl.cdiv(n_positions, BLOCK_S)
+    sample = (tl.program_id(0) // blocks).to(tl.int64)
     stride = tl.zeros([], tl.int64) + n_positions  # int64: c * S may pass 2**31
-    s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    s = (tl.program_id(0) % blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
     in_range = s < n_positions
     row = sample * stride + s
     base = sample * n_classes * stride + s  # + c * S: logit c of each lane's position
@@ -90,7 +92,9 @@ def cross_entropy_columns_kernel(
         m = tl.maximum(m, z)
         z_y = tl.where(y == c, z, z_y)
         c += 1
-    log_sum = tl.log(total)
+    # A +inf logit makes torch's log_softmax NaN (inf - inf) for the whole position; the
+    # running pair alone would give it a finite sum at an infinite max, so say so here.
+    log_sum = tl.where(m == float("inf"), float("nan"), tl.log(total))
     lse = m + log_sum
 
     if HAS_WEIGHT:
@@ -141,12 +145,13 @@ def scale_columns_kernel(
     HAS_KEPT: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """``x[n, :, s] *= scale[n * S + s]`` in place (``scale_stride`` 0: one factor for all) for
-    kept positions whose factor is not exactly 1; grid ``(cdiv(S, BLOCK_S), N)``. A program
-    whose positions all skip reads nothing more."""
-    sample = tl.program_id(1).to(tl.int64)
+    """``x[n, :, s] *= scale[(n * S + s) * scale_stride]`` in place (``scale_stride`` 0: one
+    factor for all) for kept positions whose factor is not exactly 1; a 1-D grid of
+    ``N * cdiv(S, BLOCK_S)`` programs. A program whose positions all skip reads nothing more."""
+    blocks = tl.cdiv(n_positions, BLOCK_S)
+    sample = (tl.program_id(0) // blocks).to(tl.int64)
     stride = tl.zeros([], tl.int64) + n_positions  # int64: c * S may pass 2**31
-    s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    s = (tl.program_id(0) % blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
     in_range = s < n_positions
     row = sample * stride + s
     scale = tl.load(scale_ptr + row * scale_stride, mask=in_range, other=1.0).to(ACC)

@@ -178,6 +178,12 @@ def _checked_weight_and_scale(weight, row_scale, num_classes: int, num_rows: int
     return weight, row_scale
 
 
+def _vector_stride(vector) -> int:
+    """The element stride a kernel reads a flat factor vector with: 0 for a single factor, else
+    the vector's own (an expanded upstream gradient has stride 0, a slice another)."""
+    return vector.stride(0) if vector.numel() > 1 else 0
+
+
 def _launch(logits, target, weight, options, grad, row_scale, lse_in, config):
     """Shared launch path of the forward and recompute modes; returns (loss, lse)."""
     import torch
@@ -203,6 +209,8 @@ def _launch(logits, target, weight, options, grad, row_scale, lse_in, config):
             )
     elif target.shape != (num_rows,):
         raise ValueError(f"expected a target of shape ({num_rows},), got {tuple(target.shape)}")
+    else:
+        target = target.contiguous()  # the kernel reads class indices packed
     weight, row_scale = _checked_weight_and_scale(weight, row_scale, num_cols, num_rows)
     if grad is not None and (
         grad.shape != logits.shape
@@ -258,7 +266,7 @@ def _launch(logits, target, weight, options, grad, row_scale, lse_in, config):
         grad,
         grad.stride(0) if grad is not None else 0,
         row_scale,
-        (1 if row_scale.numel() > 1 else 0) if row_scale is not None else 0,
+        _vector_stride(row_scale) if row_scale is not None else 0,
         loss,
         lse,
         num_rows,
@@ -372,6 +380,7 @@ def _launch_columns(logits, target, weight, options, grad, row_scale, config=Non
         )
     if target.shape != (num_rows,):
         raise ValueError(f"expected a target of shape ({num_rows},), got {tuple(target.shape)}")
+    target = target.contiguous()  # the kernel reads class indices packed
     weight, row_scale = _checked_weight_and_scale(weight, row_scale, num_classes, num_rows)
     if grad is not None and (
         grad.shape != logits.shape or grad.dtype != logits.dtype or not grad.is_contiguous()
@@ -388,11 +397,11 @@ def _launch_columns(logits, target, weight, options, grad, row_scale, config=Non
     block, num_warps = _column_block(num_positions)
     if config is not None:
         block, num_warps = config.block, config.num_warps
-    grid = (triton_cdiv(num_positions, block), num_samples)
+    grid = (num_samples * triton_cdiv(num_positions, block),)
     with _on_device(logits.device):
         column_kernels.cross_entropy_columns_kernel[grid](
             logits, target, weight, grad, row_scale,
-            (1 if row_scale.numel() > 1 else 0) if row_scale is not None else 0,
+            _vector_stride(row_scale) if row_scale is not None else 0,
             loss, lse, num_classes, num_positions, int(options.ignore_index),
             float(options.z_loss),
             BLOCK_S=block,
@@ -472,6 +481,7 @@ def scale_rows_(
     if grad.numel() == 0:
         return grad
     scale = scale.reshape(-1)
+    kept = None if kept is None else kept.contiguous()  # (read packed)
     if columns:
         return _scale_columns_(grad, scale, kept)
     num_cols = grad.shape[1]
@@ -487,7 +497,7 @@ def scale_rows_(
             num_rows,
             num_cols,
             scale,
-            1 if scale.numel() > 1 else 0,
+            _vector_stride(scale),
             kept,
             BLOCK=config.block,
             HAS_KEPT=kept is not None,
@@ -505,8 +515,8 @@ def _scale_columns_(grad, scale, kept):
     num_samples, num_classes, num_positions = grad.shape
     block, num_warps = _column_block(num_positions)
     with _on_device(grad.device):
-        column_kernels.scale_columns_kernel[(triton_cdiv(num_positions, block), num_samples)](
-            grad, num_classes, num_positions, scale, 1 if scale.numel() > 1 else 0, kept,
+        column_kernels.scale_columns_kernel[(num_samples * triton_cdiv(num_positions, block),)](
+            grad, num_classes, num_positions, scale, _vector_stride(scale), kept,
             BLOCK_S=block,
             HAS_KEPT=kept is not None,
             ACC=_triton_dtype(accumulation_dtype(grad.dtype)),
