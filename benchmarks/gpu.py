@@ -1153,6 +1153,45 @@ def torch_route(run: Run, device, small: bool):
               errors == ["IndexError", "RuntimeError"] and healthy, repr((errors, healthy)))
 
 
+def upstream_layouts(run: Run, device, small: bool):
+    """``reduction="none"`` with upstream gradients as autograd hands them over: ``.sum()``'s
+    expanded ones (stride 0), a sliced factor vector (stride 2) and a plain one, through the
+    rows and the column layouts, against torch in float64."""
+    import torch
+    import torch.nn.functional as F
+
+    import crossent
+
+    gen = torch.Generator(device=device).manual_seed(37)
+    shapes = {"rows": (64, 1000), "columns": (2, 7, 8, 32)}
+    for layout, shape in shapes.items():
+        x = torch.randn(shape, device=device, generator=gen, dtype=torch.float64)
+        t_shape = (shape[0], *shape[2:])
+        target = torch.randint(0, shape[1], t_shape, device=device, generator=gen)
+        target.view(-1)[::5] = -100
+        positions = target.numel()
+        sliced = torch.rand(2 * positions, device=device, generator=gen, dtype=torch.float64)
+        three = torch.full((), 3.0, device=device, dtype=torch.float64)
+        upstreams = {
+            "sum()": None,  # loss.sum().backward(): autograd expands a 0-d one
+            "expanded": three.expand(t_shape),
+            "sliced": sliced[::2].reshape(t_shape),
+        }
+        for name, upstream in upstreams.items():
+            grads = []
+            for fn in (functools.partial(crossent.cross_entropy, impl="triton"), F.cross_entropy):
+                leaf = x.clone().requires_grad_()
+                loss = fn(leaf, target, reduction="none")
+                if upstream is None:
+                    loss.sum().backward()
+                else:
+                    loss.backward(upstream)
+                grads.append(leaf.grad)
+            err = rel_err(grads[0], grads[1])
+            run.check(f"upstream {name} ({layout}): gradient == torch's", err < 1e-12,
+                      f"rel err {err:.1e}")  # fmt: skip
+
+
 def column_kernel(run: Run, device, small: bool):
     """K-dim (segmentation-style) cross-entropy through the column kernel (the input as
     ``(N, C, S)``, no copy): loss and gradient against float64 on the GPU, a bitwise repeat,
@@ -1794,6 +1833,7 @@ def main(argv=None) -> int:
         ("autocast", autocast_check, (run, device, small)),
         ("torch route", torch_route, (run, device, small)),
         ("column kernel", column_kernel, (run, device, small)),
+        ("upstream layouts", upstream_layouts, (run, device, small)),
         ("logits timings", logits_timings, (run, device, small)),
         ("config sweep", config_sweep, (run, device, small)),
         ("linear timings", linear_timings, (run, device, small)),
