@@ -45,7 +45,7 @@ from torch.utils import _python_dispatch
 from crossent import _reduction
 from crossent._array import needs_grad
 from crossent.backends import cpu
-from crossent.backends.rows import RowOptions, accumulation_dtype
+from crossent.backends.rows import RowOptions, accumulation_dtype, num_rows
 
 KERNELS: tuple[str, ...] = ("cpu", "triton")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -86,11 +86,6 @@ def _rows_kernel(kernel: str):
     return cross_entropy_rows
 
 
-def _num_rows(logits: torch.Tensor) -> int:
-    """The rows of ``(M, C)`` logits, the ``N * S`` positions of the ``(N, C, S)`` layout."""
-    return logits.shape[0] * logits.shape[2] if logits.dim() == 3 else logits.shape[0]
-
-
 def _checked_denominator(
     target: torch.Tensor, num_classes: int, weight: torch.Tensor | None, ignore_index: int,
     dtype: torch.dtype, *, defer: bool = False,
@@ -110,8 +105,7 @@ def _checked_denominator(
     """
     if target.is_floating_point():
         # torch divides by numel / C: the M positions, or 0/0 (NaN) with no classes
-        rows = target.shape[0] * target.shape[2] if target.dim() == 3 else target.shape[0]
-        positions = float(rows) if num_classes else math.nan
+        positions = float(num_rows(target)) if num_classes else math.nan
         return torch.tensor(positions, dtype=dtype, device=target.device), _checked
     xp = _torch_namespace()
     kept = target != ignore_index
@@ -211,7 +205,7 @@ def _forward(
         z_loss = torch.zeros(lse.shape if reduction == "none" else (), dtype=acc, device=lse.device)
         if reduction == "mean":
             z_loss = z_loss / denominator
-    if target.is_floating_point() and reduction == "sum" and _num_rows(logits) == 0:
+    if target.is_floating_point() and reduction == "sum" and num_rows(logits) == 0:
         loss = -loss  # torch's soft-target sum of nothing is -0.0
     out = loss_dtype or logits.dtype
     return loss.to(out), z_loss.to(out), lse
@@ -224,7 +218,7 @@ def _rows_without_classes(
     target check rejected any kept index): loss 0, or NaN for smoothed class indices (torch's
     ``0 * eps / C`` with ``C = 0``); lse 0, as for any ignored row; no gradient to write."""
     smoothed = options.label_smoothing > 0 and not target.is_floating_point()
-    rows = torch.full((_num_rows(logits),), math.nan if smoothed else 0.0, dtype=dtype,
+    rows = torch.full((num_rows(logits),), math.nan if smoothed else 0.0, dtype=dtype,
                       device=logits.device)  # fmt: skip
     return rows, torch.zeros_like(rows)
 
@@ -237,10 +231,10 @@ def _options(ignore_index: int, label_smoothing: float, z_loss: float, softcap: 
 
 def _fake_outputs(logits, target, reduction, loss_dtype):
     acc = accumulation_dtype(logits.dtype)
-    shape = (_num_rows(logits),) if reduction == "none" else ()
+    shape = (num_rows(logits),) if reduction == "none" else ()
     dtype = loss_dtype or logits.dtype
     loss, z_loss = logits.new_empty(shape, dtype=dtype), logits.new_empty(shape, dtype=dtype)
-    lse = logits.new_empty((_num_rows(logits),), dtype=acc)
+    lse = logits.new_empty((num_rows(logits),), dtype=acc)
     return loss, z_loss, lse
 
 
@@ -323,7 +317,7 @@ def _scale_rows(grad, scale, kept):
         if math.isfinite(value) or kept is None:
             grad.mul_(scale)
             return
-    rows = torch.broadcast_to(scale.to(grad.dtype), (_num_rows(grad),))
+    rows = torch.broadcast_to(scale.to(grad.dtype), (num_rows(grad),))
     if kept is not None:
         rows = torch.where(kept, rows, torch.zeros((), dtype=rows.dtype, device=rows.device))
     if grad.dim() == 3:  # the (N, C, S) layout: row n * S + s is grad[n, :, s]

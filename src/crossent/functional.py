@@ -332,27 +332,28 @@ def cross_entropy(
     2**20 logits (2**23 for float16/bfloat16; where a call's fixed cost decides) and the fused
     blocked torch-ops kernel for 2-D inputs from there on; for K-dim inputs ``(N, C, d1, ...)``
     torch's kernel below 2**22 logits and the fused kernel from there on where it takes the
-    input as it lies (contiguous float32/float64 inputs with class indices: 2x-2.5x torch
+    input as it lies (contiguous float32/float64 inputs with class indices: 2x-2.7x torch
     eager's speed at half to two thirds of its memory on 25 M logits), torch's kernel at any
-    size otherwise; on CUDA the Triton kernel when Triton is installed,
-    else the fused kernel. Where torch's kernel cannot serve the arguments (an unbatched
-    ``(C,)`` input with a ``(1,)`` target, on which its backward fails;
-    ``inplace_backward=True``) it takes the fused kernel, and where that cannot either (a
-    probability target or class weight that requires grad, a torch.func transform) the
-    reference. An explicit ``impl="torch"`` refuses (ValueError) what it cannot serve,
-    torch.func transforms included. Under ``torch.autocast`` the loss is computed as torch's is
-    there (half arguments count as float32, the loss is float32; on CUDA torch's own composite
-    rounds its log-probabilities to the half dtype first, crossent does not, see
-    :mod:`crossent._autocast`). NumPy and other arrays always use the reference. The fused paths
-    compute the gradient in the forward pass and save only it; they support neither double
-    backward nor a second backward through the same graph (both raise; use ``impl="reference"``
-    or ``"torch"``).
+    size otherwise; on CUDA the Triton kernel when Triton is installed, else the fused kernel.
+    Where torch's kernel cannot serve the arguments (an unbatched ``(C,)`` input with a ``(1,)``
+    target, on which its backward fails; ``inplace_backward=True``) it takes the fused kernel,
+    and where that cannot either (a probability target or class weight that requires grad, a
+    torch.func transform) the reference. An explicit ``impl="torch"`` refuses (ValueError) what
+    it cannot serve, torch.func transforms included. Under ``torch.autocast`` the loss is
+    computed as torch's is there (half arguments count as float32, the loss is float32; on CUDA
+    torch's own composite rounds its log-probabilities to the half dtype first, crossent does
+    not, see :mod:`crossent._autocast`). NumPy and other arrays always use the reference. The
+    fused paths compute the gradient in the forward pass and save only it; they support neither
+    double backward nor a second backward through the same graph (both raise; use
+    ``impl="reference"`` or ``"torch"``).
 
     ``inplace_backward=True`` (opt-in; fused/triton only) writes the gradient into the logits'
     own storage, so the loss needs no memory of the logits' size: the logits are consumed. It is
     refused (RuntimeError) for a leaf tensor and for logits autograd still needs (e.g. the saved
     output of a ``tanh``); it saves memory for 1-D/2-D inputs with unit class stride and for
-    contiguous K-dim inputs on the CPU (others are brought to rows first, which may copy).
+    contiguous K-dim inputs that the fused kernels take as ``(N, C, d1*...)`` columns (on the
+    CPU all, with Triton class indices without smoothing or soft-capping over at least 128
+    positions per sample; others are brought to rows first, which may copy).
 
     >>> import numpy as np, crossent
     >>> float(crossent.cross_entropy(np.array([2.0, 4.0, 0.5]), np.array(1)))  # doctest: +ELLIPSIS

@@ -63,6 +63,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from crossent.backends.rows import RowOptions, accumulation_dtype
+from crossent.backends.rows import num_rows as rows_of
 
 if TYPE_CHECKING:
     import torch
@@ -208,9 +209,8 @@ def cross_entropy_rows(
             "cross_entropy_rows expects unit stride along the class dimension (or a contiguous "
             "(N, C, S) tensor)"
         )
-    num_rows = _num_rows(logits)
     acc = accumulation_dtype(logits.dtype)
-    if num_rows == 0:
+    if rows_of(logits) == 0:
         empty = logits.new_empty((0,), dtype=acc)
         return empty, empty.clone()
     rows = _Rows(logits, target, weight, options, grad, row_scale, block_rows)
@@ -219,11 +219,6 @@ def cross_entropy_rows(
     else:
         _general_sweep(rows)
     return rows.finish()
-
-
-def _num_rows(logits: torch.Tensor) -> int:
-    """R: the rows of an ``(R, C)`` block, the positions ``N * S`` of an ``(N, C, S)`` one."""
-    return logits.shape[0] * logits.shape[2] if logits.dim() == 3 else logits.shape[0]
 
 
 class _Rows:
@@ -241,7 +236,7 @@ class _Rows:
         import torch
 
         self.logits, self.target, self.grad = logits, target, grad
-        num_rows, num_classes = _num_rows(logits), logits.shape[1]
+        num_rows, num_classes = rows_of(logits), logits.shape[1]
         self.num_rows, self.num_classes = num_rows, num_classes
         self.acc = acc = accumulation_dtype(logits.dtype)
         self.eps = float(options.label_smoothing)
@@ -261,6 +256,8 @@ class _Rows:
             self.rows_per_block = per_block // self.positions * self.positions
         else:
             self.rows_per_block = per_block
+        # every block a run of whole rows / samples (else slices of one sample)
+        self.whole = self.positions is None or self.rows_per_block >= self.positions
         device = logits.device
 
         def vector():
@@ -342,8 +339,7 @@ class _Rows:
 
     def blocks(self):
         """``(start, stop)`` row ranges: whole samples, or slices of one sample."""
-        whole = self.positions is None or self.rows_per_block >= self.positions
-        span = self.num_rows if whole else self.positions
+        span = self.num_rows if self.whole else self.positions
         for first in range(0, self.num_rows, span):
             for start in range(first, first + span, self.rows_per_block):
                 yield start, min(start + self.rows_per_block, first + span)
@@ -353,15 +349,14 @@ class _Rows:
         S)`` or ``(1, C, positions)``."""
         if self.positions is None:
             return tensor[start:stop]
-        if self.rows_per_block >= self.positions:
+        if self.whole:
             return tensor[start // self.positions : stop // self.positions]
         n, first = divmod(start, self.positions)
         return tensor[n : n + 1, :, first : first + stop - start]
 
     def packed_blocks(self, tensor) -> bool:
         """Whether every block of ``tensor`` is packed (``out=`` ops may write into it)."""
-        whole = self.positions is None or self.rows_per_block >= self.positions
-        return whole and tensor.is_contiguous()
+        return self.whole and tensor.is_contiguous()
 
     def per_row(self, vector):
         """A ``(rows,)`` vector broadcast against a block, one value per row: ``(rows, 1)`` or

@@ -1,11 +1,13 @@
 """The row-block contract that every cross-entropy kernel implements.
 
 A kernel sees a plain 2-D block of logits, ``(R, C)`` with unit stride along the class
-dimension, and one target per row. It knows nothing of reductions, modules, K-dim inputs or
-argument validation: the functional layer reshapes, validates and reduces; the kernel turns rows
-into per-row losses, per-row log-sum-exps and (optionally) the gradient of the *sum* of the row
-losses. Reduction scaling (``1/D`` for ``mean``, the upstream gradient) is applied afterwards by
-the caller, so a kernel never needs a global quantity.
+dimension, and one target per row; the CPU and Triton kernels also take the column layout of a
+K-dim input, its contiguous ``(N, C, S)`` view, whose ``R = N * S`` rows are its positions (row
+``n * S + s`` is ``logits[n, :, s]``; see :func:`num_rows`). A kernel knows nothing of
+reductions, modules or argument validation: the functional layer reshapes, validates and
+reduces; the kernel turns rows into per-row losses, per-row log-sum-exps and (optionally) the
+gradient of the *sum* of the row losses. Reduction scaling (``1/D`` for ``mean``, the upstream
+gradient) is applied afterwards by the caller, so a kernel never needs a global quantity.
 
 Per row ``i`` (softcapped logits ``z = cap * tanh(x / cap)`` when ``softcap`` is set, else
 ``z = x``), with ``lse_i = logsumexp(z_i)``, ``p_i = softmax(z_i)``, class weights ``w`` (ones if
@@ -51,6 +53,12 @@ class RowOptions:
     label_smoothing: float = 0.0
     z_loss: float = 0.0
     softcap: float | None = None
+
+
+def num_rows(logits: torch.Tensor) -> int:
+    """``R``: the rows of ``(R, C)`` logits, the ``N * S`` positions of the column layout
+    ``(N, C, S)`` (a probability target of that layout counts the same)."""
+    return logits.shape[0] * logits.shape[2] if logits.dim() == 3 else logits.shape[0]
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

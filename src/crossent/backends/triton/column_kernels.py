@@ -22,7 +22,9 @@ program, in L2 when few programs are in flight). Compared with copying the input
 programs of a few classes each. On an H200 (2026-11-27, ``benchmarks/gpu.py`` section "column
 kernel" and a probe, records ``gpu-h200-2026-11-27-columns*.md``) the kernel took 0.13-0.24 ms
 at 8 x 21 x 512 x 512 (float32, bfloat16) and 16 x 150 x 128 x 128 (bfloat16), about 2.3-2.9
-TB/s counted as three passes in float32; the public call through rows, 2.4-3.5 ms.
+TB/s counted as three passes in float32; the public call through rows, 2.4-3.5 ms (the code
+of commit 7cc1273: the int64 class offsets, the 1-D grid and the +inf handling came later and
+have not been timed).
 
 What memory is saved. Nothing of the input's size is allocated; per-row outputs are ``(N*S,)``.
 
@@ -39,6 +41,18 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def _lanes(n_positions, BLOCK_S: tl.constexpr):
+    """This program's ``BLOCK_S`` positions of one sample (a 1-D grid of ``N * cdiv(S,
+    BLOCK_S)`` programs): ``(sample, S, s, in_range, row)``, ``sample`` and ``S`` as int64 (so
+    that ``c * S`` may pass 2**31), ``row = sample * S + s`` (int64)."""
+    blocks = tl.cdiv(n_positions, BLOCK_S)
+    sample = (tl.program_id(0) // blocks).to(tl.int64)
+    stride = tl.zeros([], tl.int64) + n_positions
+    s = (tl.program_id(0) % blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
+    return sample, stride, s, s < n_positions, sample * stride + s
 
 
 @triton.jit
@@ -66,12 +80,7 @@ def cross_entropy_columns_kernel(
     """Per-position loss and log-sum-exp, and optionally the gradient, of ``(N, C, S)`` logits;
     a 1-D grid of ``N * cdiv(S, BLOCK_S)`` programs. ``LOWEST`` is the lowest finite ``ACC``
     value."""
-    blocks = tl.cdiv(n_positions, BLOCK_S)
-    sample = (tl.program_id(0) // blocks).to(tl.int64)
-    stride = tl.zeros([], tl.int64) + n_positions  # int64: c * S may pass 2**31
-    s = (tl.program_id(0) % blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
-    in_range = s < n_positions
-    row = sample * stride + s
+    sample, stride, s, in_range, row = _lanes(n_positions, BLOCK_S)
     base = sample * n_classes * stride + s  # + c * S: logit c of each lane's position
     zeta = (tl.zeros([], ACC) + z_loss).to(ACC)
 
@@ -148,12 +157,7 @@ def scale_columns_kernel(
     """``x[n, :, s] *= scale[(n * S + s) * scale_stride]`` in place (``scale_stride`` 0: one
     factor for all) for kept positions whose factor is not exactly 1; a 1-D grid of
     ``N * cdiv(S, BLOCK_S)`` programs. A program whose positions all skip reads nothing more."""
-    blocks = tl.cdiv(n_positions, BLOCK_S)
-    sample = (tl.program_id(0) // blocks).to(tl.int64)
-    stride = tl.zeros([], tl.int64) + n_positions  # int64: c * S may pass 2**31
-    s = (tl.program_id(0) % blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
-    in_range = s < n_positions
-    row = sample * stride + s
+    sample, stride, s, in_range, row = _lanes(n_positions, BLOCK_S)
     scale = tl.load(scale_ptr + row * scale_stride, mask=in_range, other=1.0).to(ACC)
     active = in_range & (scale != 1.0)
     if HAS_KEPT:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from crossent.backends.rows import RowOptions, accumulation_dtype
+from crossent.backends.rows import num_rows as rows_of
 
 if TYPE_CHECKING:
     import torch
@@ -397,7 +398,7 @@ def _launch_columns(logits, target, weight, options, grad, row_scale, config=Non
     block, num_warps = _column_block(num_positions)
     if config is not None:
         block, num_warps = config.block, config.num_warps
-    grid = (num_samples * triton_cdiv(num_positions, block),)
+    grid = (num_samples * _cdiv(num_positions, block),)
     with _on_device(logits.device):
         column_kernels.cross_entropy_columns_kernel[grid](
             logits, target, weight, grad, row_scale,
@@ -416,7 +417,7 @@ def _launch_columns(logits, target, weight, options, grad, row_scale, config=Non
     return loss, lse
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
     """``ceil(a / b)`` for positive ``b``."""
     return -(-a // b)
 
@@ -473,7 +474,7 @@ def scale_rows_(
             f"expected a 2-D gradient with unit class stride, got shape {tuple(grad.shape)} "
             f"strides {grad.stride()}"
         )
-    num_rows = grad.shape[0] * grad.shape[2] if columns else grad.shape[0]
+    num_rows = rows_of(grad)
     if scale.numel() not in (1, num_rows):
         raise ValueError(f"expected a 0-d or ({num_rows},) scale, got shape {tuple(scale.shape)}")
     if kept is not None and kept.shape != (num_rows,):
@@ -515,7 +516,7 @@ def _scale_columns_(grad, scale, kept):
     num_samples, num_classes, num_positions = grad.shape
     block, num_warps = _column_block(num_positions)
     with _on_device(grad.device):
-        column_kernels.scale_columns_kernel[(num_samples * triton_cdiv(num_positions, block),)](
+        column_kernels.scale_columns_kernel[(num_samples * _cdiv(num_positions, block),)](
             grad, num_classes, num_positions, scale, _vector_stride(scale), kept,
             BLOCK_S=block,
             HAS_KEPT=kept is not None,
