@@ -1006,6 +1006,144 @@ def api_overhead(run: Run, device, small: bool):
     run.log("api profile by CPU time:\n" + table)
 
 
+def host_ms(fn, reps: int, setup=None) -> float:
+    """Median host time of ``fn()`` in ms: what the calling thread spends in the call (enqueueing
+    work, Python, and any wait of its own, such as the target check's flag), with the device
+    drained before each call and after it, outside the timed region."""
+    times = []
+    for _ in range(reps):
+        if setup:
+            setup()
+        synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - t0))
+        synchronize()
+    return statistics.median(times)
+
+
+def reductions_check(run: Run, device, small: bool):
+    """The target statistics and row reductions around the loss kernel (several programs and a
+    finishing one at these sizes) against float64 torch, and one public call that uses both."""
+    import torch
+    import torch.nn.functional as F
+
+    import crossent
+    from crossent.backends.triton import reduce_rows, target_stats
+
+    positions = 5000 if small else 3_000_000
+    if small:  # several programs in the interpreter too
+        from crossent.backends.triton import cross_entropy as launchers
+
+        launchers_chunk, launchers.TARGET_CHUNK = launchers.TARGET_CHUNK, 1024
+    try:
+        gen = torch.Generator(device=device).manual_seed(41)
+        classes = 1000
+        target = torch.randint(-1, classes + 1, (positions,), device=device, generator=gen)
+        target[::9] = -100
+        weight = torch.rand(classes, device=device, generator=gen, dtype=torch.float64) + 0.5
+        kept = target != -100
+        valid = kept & (target >= 0) & (target < classes)
+        expected = weight[target[valid]].sum()
+        bad = int((kept & ~valid).sum())
+        # float32 sums of 3e6 positive terms: at most 32 sequential additions per lane, then a
+        # tree of about 17 levels: tens of ulps at worst (1 ulp = 6e-8 relative)
+        for dtype, bound in ((torch.float32, 4e-6), (torch.float64, 1e-12)):
+            stats = target_stats(target, weight.to(dtype), classes, -100, dtype)
+            err = abs(float(stats[0]) - float(expected)) / float(expected)
+            ok = err < bound and int(stats[2]) == bad
+            ok = ok and abs(float(stats[1]) * float(expected) - 1) < 2 * bound
+            run.check(f"target_stats vs float64: {positions} targets {dtype}", ok,
+                      f"D err {err:.1e} (bound {bound:.0e}), bad {int(stats[2])} == {bad}")
+            rows = torch.rand(positions, device=device, generator=gen, dtype=torch.float64)
+            lse = torch.randn(positions, device=device, generator=gen, dtype=torch.float64)
+            total, z = reduce_rows(rows.to(dtype), lse.to(dtype), True, stats[0], 0.5)
+            want = rows.to(dtype).double().sum() / stats[0].double()
+            want_z = 0.5 * (lse.to(dtype).double() ** 2).sum() / stats[0].double()
+            errs = [abs(float(total) / float(want) - 1), abs(float(z) / float(want_z) - 1)]
+            run.check(f"reduce_rows vs float64: {positions} rows {dtype}",
+                      max(errs) < bound, f"errors {errs[0]:.1e} {errs[1]:.1e}")
+    finally:
+        if small:
+            launchers.TARGET_CHUNK = launchers_chunk
+    n, v = (64, 1000) if small else (4096, 32000)
+    x = 3 * torch.randn(n, v, device=device, generator=gen)  # float32: bounds of its rounding
+    t = torch.randint(0, v, (n,), device=device, generator=gen)
+    t[::7] = -100
+    w = torch.rand(v, device=device, generator=gen) + 0.5
+    for reduction in ("mean", "sum"):
+        leaf = x.detach().clone().requires_grad_()
+        out = crossent.cross_entropy_with_extras(leaf, t, w, label_smoothing=0.1, z_loss=1e-4,
+                                                 reduction=reduction, impl="triton")
+        out.loss.backward()
+        wide = x.double().requires_grad_()
+        ref = F.cross_entropy(wide, t, w.double(), label_smoothing=0.1, reduction=reduction)
+        lse = torch.logsumexp(wide, 1) * (t != -100)
+        z_terms = 1e-4 * lse * lse
+        kept_w = w.double()[t.clamp(min=0)] * (t != -100)
+        z_ref = z_terms.sum() / kept_w.sum() if reduction == "mean" else z_terms.sum()
+        (ref + z_ref).backward()
+        loss_err = abs(float(out.loss.detach()) / float(ref.detach() + z_ref.detach()) - 1)
+        z_err = abs(float(out.z_loss) / float(z_ref.detach()) - 1)
+        grad_err = float((leaf.grad.double() - wide.grad).abs().max() / wide.grad.abs().max())
+        run.check(f"public call with extras vs float64 ({reduction}): {n}x{v} float32 weights, "
+                  f"smoothing, z-loss", loss_err < 1e-6 and z_err < 1e-6 and grad_err < 1e-6,
+                  f"loss {loss_err:.1e} z {z_err:.1e} grad {grad_err:.1e}")
+
+
+def small_calls(run: Run, device, small: bool):
+    """The public call's fixed cost where the kernel is short: device time (CUDA events, median)
+    and host time per call of ``impl='triton'``, ``impl='auto'`` and torch eager, fwd+bwd, from
+    small 2-D problems to the size where the kernel dominates, and K-dim inputs."""
+    import torch
+    import torch.nn.functional as F
+
+    import crossent
+
+    cases = [((64, 1000), torch.float32), ((1024, 32000), torch.bfloat16)]
+    if not small:
+        cases = [((256, 1000), torch.float32), ((64, 32000), torch.bfloat16),
+                 ((512, 32000), torch.bfloat16), ((2048, 32000), torch.bfloat16),
+                 ((8192, 32000), torch.bfloat16), ((2048, 32000), torch.float32),
+                 ((8, 21, 512, 512), torch.float32), ((16, 150, 128, 128), torch.bfloat16)]
+    reps = 2 if small else 30
+    for shape, dtype in cases:
+        if small and len(shape) == 2 and shape[0] > 64:
+            continue
+        gen = torch.Generator(device=device).manual_seed(43)
+        base = (3 * torch.randn(*shape, device=device, generator=gen)).to(dtype)
+        target_shape = (shape[0], *shape[2:])
+        target = torch.randint(0, shape[1], target_shape, device=device, generator=gen)
+        target.view(-1)[::11] = -100
+        group = f"small calls {'x'.join(map(str, shape))} {str(dtype).split('.')[-1]}"
+        state = {}
+
+        def setup(base=base, state=state):
+            state["x"] = base.detach().clone().requires_grad_()
+
+        def call(loss_fn, state=state, target=target):
+            loss_fn(state["x"], target).backward()
+
+        providers = {
+            "crossent.cross_entropy(impl='triton')":
+                functools.partial(call, functools.partial(crossent.cross_entropy, impl="triton")),
+            "crossent.cross_entropy(impl='auto')": functools.partial(call, crossent.cross_entropy),
+            "torch eager F.cross_entropy": functools.partial(call, F.cross_entropy),
+        }  # fmt: skip
+        for name, fn in providers.items():
+            try:
+                ms = median_ms(fn, reps=reps, warmup=2, setup=setup)
+                host = host_ms(fn, reps=reps, setup=setup)
+                nbytes = 2 * base.numel() * base.element_size()
+                record_timing(run, group, name, ms, None, nbytes=nbytes,
+                              note=f"host {host:.3f} ms per call")  # fmt: skip
+            except Exception as exc:
+                record_timing(run, group, name, None, None,
+                              note=f"failed: {type(exc).__name__}: {exc}"[:200])  # fmt: skip
+            finally:
+                free_memory()
+
+
 def invalid_target_check(run: Run, device, small: bool):
     """An out-of-range class index raises IndexError on the public Triton path, in place too,
     and in place leaves the logits untouched."""
@@ -1743,18 +1881,73 @@ def compile_check() -> int:
         compiled = compile_sm90(kernel, signature, constants, {}, warps)
         return f"smem={compiled.metadata.shared:6d} " + resources(compiled)
 
-    def scale_column_variant(dtype="bf16", kept=True, block=1024, warps=8):
+    def scale_column_variant(dtype="bf16", kept=1, block=1024, warps=8):
         kernel = column_kernels.scale_columns_kernel
         signature = {
             "x_ptr": f"*{dtype}", "n_classes": "i32", "n_positions": "i32",
             "scale_ptr": "*fp32", "scale_stride": "i32",
-            "kept_ptr": "*i1" if kept else "constexpr",
+            "kept_ptr": {0: "constexpr", 1: "*i1", 2: "*i64"}[kept], "ignore_index": "i32",
         }  # fmt: skip
-        constants = dict(BLOCK_S=block, HAS_KEPT=kept,
+        constants = dict(BLOCK_S=block, KEPT_MODE=kept,
                          ACC=tl.float64 if dtype == "fp64" else tl.float32)  # fmt: skip
         if not kept:
             constants["kept_ptr"] = None
         compiled = compile_sm90(kernel, signature, constants, {}, warps)
+        return f"smem={compiled.metadata.shared:6d} " + resources(compiled)
+
+    def scale_rows_variant(dtype="bf16", kept=2, block=2048, warps=8):
+        signature = {
+            "x_ptr": f"*{dtype}", "row_stride": "i64", "n_rows": "i32", "n_cols": "i32",
+            "scale_ptr": "*fp32", "scale_stride": "i32",
+            "kept_ptr": {0: "constexpr", 1: "*i1", 2: "*i64"}[kept], "ignore_index": "i32",
+        }  # fmt: skip
+        constants = dict(BLOCK=block, KEPT_MODE=kept,
+                         ACC=tl.float64 if dtype == "fp64" else tl.float32)  # fmt: skip
+        if not kept:
+            constants["kept_ptr"] = None
+        compiled = compile_sm90(kernels.scale_rows_kernel, signature, constants, {}, warps)
+        return f"smem={compiled.metadata.shared:6d} " + resources(compiled)
+
+    from crossent.backends.triton import reduction_kernels
+
+    def target_stats_variant(weight=True, final=False, acc="fp32"):
+        signature = {
+            "target_ptr": "*i64", "weight_ptr": f"*{acc}" if weight else "constexpr",
+            "stats_ptr": f"*{acc}", "weight_partials_ptr": f"*{acc}",
+            "count_partials_ptr": "*i64", "n_positions": "i64", "chunk": "i64",
+            "n_classes": "i32", "ignore_index": "i32",
+        }  # fmt: skip
+        constants = dict(BLOCK=1024, HAS_WEIGHT=weight, FINAL=final,
+                         ACC=tl.float64 if acc == "fp64" else tl.float32)  # fmt: skip
+        if not weight:
+            constants["weight_ptr"] = None
+        compiled = compile_sm90(reduction_kernels.target_stats_kernel, signature, constants,
+                                {}, 4)  # fmt: skip
+        finish = {
+            "stats_ptr": f"*{acc}", "weight_partials_ptr": f"*{acc}",
+            "count_partials_ptr": "*i64", "n_partials": "i32",
+        }  # fmt: skip
+        compile_sm90(reduction_kernels.finish_target_stats_kernel, finish,
+                     dict(BLOCK=1024, HAS_WEIGHT=weight, ACC=constants["ACC"]), {}, 4)
+        return f"smem={compiled.metadata.shared:6d} " + resources(compiled)
+
+    def reduce_rows_variant(z=True, final=False, mean=True, stats=True, acc="fp32"):
+        ptr = f"*{acc}"
+        signature = {
+            "loss_ptr": ptr, "lse_ptr": ptr, "partials_ptr": ptr, "out_ptr": ptr,
+            "z_out_ptr": ptr, "stats_ptr": ptr, "n_rows": "i64", "chunk": "i64",
+            "denominator": "fp64", "z_coefficient": "fp64",
+        }  # fmt: skip
+        flags = dict(MEAN=mean, STATS_DENOMINATOR=stats, NAN_AT_ZERO=True,
+                     ACC=tl.float64 if acc == "fp64" else tl.float32)  # fmt: skip
+        compiled = compile_sm90(reduction_kernels.reduce_rows_kernel, signature,
+                                dict(BLOCK=1024, Z_LOSS=z, FINAL=final, **flags), {}, 4)
+        finish = {
+            "partials_ptr": ptr, "out_ptr": ptr, "z_out_ptr": ptr, "stats_ptr": ptr,
+            "n_partials": "i32", "denominator": "fp64", "z_coefficient": "fp64",
+        }  # fmt: skip
+        compile_sm90(reduction_kernels.finish_reduce_rows_kernel, finish,
+                     dict(BLOCK=1024, **flags), {}, 4)  # fmt: skip
         return f"smem={compiled.metadata.shared:6d} " + resources(compiled)
 
     column_variants = [
@@ -1764,7 +1957,16 @@ def compile_check() -> int:
         (column_variant, {"dtype": "fp32", "block": 128, "warps": 1}),
         (column_variant, {"dtype": "fp64", "weight": True}),
         (scale_column_variant, {}),
-        (scale_column_variant, {"kept": False, "dtype": "fp32"}),
+        (scale_column_variant, {"kept": 0, "dtype": "fp32"}),
+        (scale_column_variant, {"kept": 2}),
+        (scale_rows_variant, {}),
+        (scale_rows_variant, {"kept": 0, "dtype": "fp64"}),
+        (target_stats_variant, {}),
+        (target_stats_variant, {"weight": False, "final": True}),
+        (target_stats_variant, {"acc": "fp64"}),
+        (reduce_rows_variant, {}),
+        (reduce_rows_variant, {"z": False, "final": True, "mean": False, "stats": False}),
+        (reduce_rows_variant, {"acc": "fp64"}),
     ]
     for build, spec in column_variants:
         label = f"{build.__name__} {json.dumps(spec)}"
@@ -1838,6 +2040,8 @@ def main(argv=None) -> int:
         ("config sweep", config_sweep, (run, device, small)),
         ("linear timings", linear_timings, (run, device, small)),
         ("api overhead", api_overhead, (run, device, small)),
+        ("reductions", reductions_check, (run, device, small)),
+        ("small calls", small_calls, (run, device, small)),
         *([("gemm out_dtype", gemm_out_dtype, (run, device, small))] if args.gemm else []),
         ("torch.compile timings", deferred_timings, (run, device, small)),
     ]

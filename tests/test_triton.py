@@ -28,6 +28,7 @@ order, and round the gradient once to the logits' dtype):
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import subprocess
 import sys
@@ -293,11 +294,12 @@ def test_row_scale(scale_shape):
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # 0 * inf in numpy
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize("scale_kind", ["one", "scalar", "nan", "rows"])
-@pytest.mark.parametrize("with_kept", [False, True])
+@pytest.mark.parametrize("with_kept", [False, "mask", "target"])
 def test_scale_rows(dtype_name, scale_kind, with_kept):
     """Kept rows equal ``(g.to(acc) * s.to(acc)).to(dtype)`` bit for bit (one rounding, the
     scale not rounded to a half type first); other rows, and rows scaled by exactly 1, keep
-    every bit (NaN included)."""
+    every bit (NaN included). Rows are kept by a bool mask or by class indices other than
+    ``ignore_index``."""
     dtype = DTYPES[dtype_name]
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     storage = torch.randn(6, 1100, dtype=torch.float64, device=DEVICE).to(dtype)
@@ -319,7 +321,11 @@ def test_scale_rows(dtype_name, scale_kind, with_kept):
         active &= kept
     expected = torch.where(active[:, None], scaled, grad)
     before = storage.clone()
-    assert scale_rows_(grad, scale, kept if with_kept else None) is grad
+    if with_kept == "target":
+        classes = torch.where(kept, torch.tensor([3, 0, 9, 5, 2, 1], device=DEVICE), 7)
+        assert scale_rows_(grad, scale, classes, ignore_index=7) is grad
+    else:
+        assert scale_rows_(grad, scale, kept if with_kept else None) is grad
     # The Triton 3.6 interpreter converts float32 to bfloat16 by truncation, the GPU (and torch)
     # by rounding to nearest even: in the interpreter the two differ by at most one bf16 ulp.
     truncating = _interpreting() and dtype == torch.bfloat16
@@ -499,7 +505,7 @@ def test_columns_poison_an_out_of_range_index_and_zero_ignored_positions():
 
 
 @pytest.mark.parametrize("scale_kind", ["one", "0-d", "rows", "inf"])
-@pytest.mark.parametrize("with_kept", [False, True])
+@pytest.mark.parametrize("with_kept", [False, "mask", "target"])
 def test_scale_columns(scale_kind, with_kept):
     """scale_rows_ on an (N, C, S) gradient: factor 1 leaves it bit for bit; ignored positions
     stay 0 times any factor when ``kept`` is given."""
@@ -520,7 +526,11 @@ def test_scale_columns(scale_kind, with_kept):
     active = (factor != 1.0) & (kept if with_kept else torch.ones_like(kept))
     positions[active] = positions[active] * factor[active, None]
     expected = positions.reshape(2, 150, 3).transpose(1, 2)
-    out = scale_rows_(grad, scale, kept if with_kept else None)
+    if with_kept == "target":
+        classes = torch.where(kept, torch.arange(300, device=DEVICE) % 3, -100)
+        out = scale_rows_(grad, scale, classes, ignore_index=-100)
+    else:
+        out = scale_rows_(grad, scale, kept if with_kept else None)
     assert out is grad
     torch.testing.assert_close(grad, expected, rtol=0, atol=0, equal_nan=True)
 
@@ -618,3 +628,79 @@ def test_strided_targets_and_factors_are_read_by_their_strides(layout):
             as_rows = as_rows.reshape(2, 128, 3).transpose(1, 2)
         out = scale_rows_(grad.clone(), factor)
         torch.testing.assert_close(out, as_rows, rtol=0, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")  # 1/0 in numpy
+@pytest.mark.parametrize("chunk", [None, 1024])  # one program, or partials and a finishing one
+@pytest.mark.parametrize(
+    "positions, num_classes, ignore_index, weighted",
+    [(1, 3, -100, False), (4097, 1000, -100, True), (5000, 7, 3, False), (5000, 7, 3, True),
+     (0, 5, -100, True)],
+)  # fmt: skip
+def test_target_stats_match_torch(monkeypatch, chunk, positions, num_classes, ignore_index,
+                                  weighted):  # fmt: skip
+    """D (kept weight, or kept count), 1/D and the out-of-range count, against torch in
+    float64; counts exactly."""
+    from crossent.backends.triton import cross_entropy as launchers
+    from crossent.backends.triton import target_stats
+
+    if chunk is not None:
+        monkeypatch.setattr(launchers, "TARGET_CHUNK", chunk)
+    gen = torch.Generator().manual_seed(positions)
+    target = torch.randint(-2, num_classes + 2, (positions,), generator=gen)
+    target[::5] = ignore_index
+    weight = torch.rand(num_classes, generator=gen, dtype=torch.float64) if weighted else None
+    kept = target != ignore_index
+    valid = kept & (target >= 0) & (target < num_classes)
+    if weighted:
+        expected = weight[target[valid]].sum()
+    else:
+        expected = valid.sum().double()
+    for dtype in (torch.float64, torch.float32):
+        stats = target_stats(
+            target.to(DEVICE), None if weight is None else weight.to(DEVICE, dtype),
+            num_classes, ignore_index, dtype,
+        ).cpu()  # fmt: skip
+        assert stats.shape == (3,) and stats.dtype == dtype
+        rtol = 1e-12 if dtype == torch.float64 else 1e-6
+        torch.testing.assert_close(stats[0].double(), expected, rtol=rtol, atol=0)
+        torch.testing.assert_close(stats[1].double(), 1 / expected, rtol=rtol, atol=0)
+        assert stats[2].item() == (kept & ~valid).sum().item()
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # 0/0 in numpy
+@pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")
+@pytest.mark.parametrize("chunk", [None, 1024])
+@pytest.mark.parametrize("rows", [0, 1, 3000])
+@pytest.mark.parametrize("denominator", ["tensor", 7.0, "zero"])
+def test_reduce_rows_match_torch(monkeypatch, chunk, rows, denominator):
+    """sum and mean (over a device D or a number) of per-row losses and z-loss terms against
+    torch in float64; D = 0 gives torch's NaN (0/0) and, smoothed, a NaN loss."""
+    from crossent.backends.triton import cross_entropy as launchers
+    from crossent.backends.triton import reduce_rows
+
+    if chunk is not None:
+        monkeypatch.setattr(launchers, "TARGET_CHUNK", chunk)
+    gen = torch.Generator().manual_seed(rows)
+    loss = torch.rand(rows, generator=gen, dtype=torch.float64) * 5
+    lse = torch.randn(rows, generator=gen, dtype=torch.float64) * 3
+    d = {"tensor": torch.tensor(123.5, dtype=torch.float64), "zero": 0.0}.get(denominator,
+                                                                                denominator)
+    d_value = float(d)
+    for dtype, rtol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        arg = d.to(DEVICE, dtype) if isinstance(d, torch.Tensor) else d
+        rows_in, lse_in = loss.to(DEVICE, dtype), lse.to(DEVICE, dtype)
+        total, z = reduce_rows(rows_in, lse_in, False, arg, 0.25)
+        torch.testing.assert_close(total.cpu().double(), loss.sum(), rtol=rtol, atol=1e-6)
+        torch.testing.assert_close(z.cpu().double(), 0.25 * (lse * lse).sum(), rtol=rtol,
+                                   atol=1e-6)  # fmt: skip
+        for smoothed in (False, True):
+            mean, z = reduce_rows(rows_in, lse_in, True, arg, 0.0, nan_at_zero=smoothed)
+            assert mean.shape == () and mean.dtype == dtype and z.dtype == dtype
+            expected = loss.sum() / d_value if d_value else torch.tensor(math.nan)
+            if d_value == 0 and not smoothed and rows:
+                expected = loss.sum() / torch.tensor(0.0, dtype=torch.float64)  # (+inf)
+            torch.testing.assert_close(mean.cpu().double(), expected.double(), rtol=rtol,
+                                       atol=1e-6, equal_nan=True)  # fmt: skip
+            z_expected = torch.tensor(0.0) / torch.tensor(d_value)  # 0, or NaN for D = 0
+            torch.testing.assert_close(z.cpu().double(), z_expected.double(), equal_nan=True)

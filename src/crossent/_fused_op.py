@@ -88,75 +88,84 @@ def _rows_kernel(kernel: str):
 
 def _checked_denominator(
     target: torch.Tensor, num_classes: int, weight: torch.Tensor | None, ignore_index: int,
-    dtype: torch.dtype, *, defer: bool = False,
-) -> tuple[torch.Tensor, Callable[[], None]]:
+    dtype: torch.dtype, *, kernel: str = "cpu", defer: bool = False,
+) -> tuple[torch.Tensor | float, torch.Tensor | None, Callable[[], None]]:
     """``mean`` denominator as a 0-d tensor (total kept weight for class indices, M for
-    probabilities), and the check that every kept class index lies in ``[0, C)``: done before
-    returning, or (``defer``) started, with the returned function finishing it.
+    probabilities; with the ``triton`` kernel M is a Python float), its reciprocal when
+    computed on the way (else None), and the check that every kept class index lies in
+    ``[0, C)``: done before returning, or (``defer``) started, with the returned function
+    finishing it.
 
     An out-of-range index raises IndexError (value, position, valid range). The check runs
     inside the custom op, so ``torch.compile`` sees no data-dependent Python. On CUDA it reads
     one flag (a synchronisation); while a CUDA graph is being captured it cannot, so it is
     skipped and the Triton kernel poisons such rows with NaN instead: never a silently wrong
-    number. ``defer`` is for a kernel that is safe with any index (the Triton kernel: masked
-    loads, NaN rows) and does not overwrite the logits: the caller queues it before waiting
-    for the verdict, so the device computes while the host waits instead of idling through the
-    host's wait and launch.
+    number. With the ``triton`` kernel one launch (:func:`crossent.backends.triton.target_stats`)
+    computes the denominator, its reciprocal and the check's flag, where torch operations took
+    eight to fourteen launches, and the check may be deferred: ``defer`` is for a kernel that
+    is safe with any index (the Triton kernel: masked loads, NaN rows) and does not overwrite
+    the logits, which the caller queues before waiting for the verdict, so the device computes
+    while the host waits instead of idling through the host's wait and launch.
     """
     if target.is_floating_point():
-        # torch divides by numel / C: the M positions, or 0/0 (NaN) with no classes
+        # torch divides by numel / C: the M positions, or 0/0 (NaN) with no classes. The Triton
+        # path takes it as a number (no host-to-device copy).
         positions = float(num_rows(target)) if num_classes else math.nan
-        return torch.tensor(positions, dtype=dtype, device=target.device), _checked
-    xp = _torch_namespace()
-    kept = target != ignore_index
-    finish = _checked
-    if not (target.is_cuda and torch.cuda.is_current_stream_capturing()):
-        if defer:
-            finish, bad = _start_target_check(xp, target, num_classes, ignore_index, kept)
-            if weight is not None:  # never index the weights with an unchecked class
-                target = torch.where(bad, ignore_index, target)
-        else:
-            from crossent._validation import check_target_range
+        if kernel == "triton":
+            return positions, None, _checked
+        return torch.tensor(positions, dtype=dtype, device=target.device), None, _checked
+    capturing = target.is_cuda and torch.cuda.is_current_stream_capturing()
+    if kernel == "triton":
+        from crossent.backends.triton import target_stats
 
-            check_target_range(xp, target, num_classes, ignore_index, kept=kept)
+        stats = target_stats(target, weight, num_classes, ignore_index, dtype)
+        finish = _checked
+        if not capturing:
+            finish = _start_flag_read(stats[2], target, num_classes, ignore_index)
+            if not defer:
+                finish()
+                finish = _checked
+        return stats[0], stats[1], finish
+    xp = _torch_namespace()
+    if not capturing:  # (the ``cpu`` kernel: checked before it runs)
+        from crossent._validation import check_target_range
+
+        check_target_range(xp, target, num_classes, ignore_index)
     if weight is None:
-        return kept.sum(dtype=dtype), finish
-    return _reduction.index_mean_denominator(xp, target, weight, ignore_index, dtype), finish
+        return (target != ignore_index).sum(dtype=dtype), None, _checked
+    denominator = _reduction.index_mean_denominator(xp, target, weight, ignore_index, dtype)
+    return denominator, None, _checked
 
 
 def _checked() -> None:
     """A finished target check."""
 
 
-def _start_target_check(
-    xp: Any, target: torch.Tensor, num_classes: int, ignore_index: int, kept: torch.Tensor
-) -> tuple[Callable[[], None], torch.Tensor]:
-    """Queue the range check's reduction and the copy of its one-flag verdict (to pinned host
-    memory, behind the check on the stream): ``(finish, bad)``. ``finish()`` waits for that
-    copy alone (not for work queued after it) and raises the IndexError if the flag is set;
-    ``bad`` masks the out-of-range targets, which nothing may use as an index meanwhile (on
-    CUDA that is a device-side assert)."""
-    from crossent._validation import check_target_range, out_of_range
-
-    bad = out_of_range(xp, target, num_classes, ignore_index, kept=kept)
-    any_bad = xp.any(bad)
+def _start_flag_read(
+    flag: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int
+) -> Callable[[], None]:
+    """Start reading a 0-d flag that is nonzero when some kept target is out of range: on CUDA
+    a copy to pinned host memory, queued behind the check on the stream. The returned
+    ``finish()`` waits for that copy alone (not for work queued after it) and then raises the
+    IndexError (value, position, range) if the flag is set."""
     done = None
     if target.is_cuda:
-        flag = torch.empty((), dtype=torch.bool, pin_memory=True)
-        flag.copy_(any_bad, non_blocking=True)
+        host = torch.empty((), dtype=flag.dtype, pin_memory=True)
+        host.copy_(flag, non_blocking=True)
+        flag = host
         done = torch.cuda.Event()
         done.record(torch.cuda.current_stream(target.device))  # (the copy's device, not the
         # current one: with the target on another GPU the wait would not cover the copy)
-    else:
-        flag = any_bad
 
     def finish() -> None:
         if done is not None:
             done.synchronize()
         if bool(flag):
-            check_target_range(xp, target, num_classes, ignore_index, kept=kept)
+            from crossent._validation import check_target_range
 
-    return finish, bad
+            check_target_range(_torch_namespace(), target, num_classes, ignore_index)
+
+    return finish
 
 
 def _reduce(rows: torch.Tensor, reduction: str, denominator: torch.Tensor) -> torch.Tensor:
@@ -182,11 +191,13 @@ def _forward(
     """
     acc = accumulation_dtype(logits.dtype)
     in_place = grad is not None and grad.data_ptr() == logits.data_ptr()
-    denominator, finish_check = _checked_denominator(
+    denominator, reciprocal, finish_check = _checked_denominator(
         target, logits.shape[1], weight, options.ignore_index, acc,
-        defer=kernel == "triton" and not in_place,
+        kernel=kernel, defer=kernel == "triton" and not in_place,
     )  # fmt: skip
-    row_scale = denominator.reciprocal() if reduction == "mean" and grad is not None else None
+    row_scale = None
+    if reduction == "mean" and grad is not None:
+        row_scale = reciprocal if reciprocal is not None else _reciprocal(denominator, logits)
     if logits.shape[1] == 0:
         rows, lse = _rows_without_classes(logits, target, options, acc)
     else:
@@ -194,21 +205,42 @@ def _forward(
             logits, target, weight, options, grad, row_scale=row_scale
         )
     finish_check()  # (raises IndexError for an out-of-range target; the results are dropped)
-    loss = _reduce(rows, reduction, denominator)
-    if reduction == "mean" and not target.is_floating_point():
-        loss = _reduction.smoothed_index_mean(
-            _torch_namespace(), loss, denominator, options.label_smoothing
-        )
-    if options.z_loss:
-        z_loss = _reduce(options.z_loss * lse * lse, reduction, denominator)
-    else:  # what reducing zeros gives: 0 for sum, 0/D for mean (NaN when D = 0)
-        z_loss = torch.zeros(lse.shape if reduction == "none" else (), dtype=acc, device=lse.device)
-        if reduction == "mean":
-            z_loss = z_loss / denominator
+    smoothed = options.label_smoothing > 0 and not target.is_floating_point()
+    if kernel == "triton" and reduction != "none":
+        from crossent.backends.triton import reduce_rows
+
+        loss, z_loss = reduce_rows(rows, lse, reduction == "mean", denominator, options.z_loss,
+                                   nan_at_zero=smoothed)  # fmt: skip
+    else:
+        loss, z_loss = _reduce_with_torch(rows, lse, reduction, denominator, options, smoothed)
     if target.is_floating_point() and reduction == "sum" and num_rows(logits) == 0:
         loss = -loss  # torch's soft-target sum of nothing is -0.0
     out = loss_dtype or logits.dtype
     return loss.to(out), z_loss.to(out), lse
+
+
+def _reciprocal(denominator: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """``1 / D`` as a 0-d tensor (``inf`` for 0, as torch's ``reciprocal``); a Python float
+    ``D`` (probability targets on the Triton path) becomes a fill, not a host-to-device copy."""
+    if isinstance(denominator, torch.Tensor):
+        return denominator.reciprocal()
+    value = math.inf if denominator == 0 else 1.0 / denominator
+    return torch.full((), value, dtype=accumulation_dtype(like.dtype), device=like.device)
+
+
+def _reduce_with_torch(rows, lse, reduction, denominator, options, smoothed):
+    """``(loss, z_loss)`` reduced by torch operations (the ``cpu`` kernel, and ``none``)."""
+    loss = _reduce(rows, reduction, denominator)
+    if reduction == "mean" and smoothed:
+        loss = _reduction.smoothed_index_mean(
+            _torch_namespace(), loss, denominator, options.label_smoothing
+        )
+    if options.z_loss:
+        return loss, _reduce(options.z_loss * lse * lse, reduction, denominator)
+    # what reducing zeros gives: 0 for sum, 0/D for mean (NaN when D = 0)
+    z_loss = torch.zeros(lse.shape if reduction == "none" else (), dtype=lse.dtype,
+                         device=lse.device)  # fmt: skip
+    return loss, z_loss / denominator if reduction == "mean" else z_loss
 
 
 def _rows_without_classes(
@@ -307,7 +339,7 @@ def _scale_rows(grad, scale, kept):
     stay 0 (times a non-finite scale too, as in torch)."""
     if grad.numel() == 0:
         return
-    if grad.is_cuda and (grad.dim() == 2 or grad.is_contiguous()) and _triton_scaler() is not None:
+    if grad.is_cuda and _triton_layout(grad) and _triton_scaler() is not None:
         _triton_scaler()(grad, scale, kept)  # skips rows whose factor is 1, on the device
         return
     if scale.dim() == 0 and grad.device.type == "cpu" and scale.device.type == "cpu":
@@ -324,6 +356,11 @@ def _scale_rows(grad, scale, kept):
         grad.mul_(rows.reshape(grad.shape[0], 1, grad.shape[2]))
     else:
         grad.mul_(rows[:, None])
+
+
+def _triton_layout(grad: torch.Tensor) -> bool:
+    """Whether the Triton scaler takes this gradient: rows, or contiguous ``(N, C, S)``."""
+    return grad.dim() == 2 or grad.is_contiguous()
 
 
 def _triton_scaler():
@@ -351,6 +388,14 @@ def _scale_saved_gradient(ctx, grad_loss: torch.Tensor) -> torch.Tensor:
     if not _runs_eagerly(grad, factor):
         kept = None if ctx.soft_target else target != ctx.ignore_index
         torch.ops.crossent.scale_gradient_rows_(grad, factor, kept)
+        return grad
+    scaler = _triton_scaler() if grad.is_cuda and _triton_layout(grad) else None
+    if scaler is not None:  # as _scale_rows, with ignored rows read from the target on the
+        # device (no mask to build)
+        if ctx.soft_target:
+            scaler(grad, factor)
+        else:
+            scaler(grad, factor, target, ignore_index=ctx.ignore_index)
         return grad
     # The kept mask only matters for a non-finite factor (ignored rows stay 0); a 0-d CPU
     # factor is read on the host, without a device synchronisation.

@@ -18,7 +18,9 @@ __all__ = [
     "cross_entropy_rows",
     "cross_entropy_rows_grad",
     "is_available",
+    "reduce_rows",
     "scale_rows_",
+    "target_stats",
 ]
 
 _LAZY = frozenset(__all__) - {"is_available"}

@@ -150,18 +150,22 @@ def scale_columns_kernel(
     scale_ptr,
     scale_stride,
     kept_ptr,
+    ignore_index,
     BLOCK_S: tl.constexpr,
-    HAS_KEPT: tl.constexpr,
+    KEPT_MODE: tl.constexpr,
     ACC: tl.constexpr,
 ):
     """``x[n, :, s] *= scale[(n * S + s) * scale_stride]`` in place (``scale_stride`` 0: one
     factor for all) for kept positions whose factor is not exactly 1; a 1-D grid of
-    ``N * cdiv(S, BLOCK_S)`` programs. A program whose positions all skip reads nothing more."""
+    ``N * cdiv(S, BLOCK_S)`` programs. A program whose positions all skip reads nothing more.
+    ``KEPT_MODE`` as in :func:`crossent.backends.triton.kernels.scale_rows_kernel`."""
     sample, stride, s, in_range, row = _lanes(n_positions, BLOCK_S)
     scale = tl.load(scale_ptr + row * scale_stride, mask=in_range, other=1.0).to(ACC)
     active = in_range & (scale != 1.0)
-    if HAS_KEPT:
+    if KEPT_MODE == 1:
         active = active & (tl.load(kept_ptr + row, mask=in_range, other=0) != 0)
+    elif KEPT_MODE == 2:
+        active = active & (tl.load(kept_ptr + row, mask=in_range, other=0) != ignore_index)
     if tl.max(active.to(tl.int32), 0) > 0:
         base = sample * n_classes * stride + s
         c = 0

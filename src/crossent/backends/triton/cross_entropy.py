@@ -449,13 +449,19 @@ def cross_entropy_rows_grad(
 
 
 def scale_rows_(
-    grad: torch.Tensor, scale: torch.Tensor, kept: torch.Tensor | None = None
+    grad: torch.Tensor,
+    scale: torch.Tensor,
+    kept: torch.Tensor | None = None,
+    *,
+    ignore_index: int | None = None,
 ) -> torch.Tensor:
     """Scale gradient rows in place by an upstream factor read on the device; returns ``grad``.
 
     ``grad`` is ``(R, C)`` with unit class stride (or the column layout's contiguous
     ``(N, C, S)``, whose ``R = N * S`` rows are its positions), ``scale`` a 0-d (one factor)
-    or ``(R,)`` tensor, ``kept`` None or an ``(R,)`` bool tensor. Row ``r`` becomes
+    or ``(R,)`` tensor, ``kept`` None or an ``(R,)`` tensor: a bool mask, or (with
+    ``ignore_index``) int64 class indices, a row being kept unless its index is
+    ``ignore_index`` (no mask to build). Row ``r`` becomes
     ``(grad[r].to(acc) * scale[r].to(acc)).to(grad.dtype)`` (``acc`` float32, float64 for
     float64: one rounding, and the scale is not first rounded to a half type) when ``kept[r]``;
     rows not kept are left as they are (the row kernel wrote zeros there, which therefore stay
@@ -463,6 +469,8 @@ def scale_rows_(
     on the device: the usual ``loss.backward()`` then costs one launch and no sweep over the
     gradient, with no host synchronisation.
     """
+    import torch
+
     from crossent.backends.triton import kernels
 
     for tensor in (grad, scale, kept):
@@ -479,12 +487,19 @@ def scale_rows_(
         raise ValueError(f"expected a 0-d or ({num_rows},) scale, got shape {tuple(scale.shape)}")
     if kept is not None and kept.shape != (num_rows,):
         raise ValueError(f"expected kept of shape ({num_rows},), got {tuple(kept.shape)}")
+    if kept is not None and (ignore_index is None) != (kept.dtype == torch.bool):
+        raise ValueError(
+            f"expected a bool kept mask, or int64 class indices with an ignore_index; got "
+            f"{kept.dtype} with ignore_index={ignore_index}"
+        )
     if grad.numel() == 0:
         return grad
     scale = scale.reshape(-1)
     kept = None if kept is None else kept.contiguous()  # (read packed)
+    mode = 0 if kept is None else 1 if ignore_index is None else 2
+    ignored = 0 if ignore_index is None else int(ignore_index)
     if columns:
-        return _scale_columns_(grad, scale, kept)
+        return _scale_columns_(grad, scale, kept, mode, ignored)
     num_cols = grad.shape[1]
     config = choose_config(num_cols, grad.element_size())
     programs = num_rows
@@ -500,27 +515,148 @@ def scale_rows_(
             scale,
             _vector_stride(scale),
             kept,
+            ignored,
             BLOCK=config.block,
-            HAS_KEPT=kept is not None,
+            KEPT_MODE=mode,
             ACC=_triton_dtype(accumulation_dtype(grad.dtype)),
             num_warps=config.num_warps,
         )
     return grad
 
 
-def _scale_columns_(grad, scale, kept):
+def _scale_columns_(grad, scale, kept, mode, ignored):
     """:func:`scale_rows_` for a contiguous, non-empty ``(N, C, S)`` gradient (the column
-    layout); ``scale`` flat and ``kept`` checked by the caller."""
+    layout); ``scale`` flat, ``kept`` checked and its ``KEPT_MODE`` chosen by the caller."""
     from crossent.backends.triton import column_kernels
 
     num_samples, num_classes, num_positions = grad.shape
     block, num_warps = _column_block(num_positions)
     with _on_device(grad.device):
         column_kernels.scale_columns_kernel[(num_samples * _cdiv(num_positions, block),)](
-            grad, num_classes, num_positions, scale, _vector_stride(scale), kept,
+            grad, num_classes, num_positions, scale, _vector_stride(scale), kept, ignored,
             BLOCK_S=block,
-            HAS_KEPT=kept is not None,
+            KEPT_MODE=mode,
             ACC=_triton_dtype(accumulation_dtype(grad.dtype)),
             num_warps=num_warps,
         )  # fmt: skip
     return grad
+
+
+#: Targets per program of :func:`target_stats` (a multiple of ``_TARGET_BLOCK``): a call with
+#: at most this many positions is one launch of one program.
+TARGET_CHUNK = 1 << 15
+#: The most partials :func:`target_stats` combines (its grid's largest size); chunks grow
+#: beyond ``TARGET_CHUNK`` when the targets need more programs than this.
+MAX_PARTIALS = 1024
+_TARGET_BLOCK = 1024
+
+
+def target_stats(
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    num_classes: int,
+    ignore_index: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The class-index targets' ``mean`` denominator, its reciprocal and range check in one
+    read (see :mod:`crossent.backends.triton.reduction_kernels`): a ``(3,)`` tensor of ``dtype``
+    on the targets' device holding ``D = sum_i m_i * w[y_i]`` (kept count without weights),
+    ``1 / D`` and the number of kept targets outside ``[0, num_classes)``.
+
+    ``target``: int64 class indices of any shape (read packed: made contiguous); ``weight``:
+    ``(num_classes,)`` or None. Nothing is read on the host.
+    """
+    import torch
+
+    from crossent.backends.triton import reduction_kernels
+
+    for tensor in (target, weight):
+        if tensor is not None:
+            _check_device(tensor)
+    if target.dtype != torch.int64:
+        raise ValueError(f"expected int64 class indices, got {target.dtype}")
+    weight, _ = _checked_weight_and_scale(weight, None, num_classes, 0)
+    target = target.contiguous()
+    positions = target.numel()
+    programs = max(1, min(MAX_PARTIALS, _cdiv(positions, TARGET_CHUNK)))
+    chunk = _cdiv(_cdiv(max(positions, 1), programs), _TARGET_BLOCK) * _TARGET_BLOCK
+    final = programs == 1
+    stats = torch.empty(3 if final else 3 + programs, dtype=dtype, device=target.device)
+    counts = stats if final else torch.empty(2 * programs, dtype=torch.int64,
+                                             device=target.device)  # fmt: skip
+    common = dict(HAS_WEIGHT=weight is not None, ACC=_triton_dtype(dtype), num_warps=4)
+    with _on_device(target.device):
+        target_stats_kernel = reduction_kernels.target_stats_kernel
+        target_stats_kernel[(programs,)](
+            target, weight, stats, stats[3:] if not final else stats, counts,
+            positions, chunk, num_classes, int(ignore_index),
+            BLOCK=_TARGET_BLOCK, FINAL=final, **common,
+        )  # fmt: skip
+        if not final:
+            reduction_kernels.finish_target_stats_kernel[(1,)](
+                stats, stats[3:], counts, programs,
+                BLOCK=_next_power_of_2(programs), **common,
+            )  # fmt: skip
+    return stats if final else stats[:3]
+
+
+def reduce_rows(
+    loss: torch.Tensor,
+    lse: torch.Tensor,
+    mean: bool,
+    denominator: torch.Tensor | float,
+    z_loss: float = 0.0,
+    *,
+    nan_at_zero: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sum`` or (``mean``) ``sum / D`` of per-row losses and of the z-loss terms ``z_loss *
+    lse**2``, in one read of the ``(R,)`` rows (see
+    :mod:`crossent.backends.triton.reduction_kernels`): two 0-d tensors of the rows' dtype.
+
+    ``denominator``: ``D`` as a 0-d tensor on the rows' device (e.g. ``target_stats(...)[0]``)
+    or a Python float. ``nan_at_zero``: the loss is NaN where ``D = 0`` (a smoothed
+    class-index mean, as torch). Without a z-loss the second value is 0, or ``0 / D`` for
+    ``mean``, what reducing zeros gives.
+    """
+    import torch
+
+    from crossent.backends.triton import reduction_kernels
+
+    on_device = isinstance(denominator, torch.Tensor)
+    for tensor in (loss, lse, denominator if on_device else None):
+        if tensor is not None:
+            _check_device(tensor)
+    if loss.dim() != 1 or lse.shape != loss.shape or lse.dtype != loss.dtype:
+        raise ValueError(
+            f"expected (R,) loss and lse rows of one dtype, got {tuple(loss.shape)} "
+            f"{loss.dtype} and {tuple(lse.shape)} {lse.dtype}"
+        )
+    loss, lse = loss.contiguous(), lse.contiguous()
+    rows = loss.shape[0]
+    programs = max(1, min(MAX_PARTIALS, _cdiv(rows, TARGET_CHUNK)))
+    chunk = _cdiv(_cdiv(max(rows, 1), programs), _TARGET_BLOCK) * _TARGET_BLOCK
+    final = programs == 1
+    out = torch.empty((), dtype=loss.dtype, device=loss.device)
+    z_out = torch.empty((), dtype=loss.dtype, device=loss.device)
+    partials = out if final else torch.empty(2 * programs, dtype=loss.dtype,
+                                             device=loss.device)  # fmt: skip
+    flags = dict(
+        MEAN=mean,
+        STATS_DENOMINATOR=on_device,
+        NAN_AT_ZERO=nan_at_zero,
+        ACC=_triton_dtype(loss.dtype),
+        num_warps=4,
+    )
+    d_tensor = denominator if on_device else out
+    d_value = 0.0 if on_device else float(denominator)
+    with _on_device(loss.device):
+        reduction_kernels.reduce_rows_kernel[(programs,)](
+            loss, lse, partials, out, z_out, d_tensor, rows, chunk, d_value, float(z_loss),
+            BLOCK=_TARGET_BLOCK, Z_LOSS=z_loss != 0, FINAL=final, **flags,
+        )  # fmt: skip
+        if not final:
+            reduction_kernels.finish_reduce_rows_kernel[(1,)](
+                partials, out, z_out, d_tensor, programs, d_value, float(z_loss),
+                BLOCK=_next_power_of_2(programs), **flags,
+            )  # fmt: skip
+    return out, z_out

@@ -603,12 +603,15 @@ def scale_rows_kernel(
     scale_ptr,
     scale_stride,
     kept_ptr,
+    ignore_index,
     BLOCK: tl.constexpr,
-    HAS_KEPT: tl.constexpr,
+    KEPT_MODE: tl.constexpr,
     ACC: tl.constexpr,
 ):
     """``x[r] *= scale[r]`` in place (``ACC`` arithmetic, one rounding) for kept rows whose
-    scale is not exactly 1; other rows are left as they are.
+    scale is not exactly 1; other rows are left as they are. ``KEPT_MODE``: 0 every row is
+    kept; 1 ``kept_ptr`` is a bool mask; 2 ``kept_ptr`` holds int64 class indices and a row is
+    kept unless its index is ``ignore_index``.
 
     The checks happen on the device, so the usual ``loss.backward()`` (an upstream gradient of
     exactly 1) costs a launch and a scalar load per row, no sweep and no host synchronisation.
@@ -620,8 +623,10 @@ def scale_rows_kernel(
         row64 = row.to(tl.int64)
         scale = tl.load(scale_ptr + row64 * scale_stride).to(ACC)
         active = scale != 1.0
-        if HAS_KEPT:
+        if KEPT_MODE == 1:
             active = active & (tl.load(kept_ptr + row64) != 0)
+        elif KEPT_MODE == 2:
+            active = active & (tl.load(kept_ptr + row64) != ignore_index)
         if active:
             x_row = x_ptr + row64 * row_stride
             start = 0

@@ -1,0 +1,215 @@
+"""Triton kernels for the small reductions around the loss kernel: over the class-index
+targets before it (the ``mean`` denominator and the range check) and over its per-row losses
+after it (the reduced loss and z-loss).
+
+Design
+------
+What is fused. Before the loss kernel runs, the fused path needs three numbers about the
+targets: the ``mean`` denominator ``D = sum_i m_i * w[y_i]`` (the kept weight; the kept count
+without class weights), its reciprocal (the ``row_scale`` the loss kernel folds into the
+gradient) and whether any kept target lies outside ``[0, C)`` (the IndexError the host raises).
+As torch operations on a CUDA tensor these were eight to fourteen launches (``!=``, ``<``,
+``>=``, ``|``, ``&``, ``any``, ``sum``, ``reciprocal``; with weights also ``where``,
+``index_select``, a cast, ``where``), each paid in host time: on a small call the device
+waited for the host. :func:`target_stats_kernel` reads the targets once and writes all three.
+
+Deterministic without atomics: up to :data:`MAX_PARTIALS` programs each reduce a fixed,
+contiguous chunk of the targets to one partial (per lane in a fixed order, then a fixed tree
+across lanes); a single program (:func:`finish_target_stats_kernel`) sums the partials in a
+fixed order. A call with at most one chunk of targets (most calls: up to ``CHUNK`` positions)
+is one program that writes the final numbers itself: one launch. Counts are kept as integers
+(exact at any size) and rounded once to the accumulation dtype.
+
+An out-of-range kept target reads no weight (a masked load) and adds nothing to ``D``; the host
+raises before any result is used. What is written (``stats``, the accumulation dtype):
+``stats[0] = D``, ``stats[1] = 1 / D`` (``inf`` when ``D = 0``, as torch's ``reciprocal``),
+``stats[2]`` the number of kept out-of-range targets (exact below 2**24 in float32; only
+whether it is 0 is used).
+
+After the loss kernel, ``sum``/``mean`` of the per-row losses and of the z-loss terms
+``z_loss * lse**2`` (sum, divide by ``D``, torch's NaN of a smoothed mean over ``D = 0``) were
+two to nine more torch launches; :func:`reduce_rows_kernel` reads the per-row outputs once and
+writes both reduced values, with the same chunked, atomic-free scheme (one launch up to
+``CHUNK`` rows, else partials and :func:`finish_reduce_rows_kernel`). The z-loss is
+``z_loss * sum_i lse_i**2`` (ignored rows have ``lse = 0``), divided by ``D`` for ``mean``;
+without a z-loss it is what reducing zeros gives: 0, or ``0 / D`` (NaN when ``D = 0``).
+
+What memory is saved. Nothing of the targets' size is allocated (the torch version built four
+boolean masks and, with weights, a gathered weight vector).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _chunk_totals(
+    target_ptr, weight_ptr, start, stop, n_classes, ignore_index,
+    BLOCK: tl.constexpr, HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """``(kept weight or count, bad count)`` of the targets in ``[start, stop)``: the weight as
+    an ``ACC`` scalar with class weights, else the kept count as an int64 scalar."""
+    lanes = tl.arange(0, BLOCK)
+    weight_sum = tl.zeros([BLOCK], ACC)
+    kept_count = tl.zeros([BLOCK], tl.int64)
+    bad_count = tl.zeros([BLOCK], tl.int64)
+    position = start
+    while position < stop:
+        index = position + lanes
+        inside = index < stop
+        t = tl.load(target_ptr + index, mask=inside, other=ignore_index)
+        kept = inside & (t != ignore_index)
+        valid = (t >= 0) & (t < n_classes)
+        bad_count += (kept & ~valid).to(tl.int64)
+        if HAS_WEIGHT:
+            use = kept & valid
+            weight_sum += tl.load(weight_ptr + tl.where(use, t, 0), mask=use, other=0.0).to(ACC)
+        else:
+            kept_count += (kept & valid).to(tl.int64)
+        position += BLOCK
+    if HAS_WEIGHT:
+        kept_total = tl.sum(weight_sum, axis=0)
+    else:
+        kept_total = tl.sum(kept_count, axis=0)
+    return kept_total, tl.sum(bad_count, axis=0)
+
+
+@triton.jit
+def _write_stats(stats_ptr, kept, bad, ACC: tl.constexpr):
+    denominator = kept.to(ACC)
+    tl.store(stats_ptr, denominator)
+    tl.store(stats_ptr + 1, 1.0 / denominator)
+    tl.store(stats_ptr + 2, bad.to(ACC))
+
+
+@triton.jit
+def target_stats_kernel(
+    target_ptr, weight_ptr, stats_ptr, weight_partials_ptr, count_partials_ptr,
+    n_positions, chunk, n_classes, ignore_index,
+    BLOCK: tl.constexpr, HAS_WEIGHT: tl.constexpr, FINAL: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """Program ``p`` reduces targets ``[p * chunk, (p + 1) * chunk)``: with ``FINAL`` (a grid
+    of one) it writes ``stats`` itself, else its partials (weight or kept count; bad count) to
+    ``weight_partials[p]`` / ``count_partials[2p], [2p + 1]``. ``chunk`` is a multiple of
+    ``BLOCK``; ``target`` int64 and packed."""
+    pid = tl.program_id(0).to(tl.int64)
+    start = pid * chunk
+    stop = tl.minimum(start + chunk, n_positions)
+    kept, bad = _chunk_totals(
+        target_ptr, weight_ptr, start, stop, n_classes, ignore_index, BLOCK, HAS_WEIGHT, ACC
+    )
+    if FINAL:
+        _write_stats(stats_ptr, kept, bad, ACC)
+    else:
+        if HAS_WEIGHT:
+            tl.store(weight_partials_ptr + pid, kept)
+        else:
+            tl.store(count_partials_ptr + 2 * pid, kept)
+        tl.store(count_partials_ptr + 2 * pid + 1, bad)
+
+
+@triton.jit
+def finish_target_stats_kernel(
+    stats_ptr, weight_partials_ptr, count_partials_ptr, n_partials,
+    BLOCK: tl.constexpr, HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """One program: the partials of :func:`target_stats_kernel` (``n_partials <= BLOCK``)
+    summed in a fixed order into ``stats``."""
+    lanes = tl.arange(0, BLOCK)
+    inside = lanes < n_partials
+    bad = tl.sum(tl.load(count_partials_ptr + 2 * lanes + 1, mask=inside, other=0), axis=0)
+    if HAS_WEIGHT:
+        kept = tl.sum(tl.load(weight_partials_ptr + lanes, mask=inside, other=0.0), axis=0)
+    else:
+        kept = tl.sum(tl.load(count_partials_ptr + 2 * lanes, mask=inside, other=0), axis=0)
+    _write_stats(stats_ptr, kept, bad, ACC)
+
+
+@triton.jit
+def _row_totals(
+    loss_ptr, lse_ptr, start, stop, BLOCK: tl.constexpr, Z_LOSS: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """``(sum of loss, sum of lse**2)`` over rows ``[start, stop)`` (the second 0 without
+    ``Z_LOSS``)."""
+    lanes = tl.arange(0, BLOCK)
+    loss_sum = tl.zeros([BLOCK], ACC)
+    square_sum = tl.zeros([BLOCK], ACC)
+    position = start
+    while position < stop:
+        index = position + lanes
+        inside = index < stop
+        loss_sum += tl.load(loss_ptr + index, mask=inside, other=0.0).to(ACC)
+        if Z_LOSS:
+            lse = tl.load(lse_ptr + index, mask=inside, other=0.0).to(ACC)
+            square_sum += lse * lse
+        position += BLOCK
+    return tl.sum(loss_sum, axis=0), tl.sum(square_sum, axis=0)
+
+
+@triton.jit
+def _write_reduced(
+    out_ptr, z_out_ptr, loss_total, square_total, stats_ptr, denominator, z_coefficient,
+    MEAN: tl.constexpr, STATS_DENOMINATOR: tl.constexpr, NAN_AT_ZERO: tl.constexpr,
+    ACC: tl.constexpr,
+):  # fmt: skip
+    """The reduced loss and z-loss: sums, or (``MEAN``) sums over ``D`` (``stats[0]`` with
+    ``STATS_DENOMINATOR``, else the ``denominator`` argument); ``NAN_AT_ZERO``: a loss of NaN
+    where ``D = 0`` (smoothed class indices, see :func:`crossent._reduction.smoothed_index_mean`).
+    An unused z-loss is ``0`` (``sum``) or ``0 / D`` (``mean``), what reducing zeros gives."""
+    z_total = (tl.zeros([], ACC) + z_coefficient).to(ACC) * square_total
+    if MEAN:
+        if STATS_DENOMINATOR:
+            d = tl.load(stats_ptr).to(ACC)
+        else:
+            d = (tl.zeros([], ACC) + denominator).to(ACC)
+        loss = loss_total / d
+        if NAN_AT_ZERO:
+            loss = tl.where(d == 0.0, float("nan"), loss)
+        tl.store(out_ptr, loss)
+        tl.store(z_out_ptr, z_total / d)
+    else:
+        tl.store(out_ptr, loss_total)
+        tl.store(z_out_ptr, z_total)
+
+
+@triton.jit
+def reduce_rows_kernel(
+    loss_ptr, lse_ptr, partials_ptr, out_ptr, z_out_ptr, stats_ptr,
+    n_rows, chunk, denominator: tl.float64, z_coefficient: tl.float64,
+    BLOCK: tl.constexpr, Z_LOSS: tl.constexpr, FINAL: tl.constexpr, MEAN: tl.constexpr,
+    STATS_DENOMINATOR: tl.constexpr, NAN_AT_ZERO: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """Program ``p`` sums rows ``[p * chunk, (p + 1) * chunk)`` of the per-row losses (and
+    squared log-sum-exps): with ``FINAL`` (a grid of one) into the reduced outputs, else into
+    ``partials[2p], [2p + 1]`` for :func:`finish_reduce_rows_kernel`."""
+    pid = tl.program_id(0).to(tl.int64)
+    start = pid * chunk
+    stop = tl.minimum(start + chunk, n_rows)
+    loss_total, square_total = _row_totals(loss_ptr, lse_ptr, start, stop, BLOCK, Z_LOSS, ACC)
+    if FINAL:
+        _write_reduced(
+            out_ptr, z_out_ptr, loss_total, square_total, stats_ptr, denominator,
+            z_coefficient, MEAN, STATS_DENOMINATOR, NAN_AT_ZERO, ACC,
+        )  # fmt: skip
+    else:
+        tl.store(partials_ptr + 2 * pid, loss_total)
+        tl.store(partials_ptr + 2 * pid + 1, square_total)
+
+
+@triton.jit
+def finish_reduce_rows_kernel(
+    partials_ptr, out_ptr, z_out_ptr, stats_ptr, n_partials, denominator: tl.float64,
+    z_coefficient: tl.float64, BLOCK: tl.constexpr, MEAN: tl.constexpr,
+    STATS_DENOMINATOR: tl.constexpr, NAN_AT_ZERO: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """One program: the partials of :func:`reduce_rows_kernel` summed in a fixed order."""
+    lanes = tl.arange(0, BLOCK)
+    inside = lanes < n_partials
+    loss_total = tl.sum(tl.load(partials_ptr + 2 * lanes, mask=inside, other=0.0), axis=0)
+    square_total = tl.sum(tl.load(partials_ptr + 2 * lanes + 1, mask=inside, other=0.0), axis=0)
+    _write_reduced(
+        out_ptr, z_out_ptr, loss_total, square_total, stats_ptr, denominator, z_coefficient,
+        MEAN, STATS_DENOMINATOR, NAN_AT_ZERO, ACC,
+    )  # fmt: skip
