@@ -1093,8 +1093,10 @@ def reductions_check(run: Run, device, small: bool):
 
 def small_calls(run: Run, device, small: bool):
     """The public call's fixed cost where the kernel is short: device time (CUDA events, median)
-    and host time per call of ``impl='triton'``, ``impl='auto'`` and torch eager, fwd+bwd, from
-    small 2-D problems to the size where the kernel dominates, and K-dim inputs."""
+    and host time per call of ``impl='triton'``, ``'auto'``, ``'torch'`` and torch eager,
+    fwd+bwd, from small 2-D problems to the size where the kernel dominates, and K-dim inputs:
+    the data for where ``impl='auto'`` on CUDA should hand small problems to torch's kernel
+    (as it does on the CPU)."""
     import torch
     import torch.nn.functional as F
 
@@ -1128,6 +1130,8 @@ def small_calls(run: Run, device, small: bool):
             "crossent.cross_entropy(impl='triton')":
                 functools.partial(call, functools.partial(crossent.cross_entropy, impl="triton")),
             "crossent.cross_entropy(impl='auto')": functools.partial(call, crossent.cross_entropy),
+            "crossent.cross_entropy(impl='torch') (checks, then torch's kernel)":
+                functools.partial(call, functools.partial(crossent.cross_entropy, impl="torch")),
             "torch eager F.cross_entropy": functools.partial(call, F.cross_entropy),
         }  # fmt: skip
         for name, fn in providers.items():

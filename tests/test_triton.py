@@ -704,3 +704,28 @@ def test_reduce_rows_match_torch(monkeypatch, chunk, rows, denominator):
                                        atol=1e-6, equal_nan=True)  # fmt: skip
             z_expected = torch.tensor(0.0) / torch.tensor(d_value)  # 0, or NaN for D = 0
             torch.testing.assert_close(z.cpu().double(), z_expected.double(), equal_nan=True)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="counts the host path with the kernels stubbed out")
+def test_eager_triton_call_launches_no_small_torch_operations():
+    """The public Triton call's host path (kernels stubbed, benchmarks/host_ops.py): the target
+    statistics and the reductions are Triton launches, so the only torch operation launching
+    device work in a class-index fwd+bwd is autograd's seed (a probability target adds the fill
+    of 1/M). Before the reduction kernels: 13 such operations (27 with weights, smoothing)."""
+    from benchmarks.host_ops import cases, host_operations, stubbed_kernels
+
+    with stubbed_kernels() as launches:
+        for label, call in cases():
+            call()
+            launches.clear()
+            device_ops, _ = host_operations(call)
+            allowed = {"aten::ones_like"} | ({"aten::full"} if "probabilities" in label else set())
+            assert set(device_ops) <= allowed and max(device_ops.values()) == 1, (label, device_ops)
+            expected = {"cross_entropy_rows_kernel", "target_stats_kernel", "reduce_rows_kernel"}
+            if "K-dim" in label:
+                expected = expected - {"cross_entropy_rows_kernel"} | {
+                    "cross_entropy_columns_kernel"
+                }
+            if "probabilities" in label:
+                expected = expected - {"target_stats_kernel"}
+            assert set(launches) == expected and set(launches.values()) == {1}, (label, launches)

@@ -80,7 +80,7 @@ def _rows_kernel(kernel: str):
     if kernel == "cpu":
         return cpu.cross_entropy_rows
     try:
-        from crossent.backends.triton import cross_entropy_rows
+        from crossent.backends.triton.cross_entropy import cross_entropy_rows
     except ImportError as exc:  # triton missing, or the backend is not there yet
         raise FusedUnsupported(f"the 'triton' kernel is not available: {exc}") from exc
     return cross_entropy_rows
@@ -116,7 +116,7 @@ def _checked_denominator(
         return torch.tensor(positions, dtype=dtype, device=target.device), None, _checked
     capturing = target.is_cuda and torch.cuda.is_current_stream_capturing()
     if kernel == "triton":
-        from crossent.backends.triton import target_stats
+        from crossent.backends.triton.cross_entropy import target_stats
 
         stats = target_stats(target, weight, num_classes, ignore_index, dtype)
         finish = _checked
@@ -207,7 +207,7 @@ def _forward(
     finish_check()  # (raises IndexError for an out-of-range target; the results are dropped)
     smoothed = options.label_smoothing > 0 and not target.is_floating_point()
     if kernel == "triton" and reduction != "none":
-        from crossent.backends.triton import reduce_rows
+        from crossent.backends.triton.cross_entropy import reduce_rows
 
         loss, z_loss = reduce_rows(rows, lse, reduction == "mean", denominator, options.z_loss,
                                    nan_at_zero=smoothed)  # fmt: skip
@@ -366,7 +366,7 @@ def _triton_layout(grad: torch.Tensor) -> bool:
 def _triton_scaler():
     """``crossent.backends.triton.scale_rows_`` if Triton is importable, else None."""
     try:
-        from crossent.backends.triton import scale_rows_
+        from crossent.backends.triton.cross_entropy import scale_rows_
     except ImportError:
         return None
     return scale_rows_
@@ -646,7 +646,7 @@ def column_layout_serves(
     and at least :data:`crossent.backends.triton.COLUMN_MIN_POSITIONS` positions per sample."""
     if kernel == "cpu":
         return logits.device.type == "cpu"
-    from crossent.backends.triton import COLUMN_MIN_POSITIONS
+    from crossent.backends.triton.cross_entropy import COLUMN_MIN_POSITIONS
 
     plain = (not target.is_floating_point() and options.label_smoothing == 0
              and options.softcap is None)  # fmt: skip

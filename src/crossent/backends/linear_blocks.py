@@ -291,7 +291,7 @@ def _row_kernel(kernel: str):
 
         return run
     if kernel == "triton":
-        from crossent.backends.triton import cross_entropy_rows
+        from crossent.backends.triton.cross_entropy import cross_entropy_rows
 
         def run(z, t, w, options, grad, scale, kernel_rows):
             return cross_entropy_rows(z, t, w, options, grad, row_scale=scale)

@@ -1,0 +1,150 @@
+"""What the public Triton call does on the host, counted on a machine without a GPU.
+
+On a small problem the fused path's cost is its host work: every torch operation that launches
+device work costs a launch and its dispatch, and on CUDA the device waits for the host. This
+probe runs ``crossent.cross_entropy(..., impl="triton").backward()`` on CPU tensors with the
+Triton interpreter's kernels replaced by stubs that launch nothing (the target statistics
+report "no out-of-range target"), so what remains is exactly the host path: it counts the
+top-level torch operations (by the profiler), separates those that launch device work from
+metadata-only ones, counts the stubbed Triton launches, and times the call (the fastest of 15
+batches, because this machine is shared and noisy; a CPU tensor's operations cost far less
+than a CUDA launch, so the counts are the portable result).
+
+    PYTHONPATH=src:. .venv/bin/python -m benchmarks.host_ops
+
+Must run in a fresh process: it sets ``TRITON_INTERPRET=1`` before Triton is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from contextlib import contextmanager
+
+#: Operations that only make tensor metadata (views, allocations, host reads of CPU values):
+#: no device work on CUDA either.
+METADATA_OPS = frozenset({
+    "aten::empty", "aten::empty_strided", "aten::reshape", "aten::select", "aten::detach",
+    "aten::view", "aten::item", "aten::is_nonzero", "aten::slice", "aten::unsqueeze",
+    "aten::expand", "aten::new_empty", "aten::as_strided", "aten::alias", "aten::t",
+    "aten::_local_scalar_dense", "aten::lift_fresh", "aten::detach_", "aten::promote_types",
+    "aten::resolve_conj", "aten::resolve_neg",
+})  # fmt: skip
+
+
+class _StubLaunch:
+    """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](...)`` launches nothing, counts
+    itself, and the target statistics write 'D = 1, 1/D = 1, no bad target'."""
+
+    def __init__(self, name: str, launches: Counter):
+        self.name, self.launches = name, launches
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches[self.name] += 1
+            if self.name == "target_stats_kernel" and kwargs.get("FINAL"):
+                args[2].numpy()[:3] = (1.0, 1.0, 0.0)  # (through NumPy: no torch operation)
+
+        return launch
+
+
+@contextmanager
+def stubbed_kernels():
+    """Replace every Triton kernel of crossent by a counting stub; yields the launch counter."""
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    from crossent.backends.triton import column_kernels, kernels, reduction_kernels
+    from crossent.backends.triton import cross_entropy as launchers
+
+    launches: Counter = Counter()
+    saved = []
+    for module in (kernels, column_kernels, reduction_kernels):
+        for name in dir(module):
+            if name.endswith("_kernel"):
+                saved.append((module, name, getattr(module, name)))
+                setattr(module, name, _StubLaunch(name, launches))
+    interpreting = launchers._interpreting
+    launchers._interpreting = lambda: True
+    try:
+        yield launches
+    finally:
+        launchers._interpreting = interpreting
+        for module, name, kernel in saved:
+            setattr(module, name, kernel)
+
+
+def host_operations(call) -> tuple[Counter, Counter]:
+    """``(device_ops, metadata_ops)``: top-level torch operations of one ``call()`` (run under
+    :func:`stubbed_kernels`), split by whether they launch device work on CUDA (a ``to`` that
+    changes nothing does not)."""
+    import torch.profiler as profiler
+
+    with profiler.profile(activities=[profiler.ProfilerActivity.CPU]) as prof:
+        call()
+    device, metadata = Counter(), Counter()
+    for event in prof.events():
+        parent = event.cpu_parent
+        if not event.name.startswith("aten::"):
+            continue
+        if parent is not None and parent.name.startswith("aten::"):
+            continue
+        converts = any(child.name == "aten::_to_copy" for child in event.cpu_children)
+        no_op = event.name == "aten::to" and not converts  # (already that dtype and device)
+        (metadata if event.name in METADATA_OPS or no_op else device)[event.name] += 1
+    return device, metadata
+
+
+def cases():
+    """``(label, call)`` pairs: fwd+bwd of representative public calls on CPU tensors."""
+    import torch
+
+    import crossent
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 1000, generator=gen, requires_grad=True)
+    y = torch.randint(0, 1000, (64,), generator=gen)
+    w = torch.rand(1000, generator=gen)
+    xk = torch.randn(2, 5, 16, 16, generator=gen, requires_grad=True)
+    yk = torch.randint(0, 5, (2, 16, 16), generator=gen)
+    p = torch.softmax(torch.randn(64, 1000, generator=gen), 1)
+
+    def run(logits, target, **kwargs):
+        def call():
+            crossent.cross_entropy(logits, target, impl="triton", **kwargs).backward()
+            logits.grad = None
+
+        return call
+
+    return [
+        ("64x1000 float32, mean", run(x, y)),
+        ("64x1000 float32, sum", run(x, y, reduction="sum")),
+        ("64x1000 float32, weights + smoothing", run(x, y, weight=w, label_smoothing=0.1)),
+        ("64x1000 float32, probabilities", run(x, p)),
+        ("2x5x16x16 K-dim", run(xk, yk)),
+    ]
+
+
+def main() -> None:
+    with stubbed_kernels() as launches:
+        print("| call | torch ops launching device work | metadata ops | Triton launches | "
+              "host ms (stubbed, CPU) |")  # fmt: skip
+        print("|---|---|---|---|---|")
+        for label, call in cases():
+            for _ in range(20):
+                call()
+            launches.clear()
+            device, metadata = host_operations(call)
+            triton = sum(launches.values())
+            batches = []
+            for _ in range(15):
+                start = time.perf_counter()
+                for _ in range(100):
+                    call()
+                batches.append((time.perf_counter() - start) * 10)
+            ops = ", ".join(f"{name[6:]} {count}" for name, count in device.most_common())
+            print(f"| {label} | {sum(device.values())} ({ops}) | {sum(metadata.values())} | "
+                  f"{triton} | {min(batches):.3f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
