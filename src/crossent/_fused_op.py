@@ -6,7 +6,11 @@ Forward (``crossent::fused_cross_entropy_v2``): one sweep of the row kernel comp
 losses, the log-sum-exps and, when a gradient will be needed, the gradient itself. For ``mean``
 the row kernel folds ``1/D`` into the gradient rows while they are in cache (``row_scale``), so
 the saved gradient is final up to the upstream factor. Nothing of size ``N x C`` is saved except
-the gradient.
+the gradient. With the Triton kernel, ``D``, ``1/D`` and the target check's flag come from one
+launch over the targets before it and the reduced loss and z-loss from one launch over its
+per-row outputs after it (:mod:`crossent.backends.triton.reduction_kernels`): on a small call
+the host's launches are the cost, and torch operations took 5-26 of them
+(``benchmarks/host_ops.py``).
 
 Backward (``crossent::scale_gradient_rows_``): multiplies the saved gradient **in place** by the
 upstream gradient (a scalar for ``mean``/``sum``, one value per row for ``none``) and returns it,
