@@ -1091,6 +1091,82 @@ def reductions_check(run: Run, device, small: bool):
                   f"loss {loss_err:.1e} z {z_err:.1e} grad {grad_err:.1e}")
 
 
+_BAD_TARGET_CHILD = """
+import sys, torch, crossent
+x = torch.randn(64, 1000, device="cuda", requires_grad=True)
+t = torch.randint(0, 1000, (64,), device="cuda")
+t[5] = 1000
+loss = crossent.cross_entropy(x, t, impl="triton", target_check="device")
+loss.backward()
+print("returned without synchronising", flush=True)
+try:
+    torch.cuda.synchronize()
+except RuntimeError as exc:
+    print("raised RuntimeError:", str(exc).splitlines()[0], flush=True)
+    sys.exit(0)
+print("no error", flush=True)
+sys.exit(1)
+"""
+
+
+def device_target_check(run: Run, device, small: bool):
+    """``target_check='device'``: the public Triton call never synchronises with the host
+    (``torch.cuda.set_sync_debug_mode('error')`` raises on any synchronising operation) for
+    class indices with weights, smoothing, z-loss, K-dim columns and probability targets; and an
+    out-of-range target, in a child process (a device-side assert loses the CUDA context),
+    returns from the call and fails the stream at the next synchronisation."""
+    import subprocess
+
+    import torch
+
+    import crossent
+
+    n, v = (16, 100) if small else (1024, 32000)
+    gen = torch.Generator(device=device).manual_seed(47)
+    x = torch.randn(n, v, device=device, generator=gen)
+    t = torch.randint(0, v, (n,), device=device, generator=gen)
+    t[::5] = -100
+    w = torch.rand(v, device=device, generator=gen) + 0.5
+    xk = torch.randn(2, 5, 16, 16, device=device, generator=gen)
+    tk = torch.randint(0, 5, (2, 16, 16), device=device, generator=gen)
+    probabilities = torch.softmax(torch.randn(n, v, device=device, generator=gen), 1)
+    ce = functools.partial(crossent.cross_entropy, impl="triton", target_check="device")
+    extras = functools.partial(crossent.cross_entropy_with_extras, impl="triton",
+                               target_check="device")  # fmt: skip
+    calls = [
+        ("plain mean", x, lambda a: ce(a, t)),
+        ("weights, smoothing, z-loss, sum", x,
+         lambda a: extras(a, t, w, label_smoothing=0.1, z_loss=1e-4, reduction="sum").loss),
+        ("K-dim columns", xk, lambda a: ce(a, tk)),
+        ("probabilities", x, lambda a: ce(a, probabilities)),
+    ]  # fmt: skip
+    for name, base, fn in calls:
+        leaf = base.detach().clone().requires_grad_()
+        fn(leaf).backward()  # (first call: compiles outside the debug mode)
+        leaf = base.detach().clone().requires_grad_()
+        synchronize()
+        ok, detail = True, ""
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            fn(leaf).backward()
+        except RuntimeError as exc:
+            ok, detail = False, str(exc).splitlines()[0][:160]
+        finally:
+            if device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+        run.check(f"target_check='device' never synchronises: {name}", ok, detail)
+    if device.type != "cuda":
+        return
+    env = dict(os.environ)
+    child = subprocess.run([sys.executable, "-c", _BAD_TARGET_CHILD], capture_output=True,
+                           text=True, env=env, timeout=120, check=False)  # fmt: skip
+    out = child.stdout + child.stderr
+    ok = child.returncode == 0 and "returned without synchronising" in child.stdout
+    run.check("target_check='device' with an out-of-range target: the call returns, the next "
+              "synchronisation fails", ok, out.strip().splitlines()[-1][:200] if out else "")
+
+
 def small_calls(run: Run, device, small: bool):
     """The public call's fixed cost where the kernel is short: device time (CUDA events, median)
     and host time per call of ``impl='triton'``, ``'auto'``, ``'torch'`` and torch eager,
@@ -1129,6 +1205,9 @@ def small_calls(run: Run, device, small: bool):
         providers = {
             "crossent.cross_entropy(impl='triton')":
                 functools.partial(call, functools.partial(crossent.cross_entropy, impl="triton")),
+            "crossent.cross_entropy(impl='triton', target_check='device')": functools.partial(
+                call, functools.partial(crossent.cross_entropy, impl="triton",
+                                        target_check="device")),
             "crossent.cross_entropy(impl='auto')": functools.partial(call, crossent.cross_entropy),
             "crossent.cross_entropy(impl='torch') (checks, then torch's kernel)":
                 functools.partial(call, functools.partial(crossent.cross_entropy, impl="torch")),
@@ -2045,6 +2124,7 @@ def main(argv=None) -> int:
         ("linear timings", linear_timings, (run, device, small)),
         ("api overhead", api_overhead, (run, device, small)),
         ("reductions", reductions_check, (run, device, small)),
+        ("device target check", device_target_check, (run, device, small)),
         ("small calls", small_calls, (run, device, small)),
         *([("gemm out_dtype", gemm_out_dtype, (run, device, small))] if args.gemm else []),
         ("torch.compile timings", deferred_timings, (run, device, small)),

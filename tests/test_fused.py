@@ -1027,11 +1027,11 @@ def test_registered_ops_have_fake_kernels():
     with FakeTensorMode():
         x = torch.empty(4, 9, dtype=torch.bfloat16)
         y = torch.empty(4, dtype=torch.long)
-        loss, _, lse, grad = torch.ops.crossent.fused_cross_entropy_v2(
-            x, y, None, -100, 0.0, 0.0, None, "none", "cpu", None, True
+        loss, _, lse, grad = torch.ops.crossent.fused_cross_entropy_v3(
+            x, y, None, -100, 0.0, 0.0, None, "none", "cpu", None, "host", True
         )
-        inplace_loss, _, _ = torch.ops.crossent.fused_cross_entropy_inplace_v2_(
-            x, y, None, -100, 0.0, 0.0, None, "mean", "cpu", torch.float32
+        inplace_loss, _, _ = torch.ops.crossent.fused_cross_entropy_inplace_v3_(
+            x, y, None, -100, 0.0, 0.0, None, "mean", "cpu", torch.float32, "device"
         )
     assert loss.shape == (4,) and loss.dtype == torch.bfloat16 and inplace_loss.shape == ()
     assert inplace_loss.dtype == torch.float32
@@ -1055,3 +1055,55 @@ def test_registered_ops_have_fake_kernels():
 )
 def test_overlap_check(make, overlaps):
     assert _fused_op._may_overlap(make()) is overlaps
+
+
+@pytest.mark.parametrize("impl", ["auto", "fused", "torch", "reference", "triton"])
+def test_target_check_device_on_the_cpu_raises_as_host(impl):
+    """target_check='device' only changes CUDA calls (no synchronisation to save on the CPU):
+    an out-of-range target raises the same IndexError, valid targets give the same values and
+    gradients bit for bit; an unknown mode is a ValueError naming the choices."""
+    import crossent
+
+    if impl == "triton":
+        pytest.importorskip("triton")
+    gen = torch.Generator().manual_seed(11)
+    base = torch.randn(6, 7, generator=gen, dtype=torch.float64)
+    target = torch.tensor([0, 6, -100, 3, 2, 1])
+    results = {}
+    for mode in ("host", "device"):
+        x = base.clone().requires_grad_()
+        loss = crossent.cross_entropy(x, target, impl=impl, target_check=mode)
+        loss.backward()
+        results[mode] = (loss.detach(), x.grad)
+        bad = target.clone()
+        bad[3] = 7
+        with pytest.raises(IndexError, match=r"got 7 at position \(3,\)"):
+            crossent.cross_entropy(base, bad, impl=impl, target_check=mode)
+    assert all(torch.equal(a, b) for a, b in zip(results["host"], results["device"], strict=True))
+    with pytest.raises(ValueError, match="target_check must be one of 'host', 'device', got 'gpu'"):
+        crossent.cross_entropy(base, target, impl=impl, target_check="gpu")
+
+
+def test_target_check_reaches_the_custom_ops_and_the_module():
+    """The mode travels through the custom ops (torch.compile's route) and the module; the
+    device-side assertion itself fails at once on a CPU tensor."""
+    import crossent
+    import crossent.nn as cnn
+
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([1, 4, 0, -100])
+    eager = crossent.cross_entropy(x, target, impl="fused", target_check="device")
+    original = _fused_op._runs_eagerly
+    _fused_op._runs_eagerly = lambda *tensors: False
+    try:
+        through_ops = crossent.cross_entropy(x, target, impl="fused", target_check="device")
+    finally:
+        _fused_op._runs_eagerly = original
+    assert torch.equal(eager, through_ops)
+    module = cnn.CrossEntropyLoss(impl="fused", target_check="device")
+    assert module.target_check == "device" and torch.equal(module(x, target), eager)
+    with pytest.raises(ValueError, match="target_check"):
+        cnn.CrossEntropyLoss(target_check="later")(x, target)
+    _fused_op.assert_on_device(torch.tensor(True))
+    with pytest.raises(RuntimeError, match="target_check='device'"):
+        _fused_op.assert_on_device(torch.tensor(False))

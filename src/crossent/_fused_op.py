@@ -2,7 +2,7 @@
 
 Only torch code paths import this module (it registers the ``crossent::`` ops on import).
 
-Forward (``crossent::fused_cross_entropy_v2``): one sweep of the row kernel computes the per-row
+Forward (``crossent::fused_cross_entropy_v3``): one sweep of the row kernel computes the per-row
 losses, the log-sum-exps and, when a gradient will be needed, the gradient itself. For ``mean``
 the row kernel folds ``1/D`` into the gradient rows while they are in cache (``row_scale``), so
 the saved gradient is final up to the upstream factor. Nothing of size ``N x C`` is saved except
@@ -92,7 +92,7 @@ def _rows_kernel(kernel: str):
 
 def _checked_denominator(
     target: torch.Tensor, num_classes: int, weight: torch.Tensor | None, ignore_index: int,
-    dtype: torch.dtype, *, kernel: str = "cpu", defer: bool = False,
+    dtype: torch.dtype, *, kernel: str = "cpu", defer: bool = False, target_check: str = "host",
 ) -> tuple[torch.Tensor | float, torch.Tensor | None, Callable[[], None]]:
     """``mean`` denominator as a 0-d tensor (total kept weight for class indices, M for
     probabilities; with the ``triton`` kernel M is a Python float), its reciprocal when
@@ -110,6 +110,8 @@ def _checked_denominator(
     is safe with any index (the Triton kernel: masked loads, NaN rows) and does not overwrite
     the logits, which the caller queues before waiting for the verdict, so the device computes
     while the host waits instead of idling through the host's wait and launch.
+    ``target_check="device"`` on CUDA tensors replaces the flag's read by a device-side
+    assertion (see :func:`fused_cross_entropy`): no synchronisation at all.
     """
     if target.is_floating_point():
         # torch divides by numel / C: the M positions, or 0/0 (NaN) with no classes. The Triton
@@ -124,14 +126,23 @@ def _checked_denominator(
 
         stats = target_stats(target, weight, num_classes, ignore_index, dtype)
         finish = _checked
-        if not capturing:
+        if target_check == "device" and target.is_cuda:
+            if not capturing:
+                assert_on_device(stats[2] == 0)
+        elif not capturing:
             finish = _start_flag_read(stats[2], target, num_classes, ignore_index)
             if not defer:
                 finish()
                 finish = _checked
         return stats[0], stats[1], finish
     xp = _torch_namespace()
-    if not capturing:  # (the ``cpu`` kernel: checked before it runs)
+    if target_check == "device" and target.is_cuda:  # (the ``cpu`` kernel on CUDA tensors)
+        if not capturing:
+            from crossent._validation import out_of_range
+
+            # (the kernel's own indexing would assert on the device too; this names crossent)
+            assert_on_device(~xp.any(out_of_range(xp, target, num_classes, ignore_index)))
+    elif not capturing:  # (the ``cpu`` kernel: checked before it runs)
         from crossent._validation import check_target_range
 
         check_target_range(xp, target, num_classes, ignore_index)
@@ -143,6 +154,18 @@ def _checked_denominator(
 
 def _checked() -> None:
     """A finished target check."""
+
+
+_DEVICE_ASSERT_MESSAGE = (
+    "crossent: a class-index target is out of range (target_check='device'); rerun with the "
+    "default target_check='host' for the value and its position"
+)
+
+
+def assert_on_device(ok: torch.Tensor) -> None:
+    """``torch._assert_async``: fail the stream unless the 0-d ``ok`` is true (immediately, as a
+    RuntimeError, for a CPU tensor)."""
+    torch._assert_async(ok, _DEVICE_ASSERT_MESSAGE)
 
 
 def _start_flag_read(
@@ -185,9 +208,11 @@ def _forward(
     kernel: str,
     grad: torch.Tensor | None,
     loss_dtype: torch.dtype | None = None,
+    target_check: str = "host",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the row kernel (writing ``grad`` if given) and reduce: ``(loss, z_loss, lse)``, the
-    losses in ``loss_dtype`` (default: the logits' dtype; float32 under autocast).
+    losses in ``loss_dtype`` (default: the logits' dtype; float32 under autocast);
+    ``target_check`` as in :func:`fused_cross_entropy`.
 
     The gradient written is final up to the upstream factor: the row kernel folds ``1/D`` of
     ``mean`` into the rows while they are in cache (measured: a whole-tensor multiply in the
@@ -197,7 +222,7 @@ def _forward(
     in_place = grad is not None and grad.data_ptr() == logits.data_ptr()
     denominator, reciprocal, finish_check = _checked_denominator(
         target, logits.shape[1], weight, options.ignore_index, acc,
-        kernel=kernel, defer=kernel == "triton" and not in_place,
+        kernel=kernel, defer=kernel == "triton" and not in_place, target_check=target_check,
     )  # fmt: skip
     row_scale = None
     if reduction == "mean" and grad is not None:
@@ -276,24 +301,25 @@ def _fake_outputs(logits, target, reduction, loss_dtype):
 
 _ARGS = (
     "Tensor target, Tensor? weight, int ignore_index, float label_smoothing, float z_loss, "
-    "float? softcap, str reduction, str kernel, ScalarType? loss_dtype"
+    "float? softcap, str reduction, str kernel, ScalarType? loss_dtype, str target_check"
 )
 
 
 # Rename an op (e.g. a ``_v2`` suffix) whenever its schema changes: compiled-graph caches key on
 # the name, so an old cached graph could otherwise meet a new op.
 @torch.library.custom_op(
-    "crossent::fused_cross_entropy_v2",
+    "crossent::fused_cross_entropy_v3",
     mutates_args=(),
     schema=f"(Tensor logits, {_ARGS}, bool compute_grad) -> (Tensor, Tensor, Tensor, Tensor)",
 )
 def _fused_op(
     logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, kernel,
-    loss_dtype, compute_grad,
+    loss_dtype, target_check, compute_grad,
 ):  # fmt: skip
     options = _options(ignore_index, label_smoothing, z_loss, softcap)
     grad = cpu.empty_gradient(logits) if compute_grad else None
-    loss, z, lse = _forward(logits, target, weight, options, reduction, kernel, grad, loss_dtype)
+    loss, z, lse = _forward(logits, target, weight, options, reduction, kernel, grad, loss_dtype,
+                            target_check)  # fmt: skip
     if grad is None:
         grad = logits.new_empty((0,))
     return loss, z, lse, grad
@@ -302,29 +328,30 @@ def _fused_op(
 @_fused_op.register_fake
 def _(
     logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, kernel,
-    loss_dtype, compute_grad,
+    loss_dtype, target_check, compute_grad,
 ):  # fmt: skip
     grad = logits.new_empty(logits.shape if compute_grad else (0,))
     return (*_fake_outputs(logits, target, reduction, loss_dtype), grad)
 
 
 @torch.library.custom_op(
-    "crossent::fused_cross_entropy_inplace_v2_",
+    "crossent::fused_cross_entropy_inplace_v3_",
     mutates_args=("logits",),
     schema=f"(Tensor(a!) logits, {_ARGS}) -> (Tensor, Tensor, Tensor)",
 )
 def _fused_inplace_op(
     logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, kernel,
-    loss_dtype,
+    loss_dtype, target_check,
 ):  # fmt: skip
     options = _options(ignore_index, label_smoothing, z_loss, softcap)
-    return _forward(logits, target, weight, options, reduction, kernel, logits, loss_dtype)
+    return _forward(logits, target, weight, options, reduction, kernel, logits, loss_dtype,
+                    target_check)  # fmt: skip
 
 
 @_fused_inplace_op.register_fake
 def _(
     logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, kernel,
-    loss_dtype,
+    loss_dtype, target_check,
 ):  # fmt: skip
     return _fake_outputs(logits, target, reduction, loss_dtype)
 
@@ -446,8 +473,8 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad_loss, *unused):
     _consume(ctx)
     if grad_loss is None:
-        return (None,) * 11
-    return (_scale_saved_gradient(ctx, grad_loss), *([None] * 10))
+        return (None,) * 12
+    return (_scale_saved_gradient(ctx, grad_loss), *([None] * 11))
 
 
 _fused_op.register_autograd(_backward, setup_context=_setup_context)
@@ -457,23 +484,24 @@ class _FusedCrossEntropy(torch.autograd.Function):
     """The fused loss's autograd outside the out-of-place custom op: the in-place mode (its
     forward overwrites ``logits`` with the gradient; through the in-place op unless the call
     runs eagerly) and eager out-of-place calls (:func:`_runs_eagerly`: the same computation as
-    ``crossent::fused_cross_entropy_v2`` without the op's dispatch). The backward scales the
+    ``crossent::fused_cross_entropy_v3`` without the op's dispatch). The backward scales the
     gradient in place and returns that storage."""
 
     @staticmethod
     def forward(
         ctx, logits, target, weight, ignore_index, eps, zeta, cap, reduction, kernel, loss_dtype,
-        inplace,
+        target_check, inplace,
     ):  # fmt: skip
         if inplace and not _runs_eagerly(logits, target):
-            args = (target, weight, ignore_index, eps, zeta, cap, reduction, kernel, loss_dtype)
-            loss, z, lse = torch.ops.crossent.fused_cross_entropy_inplace_v2_(logits, *args)
+            args = (target, weight, ignore_index, eps, zeta, cap, reduction, kernel, loss_dtype,
+                    target_check)  # fmt: skip
+            loss, z, lse = torch.ops.crossent.fused_cross_entropy_inplace_v3_(logits, *args)
             grad = logits
         else:
             grad = logits if inplace else cpu.empty_gradient(logits)
             options = _options(ignore_index, eps, zeta, cap)
             loss, z, lse = _forward(
-                logits, target, weight, options, reduction, kernel, grad, loss_dtype
+                logits, target, weight, options, reduction, kernel, grad, loss_dtype, target_check
             )
         ctx.mark_non_differentiable(z, lse)
         ctx.set_materialize_grads(False)
@@ -487,8 +515,8 @@ class _FusedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss, *unused):
         _consume(ctx)
         if grad_loss is None:
-            return (None,) * 12
-        return (_scale_saved_gradient(ctx, grad_loss), *([None] * 11))
+            return (None,) * 13
+        return (_scale_saved_gradient(ctx, grad_loss), *([None] * 12))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -667,6 +695,7 @@ def fused_cross_entropy(
     kernel: str = "cpu",
     inplace_backward: bool = False,
     loss_dtype: torch.dtype | None = None,
+    target_check: str = "host",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused cross-entropy over rows: return ``(loss, z_loss, lse)``.
 
@@ -687,6 +716,14 @@ def fused_cross_entropy(
             :func:`check_inplace_allowed`).
         loss_dtype: the dtype of ``loss`` and ``z_loss`` (None: the logits'; float32 under
             autocast, as torch's own loss gives).
+        target_check: how class-index targets are checked. ``"host"`` (the default) reads the
+            verdict on the host and raises IndexError naming the value, its position and the
+            valid range (on CUDA one synchronisation per call, after the kernel is queued);
+            ``"device"`` asserts on CUDA devices instead (``torch._assert_async``), so a CUDA
+            call never synchronises: an out-of-range target then fails the CUDA stream as
+            torch's own kernel does (a device-side assert, reported as a RuntimeError at a
+            later synchronisation; the CUDA context is lost). On the CPU both raise the
+            IndexError (there is no synchronisation to save).
 
     Returns:
         ``loss`` (differentiable w.r.t. ``logits``; ``loss_dtype``; shape ``(M,)`` for
@@ -712,6 +749,9 @@ def fused_cross_entropy(
     """
     if kernel not in KERNELS:
         raise ValueError(f"unknown fused kernel {kernel!r}; available: {', '.join(KERNELS)}")
+    from crossent._validation import check_target_check
+
+    check_target_check(target_check)
     if reduction not in _reduction.REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction")
     if logits.dim() == 3:
@@ -745,6 +785,7 @@ def fused_cross_entropy(
         reduction,
         kernel,
         loss_dtype,
+        target_check,
     )
     compute_grad = torch.is_grad_enabled() and logits.requires_grad
     if inplace_backward and compute_grad:
@@ -754,6 +795,7 @@ def fused_cross_entropy(
         if compute_grad:
             return _FusedCrossEntropy.apply(logits, *args, False)
         options = _options(*args[2:6])
-        return _forward(logits, target, weight, options, reduction, kernel, None, loss_dtype)
-    loss, z_loss, lse, _ = torch.ops.crossent.fused_cross_entropy_v2(logits, *args, compute_grad)
+        return _forward(logits, target, weight, options, reduction, kernel, None, loss_dtype,
+                        target_check)  # fmt: skip
+    loss, z_loss, lse, _ = torch.ops.crossent.fused_cross_entropy_v3(logits, *args, compute_grad)
     return loss, z_loss, lse

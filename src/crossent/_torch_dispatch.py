@@ -42,6 +42,7 @@ def cross_entropy(
     softcap: float | None,
     inplace_backward: bool,
     loss_dtype: torch.dtype | None = None,
+    target_check: str = "host",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """``(loss, z_loss, lse)`` from the fused path; None when ``impl="auto"`` must fall back to
     the reference (the fused path cannot serve these arguments). ``loss_dtype``: the loss's
@@ -68,7 +69,7 @@ def cross_entropy(
     try:
         loss, z, lse = fused_cross_entropy(
             rows, target_rows, weight, row_options, options["reduction"], kernel=kernel,
-            inplace_backward=inplace_backward, loss_dtype=loss_dtype,
+            inplace_backward=inplace_backward, loss_dtype=loss_dtype, target_check=target_check,
         )  # fmt: skip
     except IndexError:
         if target.dim() > 1 and not layout.probabilities and not torch.compiler.is_compiling():

@@ -115,6 +115,21 @@ def check_given(input: Any, target: Any, op: str) -> None:
             )
 
 
+#: The ways the fused path may check class-index targets (``target_check``; what each does:
+#: :func:`crossent._fused_op.fused_cross_entropy`).
+TARGET_CHECKS = ("host", "device")
+
+
+def check_target_check(target_check: Any) -> str:
+    """``target_check`` is one of :data:`TARGET_CHECKS` (crossent's own option: ValueError)."""
+    if not isinstance(target_check, str) or target_check not in TARGET_CHECKS:
+        raise ValueError(
+            f"target_check must be one of {', '.join(map(repr, TARGET_CHECKS))}, got "
+            f"{target_check!r}"
+        )
+    return target_check
+
+
 def check_ignore_index(ignore_index: Any) -> int:
     """ignore_index must be an integer (torch: TypeError for a float or a bool) that fits in
     int64 (torch: ValueError)."""

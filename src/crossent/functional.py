@@ -301,6 +301,7 @@ def cross_entropy(
     *,
     impl: str = "auto",
     inplace_backward: bool = False,
+    target_check: str = "host",
 ) -> Any:
     r"""Cross-entropy between logits ``input`` and class indices or class probabilities.
 
@@ -347,6 +348,15 @@ def cross_entropy(
     double backward nor a second backward through the same graph (both raise; use
     ``impl="reference"`` or ``"torch"``).
 
+    ``target_check`` (``"host"``, the default, or ``"device"``): how class-index targets are
+    checked. ``"host"`` raises the IndexError above; on CUDA that reads one flag, a host
+    synchronisation per call (queued after the Triton kernel, so the device keeps computing).
+    ``"device"`` (opt-in) removes it: the Triton path asserts on the device
+    (``torch._assert_async``) and torch's own kernel (``impl="torch"``, or ``"auto"`` where it
+    picks torch's) asserts as it always does on CUDA, so an out-of-range target fails the CUDA
+    stream (a RuntimeError at a later synchronisation; the CUDA context is lost), as in torch.
+    On the CPU, and on the reference path, both modes raise the IndexError.
+
     ``inplace_backward=True`` (opt-in; fused/triton only) writes the gradient into the logits'
     own storage, so the loss needs no memory of the logits' size: the logits are consumed. It is
     refused (RuntimeError) for a leaf tensor and for logits autograd still needs (e.g. the saved
@@ -370,7 +380,7 @@ def cross_entropy(
     )
     return _cross_entropy_dispatch(
         input, target, weight, ignore_index, reduction, label_smoothing, 0.0, None, impl,
-        inplace_backward, want_extras=False,
+        inplace_backward, want_extras=False, target_check=target_check,
     ).loss
 
 
@@ -386,6 +396,7 @@ def cross_entropy_with_extras(
     softcap: float | None = None,
     impl: str = "auto",
     inplace_backward: bool = False,
+    target_check: str = "host",
 ) -> CrossEntropyOutput:
     r""":func:`cross_entropy` with the extras large-vocabulary training asks for, computed in
     the same sweep by the fused kernels: returns :class:`CrossEntropyOutput`
@@ -412,13 +423,13 @@ def cross_entropy_with_extras(
     """
     return _cross_entropy_dispatch(
         input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, impl,
-        inplace_backward,
+        inplace_backward, target_check=target_check,
     )
 
 
 def _cross_entropy_dispatch(
     input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, impl,
-    inplace_backward, *, want_extras=True, loss_dtype=None,
+    inplace_backward, *, want_extras=True, loss_dtype=None, target_check="host",
 ) -> CrossEntropyOutput:
     """Validate once, then run the fused torch path or the reference (which computes the
     ``z_loss``/``lse`` extras only when ``want_extras``).
@@ -435,9 +446,10 @@ def _cross_entropy_dispatch(
             return _cross_entropy_dispatch(
                 input, cast(target), cast(weight), ignore_index, reduction, label_smoothing,
                 z_loss, softcap, impl, inplace_backward, want_extras=want_extras,
-                loss_dtype=wide if half else None,
+                loss_dtype=wide if half else None, target_check=target_check,
             )
     z_loss, softcap = check.check_extras(z_loss, softcap)
+    check.check_target_check(target_check)
     columns = (  # a K-dim call the fused CPU kernel takes as it lies, with class indices
         getattr(input, "ndim", 0) > 2 and hasattr(target, "is_floating_point")
         and not target.is_floating_point() and input.is_contiguous()
@@ -461,7 +473,8 @@ def _cross_entropy_dispatch(
         native = _torch_kernel(choice, impl, "cross_entropy", input, target, weight,
                                refusal=refusal)  # fmt: skip
         if native is not None:
-            if not layout.probabilities:
+            if not layout.probabilities and not (target_check == "device" and input.is_cuda):
+                # (with target_check="device" on CUDA, torch's kernel asserts on the device)
                 target = _checked_target(
                     xp, target, layout.num_classes, options["ignore_index"]
                 )
@@ -475,7 +488,7 @@ def _cross_entropy_dispatch(
 
         out = _torch_dispatch.cross_entropy(
             choice, impl, input, target, weight, layout, options, z_loss, softcap,
-            inplace_backward, loss_dtype,
+            inplace_backward, loss_dtype, target_check,
         )
         if out is not None:
             return CrossEntropyOutput(*out)

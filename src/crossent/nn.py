@@ -53,10 +53,12 @@ class _WeightedLoss(_Loss, torch.nn.modules.loss._WeightedLoss):
 
 class CrossEntropyLoss(_WeightedLoss):
     """Module form of :func:`crossent.cross_entropy` (same arguments as
-    ``torch.nn.CrossEntropyLoss``, plus keyword-only ``impl`` and ``inplace_backward``)."""
+    ``torch.nn.CrossEntropyLoss``, plus keyword-only ``impl``, ``inplace_backward`` and
+    ``target_check``)."""
 
     __constants__ = ("ignore_index", "reduction", "label_smoothing")
-    inplace_backward: bool = False  # (modules pickled before it existed)
+    inplace_backward: bool = False  # (modules pickled before they existed)
+    target_check: str = "host"
 
     def __init__(
         self,
@@ -69,18 +71,20 @@ class CrossEntropyLoss(_WeightedLoss):
         *,
         impl: str = "auto",
         inplace_backward: bool = False,
+        target_check: str = "host",
     ) -> None:
         super().__init__(weight, size_average, reduce, reduction)
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
         self.impl = impl
         self.inplace_backward = inplace_backward
+        self.target_check = target_check
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(
             input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
             label_smoothing=self.label_smoothing, impl=self.impl,
-            inplace_backward=self.inplace_backward,
+            inplace_backward=self.inplace_backward, target_check=self.target_check,
         )
 
 
