@@ -401,7 +401,8 @@ def row_correctness(run: Run, device, small: bool):
 
 
 def graph_capture(run: Run, device):
-    """The kernel captured in a CUDA graph replays to the eager bits."""
+    """The kernel captured in a CUDA graph replays to the eager bits; so does the public call,
+    forward and backward, through ``torch.cuda.make_graphed_callables``."""
     import torch
 
     from crossent.backends.rows import RowOptions
@@ -437,6 +438,36 @@ def graph_capture(run: Run, device):
         and torch.equal(graph_grad, eager_grad)
     )
     run.check("CUDA graph capture + replay == eager (bitwise)", ok)
+
+    # The public call, forward and backward, captured by torch.cuda.make_graphed_callables (the
+    # target check is skipped while capturing; the target statistics and reductions are kernels)
+    import crossent
+
+    xp = (3 * torch.randn(256, 32000, device=device)).to(torch.bfloat16)
+    tp = torch.randint(0, 32000, (256,), device=device)
+    tp[::7] = -100
+    wp = torch.rand(32000, device=device) + 0.5
+    for target_check in ("host", "device"):
+
+        def loss_fn(a, target_check=target_check):
+            return crossent.cross_entropy(a, tp, wp.to(a.dtype), label_smoothing=0.1,
+                                          impl="triton", target_check=target_check)
+
+        leaf = xp.detach().clone().requires_grad_()
+        eager_loss = loss_fn(leaf)
+        eager_loss.backward()
+        graphed = torch.cuda.make_graphed_callables(
+            loss_fn, (xp.detach().clone().requires_grad_(),)
+        )
+        again = xp.detach().clone().requires_grad_()
+        graph_loss = graphed(again)
+        graph_loss.backward()
+        torch.cuda.synchronize()
+        ok = torch.equal(graph_loss.detach(), eager_loss.detach()) and torch.equal(
+            again.grad, leaf.grad
+        )
+        run.check(f"public call (fwd+bwd, weights, smoothing, target_check={target_check!r}) "
+                  f"in make_graphed_callables == eager (bitwise)", ok)  # fmt: skip
 
 
 def beyond_int32(run: Run, device, small: bool):
