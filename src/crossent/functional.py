@@ -277,7 +277,10 @@ def _prepare_cross_entropy(
 def _checked_target(xp: Any, target: Any, num_classes: int, ignore_index: int) -> Any:
     """:func:`crossent._validation.check_target_range`, returning the target to use from here
     on: under torch.compile the check runs inside a custom op (a copy of the target comes
-    back), so the compiled graph holds no host read of tensor values."""
+    back), so the compiled graph holds no host read of tensor values. An int64 CUDA target,
+    with Triton installed, is first counted by one launch (:func:`crossent.backends.triton.
+    target_stats`) and one read, where the full check's masks took about five launches; only
+    a target with an offender goes on to the full check, which names it."""
     if is_torch(target):
         import torch
 
@@ -285,8 +288,30 @@ def _checked_target(xp: Any, target: Any, num_classes: int, ignore_index: int) -
             from crossent._torch_reference import checked_class_indices
 
             return checked_class_indices(target, num_classes, ignore_index)
+        if _counted_in_range(target, num_classes, ignore_index):
+            return target
     check.check_target_range(xp, target, num_classes, ignore_index)
     return target
+
+
+def _counted_in_range(target: Any, num_classes: int, ignore_index: int) -> bool:
+    """Whether the Triton target count of a plain int64 CUDA target (outside CUDA graph
+    capture, transforms and dispatch modes) finds every kept index in ``[0, C)``; False when it
+    finds an offender or does not apply."""
+    import torch
+
+    from crossent._dispatch import triton_usable
+
+    if not (target.is_cuda and target.dtype == torch.int64 and triton_usable(target)):
+        return False
+    from crossent._fused_op import _runs_eagerly
+
+    if not _runs_eagerly(target) or torch.cuda.is_current_stream_capturing():
+        return False
+    from crossent.backends.triton.cross_entropy import target_stats
+
+    stats = target_stats(target, None, num_classes, ignore_index, torch.float32)
+    return not stats[2].item()  # (one synchronisation, as the full check's)
 
 
 def cross_entropy(
