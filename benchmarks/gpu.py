@@ -1139,13 +1139,34 @@ print("no error", flush=True)
 sys.exit(1)
 """
 
+_BAD_TARGET_GRAPH_CHILD = """
+import sys, torch, crossent
+t = torch.randint(0, 1000, (64,), device="cuda")
+def loss_fn(a):
+    return crossent.cross_entropy(a, t, impl="triton", target_check="device")
+x = torch.randn(64, 1000, device="cuda", requires_grad=True)
+graphed = torch.cuda.make_graphed_callables(loss_fn, (x,))
+torch.cuda.synchronize()
+t[5] = 1000  # the captured graph reads this target on replay
+graphed(x).backward()
+print("replayed without synchronising", flush=True)
+try:
+    torch.cuda.synchronize()
+except RuntimeError as exc:
+    print("raised RuntimeError:", str(exc).splitlines()[0], flush=True)
+    sys.exit(0)
+print("no error", flush=True)
+sys.exit(1)
+"""
+
 
 def device_target_check(run: Run, device, small: bool):
     """``target_check='device'``: the public Triton call never synchronises with the host
     (``torch.cuda.set_sync_debug_mode('error')`` raises on any synchronising operation) for
     class indices with weights, smoothing, z-loss, K-dim columns and probability targets; and an
-    out-of-range target, in a child process (a device-side assert loses the CUDA context),
-    returns from the call and fails the stream at the next synchronisation."""
+    out-of-range target, in child processes (a device-side assert loses the CUDA context),
+    returns from the call, and from the replay of a captured CUDA graph, and fails the stream
+    at the next synchronisation."""
     import subprocess
 
     import torch
@@ -1189,13 +1210,16 @@ def device_target_check(run: Run, device, small: bool):
         run.check(f"target_check='device' never synchronises: {name}", ok, detail)
     if device.type != "cuda":
         return
-    env = dict(os.environ)
-    child = subprocess.run([sys.executable, "-c", _BAD_TARGET_CHILD], capture_output=True,
-                           text=True, env=env, timeout=120, check=False)  # fmt: skip
-    out = child.stdout + child.stderr
-    ok = child.returncode == 0 and "returned without synchronising" in child.stdout
-    run.check("target_check='device' with an out-of-range target: the call returns, the next "
-              "synchronisation fails", ok, out.strip().splitlines()[-1][:200] if out else "")
+    for script, what, says in (
+        (_BAD_TARGET_CHILD, "the call", "returned without synchronising"),
+        (_BAD_TARGET_GRAPH_CHILD, "a captured CUDA graph's replay", "replayed without"),
+    ):
+        child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               env=dict(os.environ), timeout=120, check=False)  # fmt: skip
+        out = (child.stdout + child.stderr).strip()
+        ok = child.returncode == 0 and says in child.stdout
+        run.check(f"target_check='device' with an out-of-range target: {what} returns, the "
+                  f"next synchronisation fails", ok, out.splitlines()[-1][:200] if out else "")
 
 
 def small_calls(run: Run, device, small: bool):
@@ -2058,7 +2082,7 @@ def compile_check() -> int:
                                 dict(BLOCK=1024, Z_LOSS=z, FINAL=final, **flags), {}, 4)
         finish = {
             "partials_ptr": ptr, "out_ptr": ptr, "z_out_ptr": ptr, "stats_ptr": ptr,
-            "n_partials": "i32", "denominator": "fp64", "z_coefficient": "fp64",
+            "n_partials": "i32", "denominator": "fp64",
         }  # fmt: skip
         compile_sm90(reduction_kernels.finish_reduce_rows_kernel, finish,
                      dict(BLOCK=1024, **flags), {}, 4)  # fmt: skip

@@ -729,3 +729,50 @@ def test_eager_triton_call_launches_no_small_torch_operations():
             if "probabilities" in label:
                 expected = expected - {"target_stats_kernel"}
             assert set(launches) == expected and set(launches.values()) == {1}, (label, launches)
+
+
+_PTX_OF_REDUCTIONS = """
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from crossent.backends.triton import reduction_kernels as k
+
+def ptx(kernel, signature, constants):
+    for name in constants:
+        signature[name] = "constexpr"
+    source = ASTSource(kernel, signature=signature, constexprs=constants)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+
+stats = ptx(k.target_stats_kernel, {
+    "target_ptr": "*i64", "weight_ptr": "*fp32", "stats_ptr": "*fp32",
+    "weight_partials_ptr": "*fp32", "count_partials_ptr": "*i64", "n_positions": "i64",
+    "chunk": "i64", "n_classes": "i32", "ignore_index": "i32",
+}, dict(BLOCK=1024, HAS_WEIGHT=True, FINAL=True, ACC=tl.float32))
+reduced = ptx(k.reduce_rows_kernel, {
+    "loss_ptr": "*fp32", "lse_ptr": "*fp32", "partials_ptr": "*fp32", "out_ptr": "*fp32",
+    "z_out_ptr": "*fp32", "stats_ptr": "*fp32", "n_rows": "i64", "chunk": "i64",
+    "denominator": "fp64", "z_coefficient": "fp64",
+}, dict(BLOCK=1024, Z_LOSS=True, FINAL=True, MEAN=True, STATS_DENOMINATOR=True,
+        NAN_AT_ZERO=True, ACC=tl.float32))
+for name, code in (("target_stats", stats), ("reduce_rows", reduced)):
+    lines = [line.split()[0] for line in code.splitlines() if line.split()]
+    print(name, sorted({op for op in lines if op.startswith("div.")}))
+"""
+
+
+def test_reduction_divisions_compile_to_correctly_rounded_ones():
+    """On NVIDIA GPUs a float32 ``/`` in Triton is ``div.full.f32`` (up to 2 ulp); the mean, the
+    z-loss mean and ``1/D`` must round as torch's division does (``div.rn.f32``). The
+    interpreter divides exactly either way, so the PTX compiled for sm_90 (no GPU needed; in a
+    process without ``TRITON_INTERPRET``) is checked."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-c", _PTX_OF_REDUCTIONS], capture_output=True,
+                          text=True, env=env, timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in done.stdout.strip().splitlines())
+    for name in ("target_stats", "reduce_rows"):
+        kinds = lines[name]
+        assert "div.rn.f32" in kinds and "div.full.f32" not in kinds, (name, kinds)
+        assert "div.approx" not in kinds, (name, kinds)

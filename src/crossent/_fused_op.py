@@ -43,6 +43,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils import _python_dispatch
 
@@ -111,7 +112,8 @@ def _checked_denominator(
     the logits, which the caller queues before waiting for the verdict, so the device computes
     while the host waits instead of idling through the host's wait and launch.
     ``target_check="device"`` on CUDA tensors replaces the flag's read by a device-side
-    assertion (see :func:`fused_cross_entropy`): no synchronisation at all.
+    assertion (see :func:`fused_cross_entropy`), also while a CUDA graph is captured: no
+    synchronisation at all.
     """
     if target.is_floating_point():
         # torch divides by numel / C: the M positions, or 0/0 (NaN) with no classes. The Triton
@@ -126,9 +128,8 @@ def _checked_denominator(
 
         stats = target_stats(target, weight, num_classes, ignore_index, dtype)
         finish = _checked
-        if target_check == "device" and target.is_cuda:
-            if not capturing:
-                assert_on_device(stats[2] == 0)
+        if asserts_on_device(target, target_check):  # (captured in a CUDA graph too)
+            assert_on_device(stats[2] == 0)
         elif not capturing:
             finish = _start_flag_read(stats[2], target, num_classes, ignore_index)
             if not defer:
@@ -136,12 +137,11 @@ def _checked_denominator(
                 finish = _checked
         return stats[0], stats[1], finish
     xp = _torch_namespace()
-    if target_check == "device" and target.is_cuda:  # (the ``cpu`` kernel on CUDA tensors)
-        if not capturing:
-            from crossent._validation import out_of_range
+    if asserts_on_device(target, target_check):  # (the ``cpu`` kernel on CUDA tensors)
+        from crossent._validation import out_of_range
 
-            # (the kernel's own indexing would assert on the device too; this names crossent)
-            assert_on_device(~xp.any(out_of_range(xp, target, num_classes, ignore_index)))
+        # (the kernel's own indexing would assert on the device too; this names crossent)
+        assert_on_device(~xp.any(out_of_range(xp, target, num_classes, ignore_index)))
     elif not capturing:  # (the ``cpu`` kernel: checked before it runs)
         from crossent._validation import check_target_range
 
@@ -160,6 +160,13 @@ _DEVICE_ASSERT_MESSAGE = (
     "crossent: a class-index target is out of range (target_check='device'); rerun with the "
     "default target_check='host' for the value and its position"
 )
+
+
+def asserts_on_device(target: torch.Tensor, target_check: str) -> bool:
+    """Whether the class-index check of ``target`` is a device-side assertion: with
+    ``target_check="device"`` on CUDA tensors of a CUDA build (ROCm builds may compile kernel
+    assertions out, so there the check stays on the host)."""
+    return target_check == "device" and target.is_cuda and torch.version.hip is None
 
 
 def assert_on_device(ok: torch.Tensor) -> None:
@@ -249,12 +256,18 @@ def _forward(
 
 
 def _reciprocal(denominator: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    """``1 / D`` as a 0-d tensor (``inf`` for 0, as torch's ``reciprocal``); a Python float
-    ``D`` (probability targets on the Triton path) becomes a fill, not a host-to-device copy."""
+    """``1 / D`` as a 0-d tensor of the accumulation dtype, as torch's ``reciprocal`` of ``D`` in
+    that dtype (``inf`` for 0); a Python float ``D`` (probability targets on the Triton path)
+    is rounded to that dtype and inverted there on the host (NumPy), then filled in: no
+    host-to-device copy."""
+    acc = accumulation_dtype(like.dtype)
     if isinstance(denominator, torch.Tensor):
         return denominator.reciprocal()
-    value = math.inf if denominator == 0 else 1.0 / denominator
-    return torch.full((), value, dtype=accumulation_dtype(like.dtype), device=like.device)
+    wide = acc == torch.float64
+    d = np.float64(denominator) if wide else np.float32(denominator)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = float(d.dtype.type(1) / d)
+    return torch.full((), value, dtype=acc, device=like.device)
 
 
 def _reduce_with_torch(rows, lse, reduction, denominator, options, smoothed):
@@ -722,8 +735,9 @@ def fused_cross_entropy(
             ``"device"`` asserts on CUDA devices instead (``torch._assert_async``), so a CUDA
             call never synchronises: an out-of-range target then fails the CUDA stream as
             torch's own kernel does (a device-side assert, reported as a RuntimeError at a
-            later synchronisation; the CUDA context is lost). On the CPU both raise the
-            IndexError (there is no synchronisation to save).
+            later synchronisation; the CUDA context is lost), also in a captured CUDA graph.
+            On the CPU, and on ROCm builds (whose kernel assertions may be compiled out), both
+            raise the IndexError.
 
     Returns:
         ``loss`` (differentiable w.r.t. ``logits``; ``loss_dtype``; shape ``(M,)`` for

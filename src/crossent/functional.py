@@ -380,7 +380,8 @@ def cross_entropy(
     (``torch._assert_async``) and torch's own kernel (``impl="torch"``, or ``"auto"`` where it
     picks torch's) asserts as it always does on CUDA, so an out-of-range target fails the CUDA
     stream (a RuntimeError at a later synchronisation; the CUDA context is lost), as in torch.
-    On the CPU, and on the reference path, both modes raise the IndexError.
+    On the CPU, on ROCm builds (whose kernel assertions may be compiled out) and on the
+    reference path, both modes raise the IndexError.
 
     ``inplace_backward=True`` (opt-in; fused/triton only) writes the gradient into the logits'
     own storage, so the loss needs no memory of the logits' size: the logits are consumed. It is
@@ -498,7 +499,9 @@ def _cross_entropy_dispatch(
         native = _torch_kernel(choice, impl, "cross_entropy", input, target, weight,
                                refusal=refusal)  # fmt: skip
         if native is not None:
-            if not layout.probabilities and not (target_check == "device" and input.is_cuda):
+            from crossent._fused_op import asserts_on_device
+
+            if not layout.probabilities and not asserts_on_device(input, target_check):
                 # (with target_check="device" on CUDA, torch's kernel asserts on the device)
                 target = _checked_target(
                     xp, target, layout.num_classes, options["ignore_index"]

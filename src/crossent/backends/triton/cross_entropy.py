@@ -656,7 +656,7 @@ def reduce_rows(
         )  # fmt: skip
         if not final:
             reduction_kernels.finish_reduce_rows_kernel[(1,)](
-                partials, out, z_out, d_tensor, programs, d_value, float(z_loss),
+                partials, out, z_out, d_tensor, programs, d_value,
                 BLOCK=_next_power_of_2(programs), **flags,
             )  # fmt: skip
     return out, z_out

@@ -31,8 +31,11 @@ After the loss kernel, ``sum``/``mean`` of the per-row losses and of the z-loss 
 two to nine more torch launches; :func:`reduce_rows_kernel` reads the per-row outputs once and
 writes both reduced values, with the same chunked, atomic-free scheme (one launch up to
 ``CHUNK`` rows, else partials and :func:`finish_reduce_rows_kernel`). The z-loss is
-``z_loss * sum_i lse_i**2`` (ignored rows have ``lse = 0``), divided by ``D`` for ``mean``;
+``sum_i z_loss * lse_i**2`` (ignored rows have ``lse = 0``), divided by ``D`` for ``mean``;
 without a z-loss it is what reducing zeros gives: 0, or ``0 / D`` (NaN when ``D = 0``).
+
+Divisions are correctly rounded (``div_rn`` in float32: a plain ``/`` compiles to an
+approximate division on NVIDIA GPUs), as torch's ``reciprocal`` and ``/`` that they replace.
 
 What memory is saved. Nothing of the targets' size is allocated (the torch version built four
 boolean masks and, with weights, a gathered weight vector).
@@ -42,6 +45,16 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def _divide(numerator, denominator, ACC: tl.constexpr):
+    """``numerator / denominator`` correctly rounded, as torch's division: float32 ``/``
+    compiles to an approximate division (``div.full.f32``, up to 2 ulp) on NVIDIA GPUs."""
+    if ACC == tl.float32:
+        return tl.math.div_rn(numerator.to(tl.float32), denominator.to(tl.float32))
+    else:
+        return numerator / denominator
 
 
 @triton.jit
@@ -80,7 +93,7 @@ def _chunk_totals(
 def _write_stats(stats_ptr, kept, bad, ACC: tl.constexpr):
     denominator = kept.to(ACC)
     tl.store(stats_ptr, denominator)
-    tl.store(stats_ptr + 1, 1.0 / denominator)
+    tl.store(stats_ptr + 1, _divide(tl.full([], 1.0, ACC), denominator, ACC))
     tl.store(stats_ptr + 2, bad.to(ACC))
 
 
@@ -129,13 +142,15 @@ def finish_target_stats_kernel(
 
 @triton.jit
 def _row_totals(
-    loss_ptr, lse_ptr, start, stop, BLOCK: tl.constexpr, Z_LOSS: tl.constexpr, ACC: tl.constexpr,
+    loss_ptr, lse_ptr, start, stop, z_coefficient, BLOCK: tl.constexpr, Z_LOSS: tl.constexpr,
+    ACC: tl.constexpr,
 ):  # fmt: skip
-    """``(sum of loss, sum of lse**2)`` over rows ``[start, stop)`` (the second 0 without
-    ``Z_LOSS``)."""
+    """``(sum of loss, sum of z_loss * lse**2)`` over rows ``[start, stop)`` (the second 0
+    without ``Z_LOSS``; each term formed as the torch expression ``z_loss * lse * lse``)."""
     lanes = tl.arange(0, BLOCK)
+    zeta = (tl.zeros([], ACC) + z_coefficient).to(ACC)
     loss_sum = tl.zeros([BLOCK], ACC)
-    square_sum = tl.zeros([BLOCK], ACC)
+    z_sum = tl.zeros([BLOCK], ACC)
     position = start
     while position < stop:
         index = position + lanes
@@ -143,14 +158,14 @@ def _row_totals(
         loss_sum += tl.load(loss_ptr + index, mask=inside, other=0.0).to(ACC)
         if Z_LOSS:
             lse = tl.load(lse_ptr + index, mask=inside, other=0.0).to(ACC)
-            square_sum += lse * lse
+            z_sum += zeta * lse * lse
         position += BLOCK
-    return tl.sum(loss_sum, axis=0), tl.sum(square_sum, axis=0)
+    return tl.sum(loss_sum, axis=0), tl.sum(z_sum, axis=0)
 
 
 @triton.jit
 def _write_reduced(
-    out_ptr, z_out_ptr, loss_total, square_total, stats_ptr, denominator, z_coefficient,
+    out_ptr, z_out_ptr, loss_total, z_total, stats_ptr, denominator,
     MEAN: tl.constexpr, STATS_DENOMINATOR: tl.constexpr, NAN_AT_ZERO: tl.constexpr,
     ACC: tl.constexpr,
 ):  # fmt: skip
@@ -158,17 +173,16 @@ def _write_reduced(
     ``STATS_DENOMINATOR``, else the ``denominator`` argument); ``NAN_AT_ZERO``: a loss of NaN
     where ``D = 0`` (smoothed class indices, see :func:`crossent._reduction.smoothed_index_mean`).
     An unused z-loss is ``0`` (``sum``) or ``0 / D`` (``mean``), what reducing zeros gives."""
-    z_total = (tl.zeros([], ACC) + z_coefficient).to(ACC) * square_total
     if MEAN:
         if STATS_DENOMINATOR:
             d = tl.load(stats_ptr).to(ACC)
         else:
             d = (tl.zeros([], ACC) + denominator).to(ACC)
-        loss = loss_total / d
+        loss = _divide(loss_total, d, ACC)
         if NAN_AT_ZERO:
             loss = tl.where(d == 0.0, float("nan"), loss)
         tl.store(out_ptr, loss)
-        tl.store(z_out_ptr, z_total / d)
+        tl.store(z_out_ptr, _divide(z_total, d, ACC))
     else:
         tl.store(out_ptr, loss_total)
         tl.store(z_out_ptr, z_total)
@@ -182,34 +196,36 @@ def reduce_rows_kernel(
     STATS_DENOMINATOR: tl.constexpr, NAN_AT_ZERO: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     """Program ``p`` sums rows ``[p * chunk, (p + 1) * chunk)`` of the per-row losses (and
-    squared log-sum-exps): with ``FINAL`` (a grid of one) into the reduced outputs, else into
+    z-loss terms): with ``FINAL`` (a grid of one) into the reduced outputs, else into
     ``partials[2p], [2p + 1]`` for :func:`finish_reduce_rows_kernel`."""
     pid = tl.program_id(0).to(tl.int64)
     start = pid * chunk
     stop = tl.minimum(start + chunk, n_rows)
-    loss_total, square_total = _row_totals(loss_ptr, lse_ptr, start, stop, BLOCK, Z_LOSS, ACC)
+    loss_total, z_total = _row_totals(
+        loss_ptr, lse_ptr, start, stop, z_coefficient, BLOCK, Z_LOSS, ACC
+    )
     if FINAL:
         _write_reduced(
-            out_ptr, z_out_ptr, loss_total, square_total, stats_ptr, denominator,
-            z_coefficient, MEAN, STATS_DENOMINATOR, NAN_AT_ZERO, ACC,
+            out_ptr, z_out_ptr, loss_total, z_total, stats_ptr, denominator, MEAN,
+            STATS_DENOMINATOR, NAN_AT_ZERO, ACC,
         )  # fmt: skip
     else:
         tl.store(partials_ptr + 2 * pid, loss_total)
-        tl.store(partials_ptr + 2 * pid + 1, square_total)
+        tl.store(partials_ptr + 2 * pid + 1, z_total)
 
 
 @triton.jit
 def finish_reduce_rows_kernel(
     partials_ptr, out_ptr, z_out_ptr, stats_ptr, n_partials, denominator: tl.float64,
-    z_coefficient: tl.float64, BLOCK: tl.constexpr, MEAN: tl.constexpr,
+    BLOCK: tl.constexpr, MEAN: tl.constexpr,
     STATS_DENOMINATOR: tl.constexpr, NAN_AT_ZERO: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     """One program: the partials of :func:`reduce_rows_kernel` summed in a fixed order."""
     lanes = tl.arange(0, BLOCK)
     inside = lanes < n_partials
     loss_total = tl.sum(tl.load(partials_ptr + 2 * lanes, mask=inside, other=0.0), axis=0)
-    square_total = tl.sum(tl.load(partials_ptr + 2 * lanes + 1, mask=inside, other=0.0), axis=0)
+    z_total = tl.sum(tl.load(partials_ptr + 2 * lanes + 1, mask=inside, other=0.0), axis=0)
     _write_reduced(
-        out_ptr, z_out_ptr, loss_total, square_total, stats_ptr, denominator, z_coefficient,
-        MEAN, STATS_DENOMINATOR, NAN_AT_ZERO, ACC,
+        out_ptr, z_out_ptr, loss_total, z_total, stats_ptr, denominator, MEAN,
+        STATS_DENOMINATOR, NAN_AT_ZERO, ACC,
     )  # fmt: skip
