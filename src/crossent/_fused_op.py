@@ -240,7 +240,6 @@ def _forward(
         rows, lse = _rows_kernel(kernel)(
             logits, target, weight, options, grad, row_scale=row_scale
         )
-    finish_check()  # (raises IndexError for an out-of-range target; the results are dropped)
     smoothed = options.label_smoothing > 0 and not target.is_floating_point()
     if kernel == "triton" and reduction != "none":
         from crossent.backends.triton.cross_entropy import reduce_rows
@@ -252,7 +251,9 @@ def _forward(
     if target.is_floating_point() and reduction == "sum" and num_rows(logits) == 0:
         loss = -loss  # torch's soft-target sum of nothing is -0.0
     out = loss_dtype or logits.dtype
-    return loss.to(out), z_loss.to(out), lse
+    loss, z_loss = loss.to(out), z_loss.to(out)
+    finish_check()  # (raises IndexError for an out-of-range target; the results are dropped)
+    return loss, z_loss, lse
 
 
 def _reciprocal(denominator: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
