@@ -733,10 +733,11 @@ def fused_cross_entropy(
         target_check: how class-index targets are checked. ``"host"`` (the default) reads the
             verdict on the host and raises IndexError naming the value, its position and the
             valid range (on CUDA one synchronisation per call, after the kernel is queued);
-            ``"device"`` asserts on CUDA devices instead (``torch._assert_async``), so a CUDA
-            call never synchronises: an out-of-range target then fails the CUDA stream as
-            torch's own kernel does (a device-side assert, reported as a RuntimeError at a
-            later synchronisation; the CUDA context is lost), also in a captured CUDA graph.
+            ``"device"`` asserts on CUDA devices instead (``torch._assert_async``), so the
+            fused call does not synchronise for the check: an out-of-range target then fails
+            the CUDA stream as torch's own kernel does (a device-side assert, reported as a
+            RuntimeError by whichever later CUDA call comes first; the CUDA context is lost),
+            also in a captured CUDA graph.
             On the CPU, and on ROCm builds (whose kernel assertions may be compiled out), both
             raise the IndexError.
 

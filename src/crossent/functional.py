@@ -297,7 +297,8 @@ def _checked_target(xp: Any, target: Any, num_classes: int, ignore_index: int) -
 def _counted_in_range(target: Any, num_classes: int, ignore_index: int) -> bool:
     """Whether the Triton target count of a plain int64 CUDA target (outside CUDA graph
     capture, transforms and dispatch modes) finds every kept index in ``[0, C)``; False when it
-    finds an offender or does not apply."""
+    finds an offender, does not apply, or Triton cannot run here (no compiler for its launcher,
+    an unsupported card): the full check then runs, as it did before this shortcut."""
     import torch
 
     from crossent._dispatch import triton_usable
@@ -310,7 +311,10 @@ def _counted_in_range(target: Any, num_classes: int, ignore_index: int) -> bool:
         return False
     from crossent.backends.triton.cross_entropy import target_stats
 
-    stats = target_stats(target, None, num_classes, ignore_index, torch.float32)
+    try:
+        stats = target_stats(target, None, num_classes, ignore_index, torch.float32)
+    except Exception:  # (an optional shortcut: the full check decides instead)
+        return False
     return not stats[2].item()  # (one synchronisation, as the full check's)
 
 
@@ -376,12 +380,14 @@ def cross_entropy(
     ``target_check`` (``"host"``, the default, or ``"device"``): how class-index targets are
     checked. ``"host"`` raises the IndexError above; on CUDA that reads one flag, a host
     synchronisation per call (queued after the Triton kernel, so the device keeps computing).
-    ``"device"`` (opt-in) removes it: the Triton path asserts on the device
-    (``torch._assert_async``) and torch's own kernel (``impl="torch"``, or ``"auto"`` where it
-    picks torch's) asserts as it always does on CUDA, so an out-of-range target fails the CUDA
-    stream (a RuntimeError at a later synchronisation; the CUDA context is lost), as in torch.
+    ``"device"`` (opt-in) removes it: the Triton path (``impl="triton"``, and ``"auto"`` on
+    CUDA) asserts on the device (``torch._assert_async``) and torch's own kernel
+    (``impl="torch"``) asserts as it always does on CUDA, so an out-of-range target fails the
+    CUDA stream as in torch: a generic "device-side assert triggered" RuntimeError from
+    whichever later CUDA call comes first (possibly within this call), the CUDA context lost.
     On the CPU, on ROCm builds (whose kernel assertions may be compiled out) and on the
-    reference path, both modes raise the IndexError.
+    reference path (also where ``"auto"`` falls back to it), both modes raise the IndexError,
+    reading the targets on the host.
 
     ``inplace_backward=True`` (opt-in; fused/triton only) writes the gradient into the logits'
     own storage, so the loss needs no memory of the logits' size: the logits are consumed. It is
