@@ -551,6 +551,13 @@ MAX_PARTIALS = 1024
 _TARGET_BLOCK = 1024
 
 
+def _chunks(length: int) -> tuple[int, int]:
+    """``(programs, chunk)`` of the reduction kernels over ``length`` entries: one program per
+    ``TARGET_CHUNK`` entries, at most ``MAX_PARTIALS``, each a whole number of blocks."""
+    programs = max(1, min(MAX_PARTIALS, _cdiv(length, TARGET_CHUNK)))
+    return programs, _cdiv(_cdiv(max(length, 1), programs), _TARGET_BLOCK) * _TARGET_BLOCK
+
+
 def target_stats(
     target: torch.Tensor,
     weight: torch.Tensor | None,
@@ -578,23 +585,23 @@ def target_stats(
     weight, _ = _checked_weight_and_scale(weight, None, num_classes, 0)
     target = target.contiguous()
     positions = target.numel()
-    programs = max(1, min(MAX_PARTIALS, _cdiv(positions, TARGET_CHUNK)))
-    chunk = _cdiv(_cdiv(max(positions, 1), programs), _TARGET_BLOCK) * _TARGET_BLOCK
+    programs, chunk = _chunks(positions)
     final = programs == 1
+    # one buffer: the three results, then (several programs) the weight partials; the count
+    # partials are int64 (unused by a single program, which writes the results itself)
     stats = torch.empty(3 if final else 3 + programs, dtype=dtype, device=target.device)
+    weight_partials = stats if final else stats[3:]
     counts = stats if final else torch.empty(2 * programs, dtype=torch.int64,
                                              device=target.device)  # fmt: skip
     common = dict(HAS_WEIGHT=weight is not None, ACC=_triton_dtype(dtype), num_warps=4)
     with _on_device(target.device):
-        target_stats_kernel = reduction_kernels.target_stats_kernel
-        target_stats_kernel[(programs,)](
-            target, weight, stats, stats[3:] if not final else stats, counts,
-            positions, chunk, num_classes, int(ignore_index),
-            BLOCK=_TARGET_BLOCK, FINAL=final, **common,
+        reduction_kernels.target_stats_kernel[(programs,)](
+            target, weight, stats, weight_partials, counts, positions, chunk, num_classes,
+            int(ignore_index), BLOCK=_TARGET_BLOCK, FINAL=final, **common,
         )  # fmt: skip
         if not final:
             reduction_kernels.finish_target_stats_kernel[(1,)](
-                stats, stats[3:], counts, programs,
+                stats, weight_partials, counts, programs,
                 BLOCK=_next_power_of_2(programs), **common,
             )  # fmt: skip
     return stats if final else stats[:3]
@@ -633,8 +640,7 @@ def reduce_rows(
         )
     loss, lse = loss.contiguous(), lse.contiguous()
     rows = loss.shape[0]
-    programs = max(1, min(MAX_PARTIALS, _cdiv(rows, TARGET_CHUNK)))
-    chunk = _cdiv(_cdiv(max(rows, 1), programs), _TARGET_BLOCK) * _TARGET_BLOCK
+    programs, chunk = _chunks(rows)
     final = programs == 1
     out = torch.empty((), dtype=loss.dtype, device=loss.device)
     z_out = torch.empty((), dtype=loss.dtype, device=loss.device)
