@@ -34,6 +34,10 @@ writes both reduced values, with the same chunked, atomic-free scheme (one launc
 ``sum_i z_loss * lse_i**2`` (ignored rows have ``lse = 0``), divided by ``D`` for ``mean``;
 without a z-loss it is what reducing zeros gives: 0, or ``0 / D`` (NaN when ``D = 0``).
 
+Sizes, chunk lengths, class counts and ``ignore_index`` are not specialised on (Triton would
+otherwise compile a variant for each value that is 1 or a multiple of 16: a new batch size
+could cost a compile mid-training); the loops over them are not where the time goes.
+
 Divisions are correctly rounded (``div_rn`` in float32: a plain ``/`` compiles to an
 approximate division on NVIDIA GPUs), as torch's ``reciprocal`` and ``/`` that they replace.
 
@@ -97,7 +101,7 @@ def _write_stats(stats_ptr, kept, bad, ACC: tl.constexpr):
     tl.store(stats_ptr + 2, bad.to(ACC))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['n_positions', 'chunk', 'n_classes', 'ignore_index'])
 def target_stats_kernel(
     target_ptr, weight_ptr, stats_ptr, weight_partials_ptr, count_partials_ptr,
     n_positions, chunk, n_classes, ignore_index,
@@ -123,7 +127,7 @@ def target_stats_kernel(
         tl.store(count_partials_ptr + 2 * pid + 1, bad)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['n_partials'])
 def finish_target_stats_kernel(
     stats_ptr, weight_partials_ptr, count_partials_ptr, n_partials,
     BLOCK: tl.constexpr, HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr,
@@ -188,7 +192,7 @@ def _write_reduced(
         tl.store(z_out_ptr, z_total)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['n_rows', 'chunk'])
 def reduce_rows_kernel(
     loss_ptr, lse_ptr, partials_ptr, out_ptr, z_out_ptr, stats_ptr,
     n_rows, chunk, denominator: tl.float64, z_coefficient: tl.float64,
@@ -214,7 +218,7 @@ def reduce_rows_kernel(
         tl.store(partials_ptr + 2 * pid + 1, z_total)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['n_partials'])
 def finish_reduce_rows_kernel(
     partials_ptr, out_ptr, z_out_ptr, stats_ptr, n_partials, denominator: tl.float64,
     BLOCK: tl.constexpr, MEAN: tl.constexpr,
