@@ -1158,7 +1158,8 @@ done(1, "no error")
 def device_target_check(run: Run, device, small: bool):
     """``target_check='device'``: the public Triton call never synchronises with the host
     (``torch.cuda.set_sync_debug_mode('error')`` raises on any synchronising operation) for
-    class indices with weights, smoothing, z-loss, K-dim columns and probability targets; and an
+    class indices with weights, smoothing, z-loss, K-dim columns, probability targets and
+    ``linear_cross_entropy``; and an
     out-of-range target, in child processes (a device-side assert loses the CUDA context), fails
     the CUDA stream, from the call and from the replay of a captured CUDA graph, without any
     synchronisation of crossent's (the error surfaces at whichever later CUDA call comes first,
@@ -1178,6 +1179,8 @@ def device_target_check(run: Run, device, small: bool):
     xk = torch.randn(2, 5, 16, 16, device=device, generator=gen)
     tk = torch.randint(0, 5, (2, 16, 16), device=device, generator=gen)
     probabilities = torch.softmax(torch.randn(n, v, device=device, generator=gen), 1)
+    hidden = torch.randn(n, 64, device=device, generator=gen)
+    head = torch.randn(v, 64, device=device, generator=gen) / 8
     ce = functools.partial(crossent.cross_entropy, impl="triton", target_check="device")
     extras = functools.partial(crossent.cross_entropy_with_extras, impl="triton",
                                target_check="device")  # fmt: skip
@@ -1187,6 +1190,9 @@ def device_target_check(run: Run, device, small: bool):
          lambda a: extras(a, t, w, label_smoothing=0.1, z_loss=1e-4, reduction="sum").loss),
         ("K-dim columns", xk, lambda a: ce(a, tk)),
         ("probabilities", x, lambda a: ce(a, probabilities)),
+        ("linear_cross_entropy, weights, mean", hidden,
+         lambda a: crossent.linear_cross_entropy(a, head, t, weight=w, impl="triton",
+                                                 target_check="device")),
     ]  # fmt: skip
     for name, base, fn in calls:
         leaf = base.detach().clone().requires_grad_()

@@ -866,3 +866,30 @@ def test_small_route_keeps_the_blocked_paths_errors_and_no_grad_rules():
                 linear.linear_cross_entropy(x, w, t, weight=weight, impl=impl), expected)
     with pytest.raises(RuntimeError, match="not differentiable with respect to argument 'weight'"):
         linear.linear_cross_entropy(x, w, t, weight=weight)  # autograd records: refused, as torch
+
+
+@pytest.mark.parametrize("impl", ["auto", "fused", "reference"])
+def test_target_check_device_on_the_cpu_raises_as_host(impl):
+    """linear_cross_entropy's target_check: 'device' changes only CUDA calls, so on the CPU an
+    out-of-range target raises the same IndexError in both modes, through the custom ops too,
+    and valid targets give the same bits; an unknown mode is a ValueError."""
+    from crossent import _fused_op
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    w = torch.randn(9, 4, generator=gen, dtype=torch.float64)
+    target = torch.tensor([0, 8, -100, 3, 2, 1])
+    bad = torch.tensor([0, 8, -100, 9, 2, 1])
+    losses = []
+    for mode in ("host", "device"):
+        losses.append(linear.linear_cross_entropy(x, w, target, impl=impl, target_check=mode))
+        with pytest.raises(IndexError, match=r"Target 9 is out of bounds.*position \(3,\)"):
+            linear.linear_cross_entropy(x, w, bad, impl=impl, target_check=mode)
+    assert torch.equal(losses[0], losses[1])
+    with pytest.raises(ValueError, match="target_check must be one of"):
+        linear.linear_cross_entropy(x, w, target, impl=impl, target_check="soon")
+    if impl == "fused":  # through the custom op's schema (the route torch.compile takes)
+        out = linear.linear_cross_entropy_with_extras(x, w, target, impl=impl,
+                                                      target_check="device")  # fmt: skip
+        assert torch.equal(out.loss, losses[0])
+        assert _fused_op.asserts_on_device(target, "device") is False  # (a CPU tensor)

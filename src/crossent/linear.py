@@ -175,6 +175,7 @@ class _OpOptions(NamedTuple):
     vocab_blocked: bool
     kernel_rows: int
     loss_dtype: torch.dtype | None  # None: torch's rule for the operands (float32 under autocast)
+    target_check: str  # "host" or "device" (crossent._fused_op.fused_cross_entropy)
 
 
 _TENSOR_ARGS = (
@@ -183,7 +184,7 @@ _TENSOR_ARGS = (
 _OPTION_ARGS = (
     "int ignore_index, float label_smoothing, float z_loss, float? softcap, str reduction, "
     "str kernel, int rows, int vocab, bool vocab_blocked, int kernel_rows, "
-    "ScalarType? loss_dtype, bool grad_input, bool grad_weight, bool grad_bias"
+    "ScalarType? loss_dtype, str target_check, bool grad_input, bool grad_weight, bool grad_bias"
 )
 _NUM_ARGS = 5 + len(_OpOptions._fields) + 3
 
@@ -244,7 +245,7 @@ def _fake_gradients(tensors, grads) -> tuple[Tensor, Tensor, Tensor]:
 
 
 @torch.library.custom_op(
-    "crossent::linear_cross_entropy_v2",
+    "crossent::linear_cross_entropy_v3",
     mutates_args=(),
     schema=f"({_TENSOR_ARGS}, {_OPTION_ARGS}) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
 )
@@ -255,7 +256,13 @@ def _forward_op(input, linear_weight, target, linear_bias, weight, *args):
     if not target.dtype.is_floating_point:
         import array_api_compat.torch as xp
 
-        check.check_target_range(xp, target, linear_weight.shape[0], opts.ignore_index)
+        from crossent._fused_op import assert_on_device, asserts_on_device
+
+        if asserts_on_device(target, opts.target_check):  # (no host synchronisation)
+            bad = check.out_of_range(xp, target, linear_weight.shape[0], opts.ignore_index)
+            assert_on_device(~xp.any(bad))
+        else:
+            check.check_target_range(xp, target, linear_weight.shape[0], opts.ignore_index)
     acc = accumulation_dtype(input.dtype)
     denominator = _denominator(target, weight, opts.ignore_index, acc)
     row_scale = 1.0 / denominator if opts.reduction == "mean" and any(grads) else None
@@ -289,7 +296,7 @@ def _(input, linear_weight, target, linear_bias, weight, *args):
 
 
 @torch.library.custom_op(
-    "crossent::linear_cross_entropy_backward_v2",
+    "crossent::linear_cross_entropy_backward_v3",
     mutates_args=(),
     schema=f"(Tensor grad_output, {_TENSOR_ARGS}, {_OPTION_ARGS}) -> (Tensor, Tensor, Tensor)",
 )
@@ -380,7 +387,7 @@ def _backward(ctx, grad_loss, grad_z, grad_lse, grad_gx, grad_gw, grad_gb):
             tuple(g for g, w in zip(grads, wanted, strict=True) if w), grad_loss, kept
         )
     else:  # reduction="none", or a second backward through the same graph
-        grads = torch.ops.crossent.linear_cross_entropy_backward_v2(
+        grads = torch.ops.crossent.linear_cross_entropy_backward_v3(
             grad_loss, *ctx.saved_tensors, *ctx.options, *wanted
         )
     result[0], result[1], result[3] = (g if w else None for g, w in zip(grads, wanted, strict=True))
@@ -418,6 +425,7 @@ class _Call(NamedTuple):
     batched: bool
     memory_budget: int | None  # bytes; None = default_memory_budget
     loss_dtype: torch.dtype | None = None  # float32 under autocast; None: torch's rule
+    target_check: str = "host"
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -504,6 +512,7 @@ def _prepare(
     softcap,
     memory_budget,
     loss_dtype=None,
+    target_check="host",
 ) -> _Call:
     """Validate a call with torch's exception types (and crossent's documented deviations).
 
@@ -540,6 +549,7 @@ def _prepare(
         input.dim() == 2,
         _check_memory_budget(memory_budget),
         loss_dtype,
+        check.check_target_check(target_check),
     )
 
 
@@ -666,8 +676,9 @@ def _blocked_2d(
     opts = _OpOptions(
         call.ignore_index, call.label_smoothing, call.z_loss, call.softcap, reduction, kernel,
         plan.rows, plan.vocab, plan.vocab_blocked, plan.kernel_rows, call.loss_dtype,
+        call.target_check,
     )  # fmt: skip
-    loss, z, lse, *_ = torch.ops.crossent.linear_cross_entropy_v2(
+    loss, z, lse, *_ = torch.ops.crossent.linear_cross_entropy_v3(
         input, linear_weight, target, linear_bias, weight, *opts, *grads
     )
     return loss, z, lse
@@ -780,6 +791,7 @@ def linear_cross_entropy_with_extras(
     softcap: float | None = None,
     memory_budget: int | None = None,
     impl: str = "auto",
+    target_check: str = "host",
 ) -> CrossEntropyOutput:
     """:func:`linear_cross_entropy` returning ``(loss, z_loss, lse)`` (:class:`CrossEntropyOutput`).
 
@@ -792,6 +804,7 @@ def linear_cross_entropy_with_extras(
     options = dict(
         reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
         z_loss=z_loss, softcap=softcap, memory_budget=memory_budget, impl=impl,
+        target_check=target_check,
     )  # fmt: skip
     return _dispatch(input, linear_weight, target, linear_bias, weight, options)
 
@@ -838,6 +851,7 @@ def _under_autocast(input, linear_weight, target, linear_bias, weight, options):
 def _linear_cross_entropy(
     input, linear_weight, target, linear_bias, weight, *, reduction, ignore_index,
     label_smoothing, z_loss, softcap, memory_budget, impl, loss_dtype=None, want_extras=True,
+    target_check="host",
 ) -> CrossEntropyOutput:  # fmt: skip
     call = _prepare(
         input,
@@ -852,6 +866,7 @@ def _linear_cross_entropy(
         softcap,
         memory_budget,
         loss_dtype,
+        target_check,
     )
     choice = resolve_impl(impl, input, "linear_cross_entropy")
     if impl == "auto" and not want_extras:
@@ -890,6 +905,7 @@ def linear_cross_entropy(
     softcap: float | None = None,
     memory_budget: int | None = None,
     impl: str = "auto",
+    target_check: str = "host",
 ) -> Tensor:
     r"""Cross-entropy of the logits ``input @ linear_weight.T + linear_bias``, computed by blocks.
 
@@ -927,7 +943,10 @@ def linear_cross_entropy(
     or torch.compile), ``"fused"`` (blocked torch ops, any device), ``"triton"``,
     ``"reference"`` (materialises the logits; supports double backward and gradients w.r.t.
     probability targets and their class weights, which the blocked paths refuse with
-    NotImplementedError).
+    NotImplementedError). ``target_check`` as in :func:`crossent.cross_entropy`: ``"device"``
+    makes the blocked paths' class-index range check a device-side assertion on CUDA (no host
+    synchronisation; an out-of-range target fails the CUDA stream), the reference and the CPU
+    keep the IndexError.
 
     Limitations of the blocked paths: no higher-order gradients (``create_graph=True`` raises);
     ``torch.func`` transforms are not supported; under ``torch.compile`` the ops are opaque
@@ -949,6 +968,7 @@ def linear_cross_entropy(
     options = dict(
         reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
         z_loss=z_loss, softcap=softcap, memory_budget=memory_budget, impl=impl,
+        target_check=target_check,
     )  # fmt: skip
     return _dispatch(
         input, linear_weight, target, linear_bias, weight, options, want_extras=False
