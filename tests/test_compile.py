@@ -113,3 +113,23 @@ def test_inplace_with_dynamic_shapes_compiles():
         compiled(q, y).backward()
         expected = torch.autograd.grad(F.cross_entropy(q, y), q)[0]
         torch.testing.assert_close(q.grad, expected)
+
+
+def test_target_check_device_compiles_whole():
+    """target_check travels through the fused custom op and linear_cross_entropy's ops as a
+    constant under torch.compile(fullgraph=True); on the CPU the check still raises."""
+    torch._dynamo.reset()
+    x = torch.randn(4, 5, requires_grad=True)
+    y = torch.tensor([0, 2, 4, -100])
+    w = torch.randn(5, 3)
+    compiled = torch.compile(
+        lambda a, t: crossent.cross_entropy(a, t, impl="fused", target_check="device")
+        + crossent.linear_cross_entropy(a[:, :3], w, t, target_check="device"),
+        backend="aot_eager", fullgraph=True,
+    )  # fmt: skip
+    eager = crossent.cross_entropy(x, y, impl="fused") + crossent.linear_cross_entropy(
+        x[:, :3], w, y
+    )
+    torch.testing.assert_close(compiled(x, y), eager)
+    with pytest.raises(IndexError, match="out of bounds"):
+        compiled(x, torch.tensor([0, 2, 5, -100]))
