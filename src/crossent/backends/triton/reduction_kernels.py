@@ -13,12 +13,14 @@ As torch operations on a CUDA tensor these were eight to fourteen launches (``!=
 ``index_select``, a cast, ``where``), each paid in host time: on a small call the device
 waited for the host. :func:`target_stats_kernel` reads the targets once and writes all three.
 
-Deterministic without atomics: up to :data:`MAX_PARTIALS` programs each reduce a fixed,
+Deterministic without atomics: up to ``MAX_PARTIALS`` (1024) programs each reduce a fixed,
 contiguous chunk of the targets to one partial (per lane in a fixed order, then a fixed tree
 across lanes); a single program (:func:`finish_target_stats_kernel`) sums the partials in a
-fixed order. A call with at most one chunk of targets (most calls: up to ``CHUNK`` positions)
-is one program that writes the final numbers itself: one launch. Counts are kept as integers
-(exact at any size) and rounded once to the accumulation dtype.
+fixed order. A call with at most one chunk of targets (most calls: up to ``TARGET_CHUNK`` =
+32768 positions; both constants belong to the launchers in
+:mod:`crossent.backends.triton.cross_entropy`) is one program that writes the final numbers
+itself: one launch. Counts are kept as integers (exact at any size) and rounded once to the
+accumulation dtype.
 
 An out-of-range kept target reads no weight (a masked load) and adds nothing to ``D``; the host
 raises before any result is used. What is written (``stats``, the accumulation dtype):
@@ -30,7 +32,7 @@ After the loss kernel, ``sum``/``mean`` of the per-row losses and of the z-loss 
 ``z_loss * lse**2`` (sum, divide by ``D``, torch's NaN of a smoothed mean over ``D = 0``) were
 two to nine more torch launches; :func:`reduce_rows_kernel` reads the per-row outputs once and
 writes both reduced values, with the same chunked, atomic-free scheme (one launch up to
-``CHUNK`` rows, else partials and :func:`finish_reduce_rows_kernel`). The z-loss is
+``TARGET_CHUNK`` rows, else partials and :func:`finish_reduce_rows_kernel`). The z-loss is
 ``sum_i z_loss * lse_i**2`` (ignored rows have ``lse = 0``), divided by ``D`` for ``mean``;
 without a z-loss it is what reducing zeros gives: 0, or ``0 / D`` (NaN when ``D = 0``).
 
@@ -40,6 +42,8 @@ could cost a compile mid-training); the loops over them are not where the time g
 
 Divisions are correctly rounded (``div_rn`` in float32: a plain ``/`` compiles to an
 approximate division on NVIDIA GPUs), as torch's ``reciprocal`` and ``/`` that they replace.
+
+What is recomputed: nothing; each input is read once.
 
 What memory is saved. Nothing of the targets' size is allocated (the torch version built four
 boolean masks and, with weights, a gathered weight vector).
