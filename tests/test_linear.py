@@ -893,3 +893,16 @@ def test_target_check_device_on_the_cpu_raises_as_host(impl):
                                                       target_check="device")  # fmt: skip
         assert torch.equal(out.loss, losses[0])
         assert _fused_op.asserts_on_device(target, "device") is False  # (a CPU tensor)
+
+
+def test_module_takes_target_check():
+    """LinearCrossEntropyLoss(target_check=...) reaches the functional call (on the CPU both
+    modes raise the IndexError) and shows in its repr."""
+    module = LinearCrossEntropyLoss(4, 6, impl="fused", target_check="device")
+    assert "target_check=device" in repr(module)
+    x = torch.randn(3, 4)
+    module(x, torch.tensor([0, 5, 1]))
+    with pytest.raises(IndexError, match="Target 6 is out of bounds"):
+        module(x, torch.tensor([0, 6, 1]))
+    with pytest.raises(ValueError, match="target_check must be one of"):
+        LinearCrossEntropyLoss(4, 6, target_check="eventually")(x, torch.tensor([0, 5, 1]))

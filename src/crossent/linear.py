@@ -983,10 +983,12 @@ class LinearCrossEntropyLoss(torch.nn.Module):
     """Drop-in for ``torch.nn.LinearCrossEntropyLoss``: an owned ``Linear`` plus the loss.
 
     Same constructor keywords as torch 2.13 (``options`` replaced by crossent's ``z_loss``,
-    ``softcap``, ``memory_budget`` and ``impl``) and the same parameters and buffers
-    (``linear.weight`` of shape ``(C * prod(out_features), in_features)``, ``linear.bias``,
-    ``weight``), so state dicts are interchangeable.
+    ``softcap``, ``memory_budget``, ``impl`` and ``target_check``) and the same parameters and
+    buffers (``linear.weight`` of shape ``(C * prod(out_features), in_features)``,
+    ``linear.bias``, ``weight``), so state dicts are interchangeable.
     """
+
+    target_check: str = "host"  # (modules pickled before it existed)
 
     def __init__(
         self,
@@ -1005,6 +1007,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         softcap: float | None = None,
         memory_budget: int | None = None,
         impl: str = "auto",
+        target_check: str = "host",
     ) -> None:
         if weight is not None and weight.shape != (num_classes,):
             raise RuntimeError(
@@ -1025,6 +1028,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         self.softcap = softcap
         self.memory_budget = memory_budget
         self.impl = impl
+        self.target_check = target_check
         self.linear = torch.nn.Linear(
             in_features,
             math.prod(self.out_features, start=num_classes),
@@ -1049,6 +1053,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
             softcap=self.softcap,
             memory_budget=self.memory_budget,
             impl=self.impl,
+            target_check=self.target_check,
         )
 
     def extra_repr(self) -> str:
@@ -1057,5 +1062,6 @@ class LinearCrossEntropyLoss(torch.nn.Module):
             f"out_features={self.out_features}, bias={self.linear.bias is not None}, "
             f"reduction={self.reduction}, ignore_index={self.ignore_index}, "
             f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
-            f"softcap={self.softcap}, memory_budget={self.memory_budget}, impl={self.impl}"
+            f"softcap={self.softcap}, memory_budget={self.memory_budget}, impl={self.impl}, "
+            f"target_check={self.target_check}"
         )
