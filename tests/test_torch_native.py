@@ -390,3 +390,21 @@ def test_under_torch_compile(op):
         with pytest.raises(error):
             torch.compile(functools.partial(getattr(crossent, op), impl="torch"),
                           backend="eager", fullgraph=True)(x, bad)  # fmt: skip
+
+
+@pytest.mark.parametrize("impl", ["auto", "torch", "reference"])
+def test_nll_loss_target_check_device_on_the_cpu_raises_as_host(impl):
+    """nll_loss(target_check='device') changes only CUDA calls: on the CPU an out-of-range
+    target raises crossent's IndexError in both modes (the module too), valid targets give the
+    same bits, and an unknown mode is a ValueError."""
+    logp = torch.log_softmax(torch.randn(5, 4, dtype=torch.float64), 1)
+    good, bad = torch.tensor([0, 3, -100, 1, 2]), torch.tensor([0, 3, -100, 4, 2])
+    values = [crossent.nll_loss(logp, good, impl=impl, target_check=m) for m in ("host", "device")]
+    assert torch.equal(values[0], values[1])
+    for mode in ("host", "device"):
+        with pytest.raises(IndexError, match=r"got 4 at position \(3,\)"):
+            crossent.nll_loss(logp, bad, impl=impl, target_check=mode)
+        with pytest.raises(IndexError, match=r"got 4 at position \(3,\)"):
+            cnn.NLLLoss(impl=impl, target_check=mode)(logp, bad)
+    with pytest.raises(ValueError, match="target_check must be one of"):
+        crossent.nll_loss(logp, good, impl=impl, target_check="never")

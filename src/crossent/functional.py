@@ -636,16 +636,20 @@ def _loss_shape(input: Any, layout: check.ClassTargetLayout) -> tuple[int, ...]:
     return (input.shape[0], *input.shape[2:])
 
 
-def _prepare_nll(input, target, weight, ignore_index, reduction):
+def _prepare_nll(input, target, weight, ignore_index, reduction, *, check_range=True):
+    """Validate; the target range too unless the caller leaves it to the device
+    (``target_check="device"`` on torch's CUDA kernel, which asserts)."""
     check.check_given(input, target, "nll_loss")
     xp = namespace(input, target, weight)
     reduction = check.check_reduction(reduction)
     ignore_index = check.check_ignore_index(ignore_index)
     num_classes = check.check_nll_args(xp, input, target, weight)
-    target = _checked_target(xp, target, num_classes, ignore_index)
+    if check_range:
+        target = _checked_target(xp, target, num_classes, ignore_index)
     if weight is not None and weight.ndim != 1:
         weight = xp.reshape(weight, (-1,))
-    return xp, target, weight, {"ignore_index": ignore_index, "reduction": reduction}
+    options = {"ignore_index": ignore_index, "reduction": reduction}
+    return xp, target, weight, options, num_classes
 
 
 def nll_loss(
@@ -658,6 +662,7 @@ def nll_loss(
     reduction: str = "mean",
     *,
     impl: str = "auto",
+    target_check: str = "host",
 ) -> Any:
     r"""Negative log-likelihood of log-probabilities ``input`` at class indices ``target``.
 
@@ -671,6 +676,8 @@ def nll_loss(
     (:func:`crossent.diagnose` does). ``impl`` (torch tensors): ``"auto"`` (torch's own kernel
     after crossent's checks, traced by torch.compile or not, on the CPU and where torch's CUDA
     kernel is deterministic; else the reference), ``"reference"``, ``"torch"``.
+    ``target_check`` as in :func:`cross_entropy`: ``"device"`` leaves the range check to torch's
+    CUDA kernel, which asserts on the device (no host synchronisation).
 
     >>> import numpy as np, crossent
     >>> logp = np.array([[-1.2, -0.5, -2.0], [-0.3, -1.5, -2.5]])
@@ -683,16 +690,26 @@ def nll_loss(
         with outside as (cast, _):
             return nll_loss(
                 cast(input), target, cast(weight), ignore_index=ignore_index, reduction=reduction,
-                impl=impl,
+                impl=impl, target_check=target_check,
             )  # fmt: skip
     diagnostics.maybe_warn(
         "nll_loss", input, target, weight, ignore_index=ignore_index, reduction=reduction
     )
+    check.check_target_check(target_check)
     choice = resolve_impl(impl, input, "nll_loss")
-    _, target, weight, options = _prepare_nll(input, target, weight, ignore_index, reduction)
+    on_device = False
+    if choice == "torch":
+        from crossent._fused_op import asserts_on_device
+
+        on_device = asserts_on_device(input, target_check)
+    xp, target, weight, options, num_classes = _prepare_nll(
+        input, target, weight, ignore_index, reduction, check_range=not on_device
+    )
     native = _torch_kernel(choice, impl, "nll_loss", input, target, weight)
     if native is not None:
         return native.nll_loss(input, target, weight, options)
+    if on_device:  # (auto fell back to the reference, which reads the targets on the host)
+        target = _checked_target(xp, target, num_classes, options["ignore_index"])
     return _run_reference(_nll_fn, options, input, target, weight)
 
 
@@ -709,7 +726,7 @@ def nll_loss_and_grad(
     diagnostics.maybe_warn(
         "nll_loss", input, target, weight, ignore_index=ignore_index, reduction=reduction
     )
-    xp, target, weight, options = _prepare_nll(input, target, weight, ignore_index, reduction)
+    xp, target, weight, options, _ = _prepare_nll(input, target, weight, ignore_index, reduction)
     shape = () if input.ndim == 1 else (input.shape[0], *input.shape[2:])
     _check_grad_output(xp, grad_output, options["reduction"], shape)
     g = _run_reference_grad(_nll_fn, options, input, target, weight, None, grad_output)

@@ -90,9 +90,10 @@ class CrossEntropyLoss(_WeightedLoss):
 
 class NLLLoss(_WeightedLoss):
     """Module form of :func:`crossent.nll_loss` (same arguments as ``torch.nn.NLLLoss``, plus
-    keyword-only ``impl``)."""
+    keyword-only ``impl`` and ``target_check``)."""
 
     __constants__ = ("ignore_index", "reduction")
+    target_check: str = "host"  # (modules pickled before it existed)
 
     def __init__(
         self,
@@ -103,15 +104,17 @@ class NLLLoss(_WeightedLoss):
         reduction: Reduction = "mean",
         *,
         impl: str = "auto",
+        target_check: str = "host",
     ) -> None:
         super().__init__(weight, size_average, reduce, reduction)
         self.ignore_index = ignore_index
         self.impl = impl
+        self.target_check = target_check
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.nll_loss(
             input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
-            impl=self.impl,
+            impl=self.impl, target_check=self.target_check,
         )  # fmt: skip
 
 
