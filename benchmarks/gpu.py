@@ -1158,8 +1158,8 @@ done(1, "no error")
 def device_target_check(run: Run, device, small: bool):
     """``target_check='device'``: the public Triton call never synchronises with the host
     (``torch.cuda.set_sync_debug_mode('error')`` raises on any synchronising operation) for
-    class indices with weights, smoothing, z-loss, K-dim columns, probability targets and
-    ``linear_cross_entropy``; and an
+    class indices with weights, smoothing, z-loss, K-dim columns, probability targets,
+    ``nll_loss`` (torch's kernel) and ``linear_cross_entropy``; and an
     out-of-range target, in child processes (a device-side assert loses the CUDA context), fails
     the CUDA stream, from the call and from the replay of a captured CUDA graph, without any
     synchronisation of crossent's (the error surfaces at whichever later CUDA call comes first,
@@ -1190,6 +1190,8 @@ def device_target_check(run: Run, device, small: bool):
          lambda a: extras(a, t, w, label_smoothing=0.1, z_loss=1e-4, reduction="sum").loss),
         ("K-dim columns", xk, lambda a: ce(a, tk)),
         ("probabilities", x, lambda a: ce(a, probabilities)),
+        ("nll_loss (auto: torch's kernel)", torch.log_softmax(x, 1),
+         lambda a: crossent.nll_loss(a, t, w, target_check="device")),
         ("linear_cross_entropy, weights, mean", hidden,
          lambda a: crossent.linear_cross_entropy(a, head, t, weight=w, impl="triton",
                                                  target_check="device")),
