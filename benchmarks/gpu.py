@@ -2022,31 +2022,23 @@ def compile_check() -> int:
         compiled = compile_sm90(kernel, signature, constants, {}, warps)
         return f"smem={compiled.metadata.shared:6d} " + resources(compiled)
 
-    def scale_column_variant(dtype="bf16", kept=1, block=1024, warps=8):
-        kernel = column_kernels.scale_columns_kernel
+    def scale_variant(columns=True, dtype="bf16", kept=1, warps=8):
+        """The column scaler (``columns``) or the row scaler; ``kept`` is its KEPT_MODE."""
+        if columns:
+            kernel, block = column_kernels.scale_columns_kernel, dict(BLOCK_S=1024)
+            sizes = {"x_ptr": f"*{dtype}", "n_classes": "i32", "n_positions": "i32"}
+        else:
+            kernel, block = kernels.scale_rows_kernel, dict(BLOCK=2048)
+            sizes = {"x_ptr": f"*{dtype}", "row_stride": "i64", "n_rows": "i32", "n_cols": "i32"}
         signature = {
-            "x_ptr": f"*{dtype}", "n_classes": "i32", "n_positions": "i32",
-            "scale_ptr": "*fp32", "scale_stride": "i32",
+            **sizes, "scale_ptr": "*fp32", "scale_stride": "i32",
             "kept_ptr": {0: "constexpr", 1: "*i1", 2: "*i64"}[kept], "ignore_index": "i32",
         }  # fmt: skip
-        constants = dict(BLOCK_S=block, KEPT_MODE=kept,
+        constants = dict(**block, KEPT_MODE=kept,
                          ACC=tl.float64 if dtype == "fp64" else tl.float32)  # fmt: skip
         if not kept:
             constants["kept_ptr"] = None
         compiled = compile_sm90(kernel, signature, constants, {}, warps)
-        return f"smem={compiled.metadata.shared:6d} " + resources(compiled)
-
-    def scale_rows_variant(dtype="bf16", kept=2, block=2048, warps=8):
-        signature = {
-            "x_ptr": f"*{dtype}", "row_stride": "i64", "n_rows": "i32", "n_cols": "i32",
-            "scale_ptr": "*fp32", "scale_stride": "i32",
-            "kept_ptr": {0: "constexpr", 1: "*i1", 2: "*i64"}[kept], "ignore_index": "i32",
-        }  # fmt: skip
-        constants = dict(BLOCK=block, KEPT_MODE=kept,
-                         ACC=tl.float64 if dtype == "fp64" else tl.float32)  # fmt: skip
-        if not kept:
-            constants["kept_ptr"] = None
-        compiled = compile_sm90(kernels.scale_rows_kernel, signature, constants, {}, warps)
         return f"smem={compiled.metadata.shared:6d} " + resources(compiled)
 
     from crossent.backends.triton import reduction_kernels
@@ -2097,11 +2089,11 @@ def compile_check() -> int:
         (column_variant, {"weight": True, "z": True, "scaled": True}),
         (column_variant, {"dtype": "fp32", "block": 128, "warps": 1}),
         (column_variant, {"dtype": "fp64", "weight": True}),
-        (scale_column_variant, {}),
-        (scale_column_variant, {"kept": 0, "dtype": "fp32"}),
-        (scale_column_variant, {"kept": 2}),
-        (scale_rows_variant, {}),
-        (scale_rows_variant, {"kept": 0, "dtype": "fp64"}),
+        (scale_variant, {}),
+        (scale_variant, {"kept": 0, "dtype": "fp32"}),
+        (scale_variant, {"kept": 2}),
+        (scale_variant, {"columns": False, "kept": 2}),
+        (scale_variant, {"columns": False, "kept": 0, "dtype": "fp64"}),
         (target_stats_variant, {}),
         (target_stats_variant, {"weight": False, "final": True}),
         (target_stats_variant, {"acc": "fp64"}),

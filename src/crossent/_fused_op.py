@@ -137,11 +137,9 @@ def _checked_denominator(
                 finish = _checked
         return stats[0], stats[1], finish
     xp = _torch_namespace()
-    if asserts_on_device(target, target_check):  # (the ``cpu`` kernel on CUDA tensors)
-        from crossent._validation import out_of_range
-
-        # (the kernel's own indexing would assert on the device too; this names crossent)
-        assert_on_device(~xp.any(out_of_range(xp, target, num_classes, ignore_index)))
+    if asserts_on_device(target, target_check):  # (the ``cpu`` kernel on CUDA tensors; its own
+        # indexing would assert on the device too, this one names crossent)
+        assert_in_range_on_device(target, num_classes, ignore_index)
     elif not capturing:  # (the ``cpu`` kernel: checked before it runs)
         from crossent._validation import check_target_range
 
@@ -173,6 +171,15 @@ def assert_on_device(ok: torch.Tensor) -> None:
     """``torch._assert_async``: fail the stream unless the 0-d ``ok`` is true (immediately, as a
     RuntimeError, for a CPU tensor)."""
     torch._assert_async(ok, _DEVICE_ASSERT_MESSAGE)
+
+
+def assert_in_range_on_device(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    """The class-index range check as a device-side assertion (:func:`assert_on_device` of the
+    kept targets' out-of-range mask, reduced on the device): no host read."""
+    from crossent._validation import out_of_range
+
+    xp = _torch_namespace()
+    assert_on_device(~xp.any(out_of_range(xp, target, num_classes, ignore_index)))
 
 
 def _start_flag_read(
@@ -261,9 +268,9 @@ def _reciprocal(denominator: torch.Tensor | float, like: torch.Tensor) -> torch.
     that dtype (``inf`` for 0); a Python float ``D`` (probability targets on the Triton path)
     is rounded to that dtype and inverted there on the host (NumPy), then filled in: no
     host-to-device copy."""
-    acc = accumulation_dtype(like.dtype)
     if isinstance(denominator, torch.Tensor):
         return denominator.reciprocal()
+    acc = accumulation_dtype(like.dtype)
     wide = acc == torch.float64
     d = np.float64(denominator) if wide else np.float32(denominator)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -715,9 +722,9 @@ def fused_cross_entropy(
 
     Args:
         logits: ``(M, C)`` floating tensor, class dimension last (made contiguous if its class
-            stride is not 1); for the ``cpu`` kernel on CPU tensors also ``(N, C, S)`` (made
+            stride is not 1); or, where :func:`column_layout_serves` says so, ``(N, C, S)`` (made
             contiguous), whose ``M = N * S`` rows are its positions (row ``n * S + s`` is
-            ``logits[n, :, s]``): a K-dim input as it is (see :func:`column_layout_serves`).
+            ``logits[n, :, s]``): a K-dim input as it is.
         target: ``(M,)`` int64/uint8 class indices or ``(M, C)`` floating probabilities
             (``(N, C, S)`` with ``(N, C, S)`` logits).
         weight: ``(C,)`` class weights or None (validated by the caller).

@@ -91,15 +91,18 @@ def _interpreting() -> bool:
     return isinstance(kernels.cross_entropy_rows_kernel, InterpretedFunction)
 
 
-def _check_device(tensor: torch.Tensor) -> None:
-    if tensor.device.type == "cuda":
-        return
-    if tensor.device.type == "cpu" and _interpreting():
-        return
-    raise RuntimeError(
-        "the Triton kernels run on CUDA tensors (or on CPU tensors under TRITON_INTERPRET=1 set "
-        f"before triton is imported); got a tensor on {tensor.device}"
-    )
+def _check_device(*tensors: torch.Tensor | None) -> None:
+    """Every given tensor (None: absent) lies where the kernels run: CUDA, or the CPU under the
+    interpreter."""
+    for tensor in tensors:
+        if tensor is None or tensor.device.type == "cuda":
+            continue
+        if tensor.device.type == "cpu" and _interpreting():
+            continue
+        raise RuntimeError(
+            "the Triton kernels run on CUDA tensors (or on CPU tensors under TRITON_INTERPRET=1 "
+            f"set before triton is imported); got a tensor on {tensor.device}"
+        )
 
 
 @functools.cache
@@ -191,9 +194,7 @@ def _launch(logits, target, weight, options, grad, row_scale, lse_in, config):
 
     from crossent.backends.triton import kernels
 
-    for tensor in (logits, target, weight, grad, row_scale, lse_in):
-        if tensor is not None:
-            _check_device(tensor)
+    _check_device(logits, target, weight, grad, row_scale, lse_in)
     if logits.dim() != 2:
         raise ValueError(f"expected 2-D logits (rows, classes), got shape {tuple(logits.shape)}")
     num_rows, num_cols = logits.shape
@@ -366,9 +367,7 @@ def _launch_columns(logits, target, weight, options, grad, row_scale, config=Non
 
     from crossent.backends.triton import column_kernels
 
-    for tensor in (logits, target, weight, grad, row_scale):
-        if tensor is not None:
-            _check_device(tensor)
+    _check_device(logits, target, weight, grad, row_scale)
     if not logits.is_contiguous():
         raise ValueError(f"expected contiguous (N, C, S) logits, got strides {logits.stride()}")
     num_samples, num_classes, num_positions = logits.shape
@@ -473,9 +472,7 @@ def scale_rows_(
 
     from crossent.backends.triton import kernels
 
-    for tensor in (grad, scale, kept):
-        if tensor is not None:
-            _check_device(tensor)
+    _check_device(grad, scale, kept)
     columns = grad.dim() == 3 and grad.is_contiguous()
     if not columns and (grad.dim() != 2 or (grad.stride(1) != 1 and grad.shape[1] > 1)):
         raise ValueError(
@@ -577,9 +574,7 @@ def target_stats(
 
     from crossent.backends.triton import reduction_kernels
 
-    for tensor in (target, weight):
-        if tensor is not None:
-            _check_device(tensor)
+    _check_device(target, weight)
     if target.dtype != torch.int64:
         raise ValueError(f"expected int64 class indices, got {target.dtype}")
     weight, _ = _checked_weight_and_scale(weight, None, num_classes, 0)
@@ -630,9 +625,7 @@ def reduce_rows(
     from crossent.backends.triton import reduction_kernels
 
     on_device = isinstance(denominator, torch.Tensor)
-    for tensor in (loss, lse, denominator if on_device else None):
-        if tensor is not None:
-            _check_device(tensor)
+    _check_device(loss, lse, denominator if on_device else None)
     if loss.dim() != 1 or lse.shape != loss.shape or lse.dtype != loss.dtype:
         raise ValueError(
             f"expected (R,) loss and lse rows of one dtype, got {tuple(loss.shape)} "
