@@ -249,6 +249,11 @@ def lbfgs(
                 f"the line search found no lower objective (gradient max-norm {grad_max:.3g} "
                 f"> tol={tol:g})"
             )
+            if final_precision != "float64":
+                message += (
+                    f" in {final_precision}, whose rounding may hide further progress; fit in "
+                    f"float64 to reach tol"
+                )
             return finish()
         s = found.step * direction
         y = found.grad - grad
