@@ -1225,6 +1225,39 @@ def device_target_check(run: Run, device, small: bool):
                   said.splitlines()[-1][:200] if said else "")  # fmt: skip
 
 
+def launch_costs(run: Run, device, small: bool):
+    """Host time per launch on this machine, the unit of the fused path's fixed cost: a torch
+    operation on a tiny tensor, a launch of the target-statistics kernel through its crossent
+    launcher, and (for scale) the whole plain ``cross_entropy(impl='triton')`` forward and
+    backward; each the median over batches of back-to-back calls, the device drained outside
+    the timed region."""
+    import torch
+
+    import crossent
+    from crossent.backends.triton.cross_entropy import target_stats
+
+    target = torch.randint(0, 1000, (64,), device=device)
+    x = torch.randn(64, 1000, device=device, requires_grad=True)
+    batch = 10 if small else 200
+    probes = {
+        "torch add_ on 64 floats": lambda: x.detach().add_(0.0),
+        "crossent target_stats launcher (one Triton launch)":
+            lambda: target_stats(target, None, 1000, -100, torch.float32),
+        "cross_entropy(impl='triton') forward": lambda: crossent.cross_entropy(x, target,
+                                                                               impl="triton"),
+    }  # fmt: skip
+    for name, fn in probes.items():
+        fn()  # (compiles)
+
+        def many(fn=fn):
+            for _ in range(batch):
+                fn()
+
+        per_call = host_ms(many, reps=2 if small else 7) / batch
+        run.log(f"launch cost: {name}: {1e3 * per_call:.1f} us host time per call")
+        run.results.setdefault("launch_costs_us", {})[name] = 1e3 * per_call
+
+
 def small_calls(run: Run, device, small: bool):
     """The public call's fixed cost where the kernel is short: device time (CUDA events, median)
     and host time per call of ``impl='triton'``, ``'auto'``, ``'torch'`` and torch eager,
@@ -1236,6 +1269,7 @@ def small_calls(run: Run, device, small: bool):
 
     import crossent
 
+    launch_costs(run, device, small)
     cases = [((64, 1000), torch.float32), ((1024, 32000), torch.bfloat16)]
     if not small:
         cases = [((256, 1000), torch.float32), ((64, 32000), torch.bfloat16),
