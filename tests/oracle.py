@@ -61,7 +61,17 @@ def to_backend(a, backend):
         return a.detach().numpy()
     if backend == "strict":
         return array_api_strict.asarray(a.detach().numpy())
+    if backend in STRICT_DEVICES:  # array-api-strict's models of a second device
+        return array_api_strict.asarray(a.detach().numpy(), device=STRICT_DEVICES[backend])
     raise ValueError(backend)
+
+
+#: Backends on array-api-strict's extra devices: another device than the default (constants
+#: must be made on the input's device), and one without float64.
+STRICT_DEVICES = {
+    "strict-device1": array_api_strict.Device("device1"),
+    "strict-no-float64": array_api_strict.Device("no_float64"),
+}
 
 
 def to_torch(a):
@@ -69,6 +79,9 @@ def to_torch(a):
         return None
     if isinstance(a, torch.Tensor):
         return a.detach()
+    if hasattr(a, "to_device") and not isinstance(a, np.ndarray):  # array-api-strict
+        # (read on its default device)
+        a = a.to_device(array_api_strict.Device("CPU_DEVICE"))
     return torch.from_numpy(np.asarray(a))
 
 
@@ -77,6 +90,9 @@ def crossent_and_grad(op, t, kwargs, grad_output, backend):
     out = getattr(crossent, op + "_and_grad")(
         **args, **kwargs, grad_output=to_backend(grad_output, backend)
     )
+    if backend in STRICT_DEVICES:
+        for result in (out.loss, out.grad_input, out.grad_target):
+            assert result is None or result.device == STRICT_DEVICES[backend], result.device
     return to_torch(out.loss), to_torch(out.grad_input), to_torch(out.grad_target)
 
 

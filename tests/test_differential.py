@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,7 +22,7 @@ F64_RTOL = 1e-12
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-@pytest.mark.parametrize("backend", ["torch", "numpy", "strict"])
+@pytest.mark.parametrize("backend", ["torch", "numpy", "strict", "strict-device1"])
 def test_float64_matches_torch(case: Case, backend: str) -> None:
     t = case.tensors()
     g = make_grad_output(case.op, t, case.kwargs)
@@ -128,3 +129,56 @@ def test_low_precision_no_worse_than_torch(case: Case, dtype: torch.dtype, impl:
         assert err_ours <= err_torch + slack, (
             f"{case.id} {dtype} {what}: crossent error {err_ours:.3g} > torch {err_torch:.3g}"
         )
+
+
+@pytest.mark.parametrize("case", LOW_PRECISION_CASES, ids=lambda c: c.id)
+def test_float32_on_a_device_without_float64_no_worse_than_torch(case: Case) -> None:
+    """On a device without float64 (array-api-strict's model of one; Apple's MPS is another)
+    float32 is computed in float32 instead of one step wider, so the slack is the fused
+    kernels' ``4 u`` (see :func:`test_low_precision_no_worse_than_torch`); results stay on
+    that device (checked by ``crossent_and_grad``)."""
+    t = {k: (v.float() if v.dtype.is_floating_point else v) for k, v in case.tensors().items()}
+    exact_inputs = {k: (v.double() if v.dtype.is_floating_point else v) for k, v in t.items()}
+    g = make_grad_output(case.op, t, case.kwargs)
+    truth = torch_oracle(case.op, exact_inputs, case.kwargs, g.double())
+    theirs = torch_oracle(case.op, t, case.kwargs, g)
+    ours = crossent_and_grad(case.op, t, case.kwargs, g, "strict-no-float64")
+    slack = 4 * torch.finfo(torch.float32).eps / 2
+    for i, what in enumerate(("loss", "grad_input", "grad_target")):
+        if truth[i] is None:
+            continue
+        assert ours[i].dtype == theirs[i].dtype, f"{what}: dtype"
+        err_ours, err_torch = _error(ours[i], truth[i]), _error(theirs[i], truth[i])
+        assert err_ours <= err_torch + slack, (
+            f"{case.id} {what}: crossent error {err_ours:.3g} > torch {err_torch:.3g}"
+        )
+
+
+@pytest.mark.parametrize("device", ["device1", "no_float64"])
+@pytest.mark.parametrize("fn", ["softmax", "log_softmax", "logsumexp"])
+def test_softmax_family_on_another_device(fn: str, device: str) -> None:
+    """Arrays on a non-default device (and on one without float64) stay there, with torch's
+    values in float32 (an all ``-inf`` row and an empty reduction included)."""
+    import array_api_strict as xs
+
+    import crossent
+
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
+    x[1] = -math.inf
+    dev = xs.Device(device)
+    for a, dim in ((x, 1), (x, 0), (x[:, :0], 1)):
+        got = getattr(crossent, fn)(xs.asarray(a.numpy(), device=dev), dim)
+        assert got.device == dev
+        expected = getattr(torch, fn)(a, dim)
+        got = torch.from_numpy(np.asarray(got.to_device(xs.Device("CPU_DEVICE"))))
+        torch.testing.assert_close(got, expected, equal_nan=True)
+
+
+def test_logsumexp_of_a_0d_array_is_a_new_array() -> None:
+    """torch returns a new tensor; so does crossent (the input was returned, aliased)."""
+    import crossent
+
+    a = np.array(2.0)
+    result = crossent.logsumexp(a, 0)
+    assert result is not a and not np.shares_memory(result, a)
+    assert float(result) == 2.0

@@ -275,6 +275,28 @@ def test_a_missing_input_or_target_is_a_type_error(loss) -> None:
         loss(None, np.array([0, 1]))
 
 
+BINARY_LOSSES = [
+    crossent.binary_cross_entropy, crossent.binary_cross_entropy_with_logits,
+    crossent.binary_cross_entropy_and_grad, crossent.binary_cross_entropy_with_logits_and_grad,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("loss", BINARY_LOSSES, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("impl", ["auto", "torch"])
+def test_a_missing_input_or_target_of_a_binary_loss_is_torchs_attribute_error(loss, impl):
+    # torch's binary losses fail reading the missing tensor's size: AttributeError; crossent's
+    # error is that type (and a TypeError) and names the argument, before choosing an impl
+    with pytest.raises(AttributeError, match="'NoneType' object has no attribute 'size'"):
+        torch.nn.functional.binary_cross_entropy(None, torch.tensor(0.5))
+    kwargs = {} if loss.__name__.endswith("_grad") else {"impl": impl}
+    for args, name in (((None, torch.tensor(0.5)), "input"), ((torch.tensor(0.5), None),
+                                                              "target")):  # fmt: skip
+        with pytest.raises(AttributeError, match=f"'{name}' \\(position .\\) must be an arr"):
+            loss(*args, **kwargs)
+        with pytest.raises(TypeError):
+            loss(*args, **kwargs)
+
+
 @pytest.mark.parametrize("impl", ["auto", "reference"])
 def test_meta_tensors_give_meta_results_as_in_torch(impl) -> None:
     # shapes without values (model-size planning): no value checks, no autocast query
@@ -326,3 +348,55 @@ def test_logsumexp_over_an_empty_dim_tuple_is_torchs(shape, keepdim) -> None:
         ours = torch.as_tensor(crossent.logsumexp(array, (), keepdim))
         assert ours.shape == expected.shape
         torch.testing.assert_close(ours, expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "logsumexp"])
+def test_a_one_element_tensor_as_dim_is_taken_where_torch_takes_it(name) -> None:
+    # torch's softmax pair wants an int (a 0-d tensor converts, a (1,) tensor is a TypeError);
+    # logsumexp's dim is an int list, which a (1,) tensor converts to
+    x = torch.randn(2, 3)
+    ours, theirs = getattr(crossent, name), getattr(torch, name)
+    torch.testing.assert_close(ours(x, torch.tensor(1)), theirs(x, torch.tensor(1)))
+    if name == "logsumexp":
+        torch.testing.assert_close(ours(x, torch.tensor([1])), theirs(x, torch.tensor([1])))
+    else:
+        with pytest.raises(TypeError):
+            theirs(x, torch.tensor([1]))
+        with pytest.raises(TypeError, match="dim must be an int, not a 1-d Tensor"):
+            ours(x, torch.tensor([1]))
+
+
+@pytest.mark.parametrize("impl", ["auto", "reference", "fused", "torch", "numpy", "linear"])
+def test_torchs_label_smoothing_failures_are_refused_by_every_impl(impl) -> None:
+    # torch's cross_entropy fails on a uint8 target with class weights and label smoothing
+    # under reduction='mean' (its gather wants int64), and on an (N, 0, d) input with label
+    # smoothing; crossent raised there on the 'auto' route only (torch's kernel) and returned
+    # a number elsewhere
+    x, t = torch.randn(4, 3), torch.tensor([1, 0, 2, 1], dtype=torch.uint8)
+    kw = dict(weight=torch.ones(3), label_smoothing=0.2)
+    empty_x, empty_t = torch.ones(2, 0, 2), torch.full((2, 2), -100)
+    with pytest.raises(RuntimeError, match="Expected dtype int32/int64 for index"):
+        torch.nn.functional.cross_entropy(x, t, **kw)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        torch.nn.functional.cross_entropy(empty_x, empty_t, label_smoothing=0.5)
+    for reduction in ("sum", "none"):  # (torch computes these)
+        torch.testing.assert_close(
+            crossent.cross_entropy(x, t, **kw, reduction=reduction),
+            torch.nn.functional.cross_entropy(x, t, **kw, reduction=reduction),
+        )
+    if impl == "numpy":
+        calls = [lambda: crossent.cross_entropy(x.numpy(), t.numpy(), weight=np.ones(3, "f4"),
+                                                label_smoothing=0.2),
+                 lambda: crossent.cross_entropy(empty_x.numpy(), empty_t.numpy(),
+                                                label_smoothing=0.5)]  # fmt: skip
+    elif impl == "linear":
+        w = torch.eye(3)
+        calls = [lambda: crossent.linear_cross_entropy(x, w, t, **kw)]
+    else:
+        calls = [lambda: crossent.cross_entropy(x, t, **kw, impl=impl),
+                 lambda: crossent.cross_entropy(empty_x, empty_t, label_smoothing=0.5,
+                                                impl=impl)]  # fmt: skip
+    for call, match in zip(calls, ("needs int64 class indices, got uint8", "no classes"),
+                           strict=False):  # fmt: skip
+        with pytest.raises(RuntimeError, match=match):
+            call()

@@ -100,29 +100,49 @@ def is_low_precision(xp: Any, dtype: Any) -> bool:
     return dtype_name(dtype) in ("float16", "bfloat16")
 
 
-def compute_dtype(xp: Any, dtype: Any) -> Any:
+def compute_dtype(xp: Any, dtype: Any, device: Any = None) -> Any:
     """The dtype the reference computes in, one step wider than the data.
 
     float16/bfloat16 compute in float32 and float32 in float64, so the reference rounds once, at
     the end (its error is half an ulp of the result, never more than torch's own plus that).
+    On a ``device`` without float64 (Apple's MPS; array-api-strict's ``no_float64``) float32
+    computes in float32.
     """
     name = dtype_name(dtype)
     if name in ("float16", "bfloat16"):
         return xp.float32
-    if name == "float32" and hasattr(xp, "float64"):
+    if name == "float32" and has_float64(xp, device):
         return xp.float64
     return dtype
 
 
-def default_float(xp: Any) -> Any:
-    """The library's default floating dtype (torch: float32 unless changed; NumPy: float64)."""
+def has_float64(xp: Any, device: Any = None) -> bool:
+    """Whether arrays of ``xp`` on ``device`` (None: the default device) can be float64."""
+    if not hasattr(xp, "float64"):
+        return False
+    if device is None:
+        return True
+    if is_torch_namespace(xp):
+        return getattr(device, "type", None) != "mps"
+    info = getattr(xp, "__array_namespace_info__", None)
+    if info is None:
+        return True
+    try:
+        return "float64" in info().dtypes(device=device, kind="real floating")
+    except (TypeError, ValueError):  # a namespace without per-device dtype information
+        return True
+
+
+def default_float(xp: Any, device: Any = None) -> Any:
+    """The library's default floating dtype (torch: float32 unless changed; NumPy: float64), on
+    ``device`` where the library says (a device without float64 defaults to float32)."""
     if is_torch_namespace(xp):
         import torch
 
         return torch.get_default_dtype()
     info = getattr(xp, "__array_namespace_info__", None)
     if info is not None:
-        return info().default_dtypes()["real floating"]
+        return info().default_dtypes(device=device)["real floating"]
     return xp.float64
 
 

@@ -105,11 +105,17 @@ def legacy_reduction(
     return result
 
 
+class MissingArrayError(TypeError, AttributeError):
+    """A required array argument is None. A TypeError, and also the AttributeError torch's
+    binary losses raise there (they call ``.size()`` on it)."""
+
+
 def check_given(input: Any, target: Any, op: str) -> None:
-    """``input`` and ``target`` are required arrays: None is a TypeError, as in torch."""
+    """``input`` and ``target`` are required arrays: None is a TypeError, as in torch (an
+    AttributeError too: :class:`MissingArrayError`)."""
     for position, (name, value) in enumerate((("input", input), ("target", target)), start=1):
         if value is None:
-            raise TypeError(
+            raise MissingArrayError(
                 f"{op}(): argument {name!r} (position {position}) must be an array (a tensor "
                 f"for torch), not NoneType"
             )
@@ -373,6 +379,29 @@ def check_cross_entropy_args(
     return ClassTargetLayout(False, num_classes, input.ndim > 1)
 
 
+def check_smoothing_failures(
+    input: Any, target: Any, weight: Any, reduction: str, label_smoothing: float,
+    layout: ClassTargetLayout,
+) -> None:  # fmt: skip
+    """Two class-index mixes with label smoothing on which torch's ``cross_entropy`` fails
+    (RuntimeError), refused the same way so that every impl and array library agrees with it."""
+    if layout.probabilities or not label_smoothing > 0:
+        return
+    if dtype_name(target.dtype) == "uint8" and weight is not None and reduction == "mean":
+        raise RuntimeError(
+            "cross_entropy with label_smoothing, class weights and reduction='mean' needs int64 "
+            "class indices, got uint8 (torch gathers the weights with the target there and "
+            "fails: 'gather(): Expected dtype int32/int64 for index'); convert the target to "
+            "int64"
+        )
+    if input.ndim == 3 and layout.num_classes == 0:
+        raise RuntimeError(
+            f"cross_entropy with label_smoothing of an input of shape {shape_str(input.shape)} "
+            f"(no classes): torch fails on this size mismatch ('size mismatch (got input: "
+            f"[{input.shape[0]}, 0, 0, 0] ...'); there are no classes to smooth over"
+        )
+
+
 def _index_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     if len(shape) <= 1:
         return ()
@@ -581,8 +610,15 @@ def check_bce_with_logits_args(
 # softmax family
 
 
-def normalize_dim(dim: Any, ndim: int) -> int:
-    """A dim in [-max(ndim,1), max(ndim,1)) -> [0, ndim); IndexError otherwise (torch's text)."""
+def normalize_dim(dim: Any, ndim: int, *, scalar: bool = True) -> int:
+    """A dim in [-max(ndim,1), max(ndim,1)) -> [0, ndim); IndexError otherwise (torch's text).
+
+    ``scalar``: a one-element array of ndim >= 1 (which has ``__index__``) is a TypeError, as
+    torch's softmax refuses it; logsumexp's dims (an int list to torch) take it."""
+    if scalar and getattr(dim, "ndim", 0) != 0:
+        raise TypeError(
+            f"dim must be an int, not a {dim.ndim}-d {type(dim).__name__} ({dim!r})"
+        )
     dim = int_argument(dim, "dim")
     rank = max(ndim, 1)
     if not -rank <= dim < rank:
@@ -609,7 +645,7 @@ def normalize_dims(
                 f"without keepdim=True; pass keepdim=True or the dims themselves"
             )
         return tuple(range(ndim))
-    out = tuple(normalize_dim(d, ndim) for d in dims)
+    out = tuple(normalize_dim(d, ndim, scalar=False) for d in dims)
     for d in out:
         if out.count(d) > 1:
             raise RuntimeError(f"dim {d} appears multiple times in the list of dims")

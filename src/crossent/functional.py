@@ -166,7 +166,7 @@ def logsumexp(input: Any, dim: int | tuple[int, ...], keepdim: bool = False) -> 
     xp = namespace(input)
     axes = check.normalize_dims(dim, tuple(input.shape), keepdim)
     if is_integral(xp, input.dtype):
-        input = xp.astype(input, default_float(xp))
+        input = xp.astype(input, default_float(xp, getattr(input, "device", None)))
     if is_torch(input):
         import torch
 
@@ -261,6 +261,7 @@ def _prepare_cross_entropy(
     layout = check.check_cross_entropy_args(
         xp, input, target, weight, ignore_index, label_smoothing
     )
+    check.check_smoothing_failures(input, target, weight, reduction, label_smoothing, layout)
     if check_range and not layout.probabilities:
         target = _checked_target(xp, target, layout.num_classes, ignore_index)
     options = {
@@ -572,11 +573,13 @@ def _reference_extras(xp, input, target, weight, layout, options, z_loss, softca
     loss = _run_reference(_ce_fn, options, z, target, weight)
     class_axis = 0 if input.ndim == 1 else 1
     with _quiet(xp):
-        lse = reference.logsumexp(xp, xp.astype(z, compute_dtype(xp, z.dtype)), (class_axis,))
+        wide = xp.astype(z, compute_dtype(xp, z.dtype, getattr(z, "device", None)))
+        lse = reference.logsumexp(xp, wide, (class_axis,))
         acc = xp.float64 if str(input.dtype).endswith("float64") else xp.float32
         lse = xp.astype(lse, acc)
         # a +inf logit: torch's log_softmax row is NaN (inf - inf), and so is the fused paths' lse
-        lse = xp.where(lse == xp.inf, xp.asarray(xp.nan, dtype=acc), lse)
+        nan = xp.asarray(xp.nan, dtype=acc, device=getattr(lse, "device", None))
+        lse = xp.where(lse == xp.inf, nan, lse)
         if layout.probabilities:
             denominator = math.prod(lse.shape)  # M positions (1 when unbatched)
         else:
@@ -783,6 +786,7 @@ def binary_cross_entropy(
     ...                               np.array([1.0, 0.0, 0.25, 0.3]), reduction="none")
     array([100.        , 100.        ,  25.        ,   0.69314718])
     """
+    check.check_given(input, target, "binary_cross_entropy")
     reduction = check.legacy_reduction(size_average, reduce, reduction)
     outside = _autocast_scope("binary_cross_entropy", input)
     if outside is not None:
@@ -806,6 +810,7 @@ def binary_cross_entropy_and_grad(
 ) -> LossAndGrad:
     """:func:`binary_cross_entropy` with ``dL/dp = s w (p - y) / max(p (1 - p), 1e-12)`` and
     ``dL/dy = s w (log(1 - p) - log p)`` (unclamped, as in PyTorch)."""
+    check.check_given(input, target, "binary_cross_entropy_and_grad")
     diagnostics.maybe_warn("binary_cross_entropy", input, target, weight, reduction=reduction)
     xp, options, _ = _prepare_bce(input, target, weight, reduction)
     _check_grad_output(xp, grad_output, options["reduction"], tuple(input.shape))
@@ -850,6 +855,7 @@ def binary_cross_entropy_with_logits(
     >>> float(crossent.binary_cross_entropy_with_logits(z, y))  # doctest: +ELLIPSIS
     0.5290251...
     """
+    check.check_given(input, target, "binary_cross_entropy_with_logits")
     reduction = check.legacy_reduction(size_average, reduce, reduction)
     outside = _autocast_scope("binary_cross_entropy_with_logits", input)
     if outside is not None:
@@ -883,6 +889,7 @@ def binary_cross_entropy_with_logits_and_grad(
     """:func:`binary_cross_entropy_with_logits` with
     ``dL/dx = s w (sigmoid(x) (1 + (pw - 1) y) - pw y)`` (``sigmoid(x) - y`` without weights)
     and ``dL/dy = s w (-x - (pw - 1) log_sigmoid(x))``."""
+    check.check_given(input, target, "binary_cross_entropy_with_logits_and_grad")
     diagnostics.maybe_warn(
         "binary_cross_entropy_with_logits", input, target, weight, reduction=reduction,
         pos_weight=pos_weight,

@@ -534,7 +534,10 @@ def _prepare(
     ignore_index = -100 if ignore_index is None else check.check_ignore_index(ignore_index)
     reduction = check.check_reduction(reduction)
     label_smoothing = check.check_label_smoothing(label_smoothing)
-    check.check_cross_entropy_args(xp, logits, target, weight, ignore_index, label_smoothing)
+    layout = check.check_cross_entropy_args(
+        xp, logits, target, weight, ignore_index, label_smoothing
+    )
+    check.check_smoothing_failures(logits, target, weight, reduction, label_smoothing, layout)
     _check_devices(input, linear_weight, linear_bias, target, weight)
     z_loss, softcap = check.check_extras(z_loss, softcap)
     return _Call(

@@ -35,9 +35,11 @@ from crossent.reference.cross_entropy import LossGrads
 BCE_GRAD_EPSILON = 9.999999960041972e-13
 
 
-def _scale(xp: Any, reduction: str, grad_output: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+def _scale(
+    xp: Any, reduction: str, grad_output: Any, shape: tuple[int, ...], dtype: Any, device: Any
+) -> Any:
     if grad_output is None:
-        g = xp.ones((), dtype=dtype)
+        g = xp.ones((), dtype=dtype, device=device)
     else:
         g = xp.astype(grad_output, dtype)
     if reduction == "mean":
@@ -45,8 +47,8 @@ def _scale(xp: Any, reduction: str, grad_output: Any, shape: tuple[int, ...], dt
     return g
 
 
-def _weight(xp: Any, weight: Any | None, dtype: Any) -> Any:
-    return xp.ones((), dtype=dtype) if weight is None else xp.astype(weight, dtype)
+def _weight(xp: Any, weight: Any | None, dtype: Any, device: Any) -> Any:
+    return xp.ones((), dtype=dtype, device=device) if weight is None else xp.astype(weight, dtype)
 
 
 def binary_cross_entropy(
@@ -60,10 +62,10 @@ def binary_cross_entropy(
     grad_output: Any | None = None,
 ) -> LossGrads:
     """BCE on probabilities and (when ``want_grad``) its gradients w.r.t. input and target."""
-    ct = compute_dtype(xp, input.dtype)
+    ct = compute_dtype(xp, input.dtype, getattr(input, "device", None))
     p = xp.astype(input, ct)
     y = xp.astype(target, ct)
-    w = _weight(xp, weight, ct)
+    w = _weight(xp, weight, ct, getattr(input, "device", None))
     floor = xp.asarray(-100.0, dtype=ct, device=getattr(p, "device", None))
     log_p = xp.log(p)
     log_1mp = xp.log1p(-p)  # exact for tiny p, where log(1 - p) would round 1 - p first
@@ -71,7 +73,7 @@ def binary_cross_entropy(
     loss = xp.astype(reduce(xp, losses, reduction), input.dtype)
     if not want_grad:
         return LossGrads(loss)
-    s = _scale(xp, reduction, grad_output, tuple(input.shape), ct)
+    s = _scale(xp, reduction, grad_output, tuple(input.shape), ct, getattr(input, "device", None))
     eps = xp.asarray(BCE_GRAD_EPSILON, dtype=ct, device=getattr(p, "device", None))
     grad_p = s * w * (p - y) / xp.maximum(p * (1 - p), eps)
     grad_y = -(s * w * xp.log(p / (1 - p)))  # torch: -logit(p), one rounding
@@ -109,10 +111,12 @@ def binary_cross_entropy_with_logits(
 
     The output takes the *target's* dtype, as in PyTorch.
     """
-    ct = compute_dtype(xp, result_type(xp, input.dtype, target.dtype))
+    ct = compute_dtype(
+        xp, result_type(xp, input.dtype, target.dtype), getattr(input, "device", None)
+    )
     x = xp.astype(input, ct)
     y = xp.astype(target, ct)
-    w = _weight(xp, weight, ct)
+    w = _weight(xp, weight, ct, getattr(input, "device", None))
     ls = log_sigmoid(xp, x)
     if pos_weight is None:
         losses = (1 - y) * x - ls
@@ -123,7 +127,7 @@ def binary_cross_entropy_with_logits(
     loss = xp.astype(reduce(xp, losses, reduction), target.dtype)
     if not want_grad:
         return LossGrads(loss)
-    s = _scale(xp, reduction, grad_output, tuple(input.shape), ct)
+    s = _scale(xp, reduction, grad_output, tuple(input.shape), ct, getattr(input, "device", None))
     sig = sigmoid(xp, x)
     if pos_weight is None:
         grad_x = s * w * (sig - y)

@@ -73,11 +73,18 @@ def position_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def upstream_scale(
-    xp: Any, reduction: str, grad_output: Any, denominator: Any, num_rows: int, dtype: Any
+    xp: Any,
+    reduction: str,
+    grad_output: Any,
+    denominator: Any,
+    num_rows: int,
+    dtype: Any,
+    device: Any,
 ) -> Any:
     """Per-row scale ``s_i`` as an (M, 1) array (or a 0-d array broadcasting to it)."""
     if grad_output is None:
-        g = xp.ones((), dtype=dtype) if reduction != "none" else xp.ones((num_rows,), dtype=dtype)
+        shape = () if reduction != "none" else (num_rows,)
+        g = xp.ones(shape, dtype=dtype, device=device)
     else:
         g = xp.astype(grad_output, dtype)
     if reduction == "none":
@@ -109,6 +116,13 @@ def _onehot(xp: Any, index: Any, num_classes: int, dtype: Any) -> Any:
 
 def _device(a: Any) -> Any:
     return getattr(a, "device", None)
+
+
+def _class_weight(xp: Any, weight: Any | None, num_classes: int, dtype: Any, device: Any) -> Any:
+    """The ``(C,)`` class weights in ``dtype``: ones without ``weight``."""
+    if weight is None:
+        return xp.ones((num_classes,), dtype=dtype, device=device)
+    return xp.astype(weight, dtype)
 
 
 def _zeros(xp: Any, like: Any) -> Any:
@@ -143,7 +157,14 @@ def cross_entropy(
             xp, input, target, weight, reduction, label_smoothing, want_grad, grad_output
         )
     return _index_cross_entropy(
-        xp, input, target, weight, ignore_index, reduction, label_smoothing, want_grad,
+        xp,
+        input,
+        target,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        want_grad,
         grad_output,
     )
 
@@ -151,7 +172,7 @@ def cross_entropy(
 def _index_cross_entropy(
     xp, input, target, weight, ignore_index, reduction, eps, want_grad, grad_output
 ) -> LossGrads:
-    ct = compute_dtype(xp, input.dtype)
+    ct = compute_dtype(xp, input.dtype, _device(input))
     x = to_rows(xp, xp.astype(input, ct))
     num_rows, num_classes = x.shape
     t = xp.reshape(xp.astype(target, xp.int64), (-1,))
@@ -160,10 +181,10 @@ def _index_cross_entropy(
     w_row = kept_weight(xp, t, weight, ignore_index, ct)  # m_i * w[y_i]
 
     logp = _log_softmax_rows(xp, x)
-    zero = xp.zeros((), dtype=ct)
+    zero = xp.zeros((), dtype=ct, device=_device(x))
     losses = xp.where(kept, -w_row * _gather(xp, logp, safe), zero)
     if eps > 0:
-        w = xp.ones((num_classes,), dtype=ct) if weight is None else xp.astype(weight, ct)
+        w = _class_weight(xp, weight, num_classes, ct, _device(x))
         smooth = xp.where(kept, -xp.sum(w * logp, axis=1), zero)
         losses = (1 - eps) * losses + smoothing_share(eps, num_classes) * smooth
     denominator = xp.sum(w_row)
@@ -174,7 +195,7 @@ def _index_cross_entropy(
     if not want_grad:
         return LossGrads(loss)
 
-    s = upstream_scale(xp, reduction, grad_output, denominator, num_rows, ct)
+    s = upstream_scale(xp, reduction, grad_output, denominator, num_rows, ct, _device(x))
     if reduction == "mean":
         # D = 0: torch's gradient of every kept row is NaN (its nll part is 0/0 at the target).
         s = xp.where(denominator == 0, denominator * math.nan, s)
@@ -194,11 +215,11 @@ def _soft_cross_entropy(
     # An integer or bool weight (torch promotes it) does not change the floating result type.
     float_weight = weight is not None and xp.isdtype(weight.dtype, "real floating")
     out_dtype = result_type(xp, input.dtype, target.dtype, weight.dtype if float_weight else None)
-    ct = compute_dtype(xp, out_dtype)
+    ct = compute_dtype(xp, out_dtype, _device(input))
     x = to_rows(xp, xp.astype(input, ct))
     q = to_rows(xp, xp.astype(target, ct))
     num_rows, num_classes = x.shape
-    w = xp.ones((num_classes,), dtype=ct) if weight is None else xp.astype(weight, ct)
+    w = _class_weight(xp, weight, num_classes, ct, _device(x))
     q_smooth = (1 - eps) * q + smoothing_share(eps, num_classes) if eps > 0 else q
 
     logp = _log_softmax_rows(xp, x)
@@ -210,7 +231,7 @@ def _soft_cross_entropy(
     if not want_grad:
         return LossGrads(loss)
 
-    s = upstream_scale(xp, reduction, grad_output, num_rows, num_rows, ct)
+    s = upstream_scale(xp, reduction, grad_output, num_rows, num_rows, ct, _device(x))
     p = xp.exp(logp)
     wq = w * q_smooth
     grad_x = s * (p * xp.sum(wq, axis=1, keepdims=True) - wq)
@@ -236,26 +257,26 @@ def nll_loss(
     grad_output: Any | None = None,
 ) -> LossGrads:
     """Negative log-likelihood of log-probabilities ``input`` and its analytic gradient."""
-    ct = compute_dtype(xp, input.dtype)
+    ct = compute_dtype(xp, input.dtype, _device(input))
     a = to_rows(xp, input)  # (only the target entries are read: widened after the gather)
     num_rows, num_classes = a.shape
     t = xp.reshape(xp.astype(target, xp.int64), (-1,))
     kept = t != ignore_index
     safe = xp.where(kept, t, xp.zeros_like(t))
     w_row = kept_weight(xp, t, weight, ignore_index, ct)
-    zero = xp.zeros((), dtype=ct)
+    zero = xp.zeros((), dtype=ct, device=_device(a))
     losses = xp.where(kept, -w_row * xp.astype(_gather(xp, a, safe), ct), zero)
     denominator = xp.sum(w_row)
     loss = reduce(xp, xp.reshape(losses, position_shape(input.shape)), reduction, denominator)
     loss = xp.astype(loss, input.dtype)
     if not want_grad:
         return LossGrads(loss)
-    s = upstream_scale(xp, reduction, grad_output, denominator, num_rows, ct)
+    s = upstream_scale(xp, reduction, grad_output, denominator, num_rows, ct, _device(a))
     # Only the target entries are written (as in torch): a non-finite scale (a zero total weight,
     # an infinite upstream gradient) leaves the other entries 0 instead of multiplying them.
     classes = xp.arange(num_classes, dtype=safe.dtype, device=_device(safe))
     hit = (xp.reshape(safe, (-1, 1)) == classes) & xp.reshape(kept, (-1, 1))
     # built in the input's dtype (each value rounded once, as before): no widened (M, C) copy
     value = xp.astype(-s * xp.reshape(w_row, (-1, 1)), input.dtype)
-    g = xp.where(hit, value, xp.zeros((), dtype=input.dtype))
+    g = xp.where(hit, value, xp.zeros((), dtype=input.dtype, device=_device(a)))
     return LossGrads(loss, from_rows(xp, g, input.shape))
