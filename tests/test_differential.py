@@ -121,13 +121,19 @@ def test_low_precision_no_worse_than_torch(case: Case, dtype: torch.dtype, impl:
     theirs = torch_oracle(case.op, t, case.kwargs, g)
     ours = crossent_torch(case.op, t, case.kwargs, g, impl=impl)
     slack = torch.finfo(dtype).eps / 2 * (4 if dtype == torch.float32 else 1)
+    _assert_no_worse_than_torch(ours, theirs, truth, slack, f"{case.id} {dtype}")
+
+
+def _assert_no_worse_than_torch(ours, theirs, truth, slack: float, label: str) -> None:
+    """Each result (loss, gradients) has torch's dtype and an error against the float64
+    ``truth`` at most torch's own plus ``slack``."""
     for i, what in enumerate(("loss", "grad_input", "grad_target")):
         if truth[i] is None:
             continue
         assert ours[i].dtype == theirs[i].dtype, f"{what}: dtype"
         err_ours, err_torch = _error(ours[i], truth[i]), _error(theirs[i], truth[i])
         assert err_ours <= err_torch + slack, (
-            f"{case.id} {dtype} {what}: crossent error {err_ours:.3g} > torch {err_torch:.3g}"
+            f"{label} {what}: crossent error {err_ours:.3g} > torch {err_torch:.3g}"
         )
 
 
@@ -143,15 +149,8 @@ def test_float32_on_a_device_without_float64_no_worse_than_torch(case: Case) -> 
     truth = torch_oracle(case.op, exact_inputs, case.kwargs, g.double())
     theirs = torch_oracle(case.op, t, case.kwargs, g)
     ours = crossent_and_grad(case.op, t, case.kwargs, g, "strict-no-float64")
-    slack = 4 * torch.finfo(torch.float32).eps / 2
-    for i, what in enumerate(("loss", "grad_input", "grad_target")):
-        if truth[i] is None:
-            continue
-        assert ours[i].dtype == theirs[i].dtype, f"{what}: dtype"
-        err_ours, err_torch = _error(ours[i], truth[i]), _error(theirs[i], truth[i])
-        assert err_ours <= err_torch + slack, (
-            f"{case.id} {what}: crossent error {err_ours:.3g} > torch {err_torch:.3g}"
-        )
+    _assert_no_worse_than_torch(ours, theirs, truth, 4 * torch.finfo(torch.float32).eps / 2,
+                                f"{case.id} no_float64")  # fmt: skip
 
 
 @pytest.mark.parametrize("device", ["device1", "no_float64"])

@@ -73,14 +73,9 @@ def position_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def upstream_scale(
-    xp: Any,
-    reduction: str,
-    grad_output: Any,
-    denominator: Any,
-    num_rows: int,
-    dtype: Any,
+    xp: Any, reduction: str, grad_output: Any, denominator: Any, num_rows: int, dtype: Any,
     device: Any,
-) -> Any:
+) -> Any:  # fmt: skip
     """Per-row scale ``s_i`` as an (M, 1) array (or a 0-d array broadcasting to it)."""
     if grad_output is None:
         shape = () if reduction != "none" else (num_rows,)
@@ -157,16 +152,9 @@ def cross_entropy(
             xp, input, target, weight, reduction, label_smoothing, want_grad, grad_output
         )
     return _index_cross_entropy(
-        xp,
-        input,
-        target,
-        weight,
-        ignore_index,
-        reduction,
-        label_smoothing,
-        want_grad,
+        xp, input, target, weight, ignore_index, reduction, label_smoothing, want_grad,
         grad_output,
-    )
+    )  # fmt: skip
 
 
 def _index_cross_entropy(
