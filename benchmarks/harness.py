@@ -74,10 +74,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Suite name -> module. Suites not listed here are looked up as ``benchmarks.<name>``.
+#: Suite name -> module: the suites of this directory (named in error messages and ``--help``).
+#: Others are looked up as ``benchmarks.<name>``, or as a module path.
 SUITES: dict[str, str] = {
-    "cross_entropy": "benchmarks.cross_entropy",
-}
+    name: f"benchmarks.{name}"
+    for name in ("classifier", "cross_entropy", "cross_entropy_small", "linear", "linear_small",
+                 "losses_small")
+}  # fmt: skip
 
 #: The most relative error a provider may have against the float64 reference, per input dtype.
 #: Within that, each bound is relative to the baseline provider's own error on the same case

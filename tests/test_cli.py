@@ -311,6 +311,12 @@ def test_infinite_tolerance_is_bad_input(tmp_path, capsys):
     assert_bad_input(*result, "--tol must be positive and finite")
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_a_seed_outside_numpys_range_is_bad_input(tmp_path, capsys, seed):
+    result = run_main(capsys, "train", "--seed", seed, "--out", tmp_path / "o")
+    assert_bad_input(*result, "--seed must be in [0, 2**32 - 1]")
+
+
 def test_predict_scores_the_labelled_rows_of_a_partly_labelled_file(trained, tmp_path, capsys):
     *_, directory = trained
     data, *_ = digits_csv(tmp_path / "d.csv", n=40)
@@ -580,3 +586,22 @@ def test_predict_compares_numeric_labels_by_value(trained, tmp_path, capsys):
     assert status == 0, err
     accuracy = float(err.split("accuracy against 'target': ")[1].split()[0])
     assert accuracy > 0.9
+
+
+def test_predict_compares_text_labels_whole(tmp_path, capsys):
+    # classes "a", "b", "c" scored on a file labelled "apple", "bob", "cat": no label is a
+    # class (the labels were cut to the classes' one-character width and all counted)
+    rows = _three_groups(["a", "b", "c"])
+    data = write_csv(tmp_path / "d.csv", ["f", "g", "label"], rows)
+    status, _, err = run_main(capsys, "train", "--data", data, "--out", tmp_path / "o", "--no-plot")
+    assert status == 0, err
+    renamed = [[*row[:2], {"a": "apple", "b": "bob", "c": "cat"}[row[2]]] for row in rows]
+    scored = write_csv(tmp_path / "s.csv", ["f", "g", "label"], renamed)
+    status, _, err = run_main(capsys, "predict", "--model", tmp_path / "o" / "model.npz",
+                              "--data", scored)  # fmt: skip
+    assert status == 0, err
+    assert "accuracy against 'label': 0.0000" in err
+    status, _, err = run_main(capsys, "predict", "--model", tmp_path / "o" / "model.npz",
+                              "--data", data)  # fmt: skip
+    assert "accuracy against 'label': 1.0000" in err
+

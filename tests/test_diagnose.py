@@ -627,3 +627,17 @@ def test_warning_mode_fires_from_the_loss_functions_themselves():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         crossent.cross_entropy(probs, torch.tensor([2, 0]))  # off by default: no warning
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize(("classes", "scale"), [(10, 0.1), (100, 1.0), (1000, 5.0),
+                                                (32000, 1.0)])  # fmt: skip
+def test_log_probabilities_rounded_to_half_precision_are_not_called_logits(dtype, classes, scale):
+    # a bfloat16 log_softmax row's logsumexp is up to ~0.02 from 0 (each entry rounded): the
+    # right input for nll_loss, which a fixed 1e-3 threshold called logits; logits still are
+    g = torch.Generator().manual_seed(classes)
+    z = (scale * torch.randn(64, classes, generator=g)).to(dtype)
+    target = torch.randint(0, classes, (64,), generator=g)
+    assert not crossent.diagnose(z.log_softmax(1), target, loss="nll_loss")
+    codes = [f.code for f in crossent.diagnose(z, target, loss="nll_loss")]
+    assert "logits-as-log-probabilities" in codes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -144,6 +145,28 @@ def test_no_classes_k_dim_probability_target(impl) -> None:
                                equal_nan=True)  # fmt: skip
     ours = crossent.cross_entropy(x.numpy(), target.numpy(), label_smoothing=0.1)
     torch.testing.assert_close(torch.as_tensor(ours), expected, equal_nan=True)
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused", "triton"])
+def test_no_classes_probability_rows_are_torchs_negative_zero(impl) -> None:
+    # torch's per-row loss of probabilities over no classes is -sum() = -0.0 (the fused
+    # kernels' no-class rows were +0.0)
+    x, target = torch.zeros(3, 0), torch.zeros(3, 0)
+    expected = torch.nn.functional.cross_entropy(x, target, reduction="none")
+    ours = crossent.cross_entropy(x, target, reduction="none", impl=impl)
+    assert torch.equal(ours, expected) and torch.equal(ours.signbit(), expected.signbit())
+
+
+def test_linear_cross_entropy_with_no_classes() -> None:
+    # torch's result on every route that can serve it; the blocked path says it cannot
+    x, w = torch.randn(4, 3, requires_grad=True), torch.zeros(0, 3, requires_grad=True)
+    for target in (torch.rand(4, 0), torch.full((4,), -100)):
+        expected = torch.nn.functional.linear_cross_entropy(x, w, target, reduction="none")
+        for impl in ("auto", "reference"):
+            ours = crossent.linear_cross_entropy(x, w, target, reduction="none", impl=impl)
+            assert torch.equal(ours, expected) and torch.equal(ours.signbit(), expected.signbit())
+        with pytest.raises(NotImplementedError, match="a vocabulary of no classes"):
+            crossent.linear_cross_entropy(x, w, target, impl="fused")
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -369,9 +392,9 @@ def test_a_one_element_tensor_as_dim_is_taken_where_torch_takes_it(name) -> None
 @pytest.mark.parametrize("impl", ["auto", "reference", "fused", "torch", "numpy", "linear"])
 def test_torchs_label_smoothing_failures_are_refused_by_every_impl(impl) -> None:
     # torch's cross_entropy fails on a uint8 target with class weights and label smoothing
-    # under reduction='mean' (its gather wants int64), and on an (N, 0, d) input with label
-    # smoothing; crossent raised there on the 'auto' route only (torch's kernel) and returned
-    # a number elsewhere
+    # under reduction='mean' (its gather wants int64), and on an (N, 0, d) input (with or without
+    # smoothing, nll_loss too); crossent raised there on the 'auto' route only (torch's kernel)
+    # and returned a number elsewhere
     x, t = torch.randn(4, 3), torch.tensor([1, 0, 2, 1], dtype=torch.uint8)
     kw = dict(weight=torch.ones(3), label_smoothing=0.2)
     empty_x, empty_t = torch.ones(2, 0, 2), torch.full((2, 2), -100)
@@ -396,7 +419,65 @@ def test_torchs_label_smoothing_failures_are_refused_by_every_impl(impl) -> None
         calls = [lambda: crossent.cross_entropy(x, t, **kw, impl=impl),
                  lambda: crossent.cross_entropy(empty_x, empty_t, label_smoothing=0.5,
                                                 impl=impl)]  # fmt: skip
-    for call, match in zip(calls, ("needs int64 class indices, got uint8", "no classes"),
+    for call, match in zip(calls, ("needs int64 class indices, got uint8", "has no classes"),
                            strict=False):  # fmt: skip
         with pytest.raises(RuntimeError, match=match):
             call()
+
+
+@pytest.mark.parametrize("impl", ["auto", "reference", "fused", "numpy"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "nll_loss"])
+def test_an_n_0_d_input_with_target_positions_is_torchs_runtime_error(loss, impl) -> None:
+    # torch fails on (N, 0, d) class-index inputs with N * d > 0 (a size mismatch), smoothing
+    # or not, and computes NaN for (0, 0, d), (N, 0, 0) and 4-D ones
+    if loss == "nll_loss" and impl == "fused":
+        pytest.skip("nll_loss has no fused impl")
+    ours = getattr(crossent, loss)
+    kwargs = {} if impl == "numpy" else {"impl": impl}
+    convert = (lambda a: a.numpy()) if impl == "numpy" else (lambda a: a)
+    x, t = torch.randn(2, 0, 3), torch.full((2, 3), -100)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        getattr(torch.nn.functional, loss)(x, t)
+    with pytest.raises(RuntimeError, match=r"shape \[2, 0, 3\] has no classes for its 6 target"):
+        ours(convert(x), convert(t), **kwargs)
+    for shape in ((0, 0, 3), (2, 0, 0), (2, 0, 3, 2)):
+        x, t = torch.randn(*shape), torch.full((shape[0], *shape[2:]), -100)
+        expected = getattr(torch.nn.functional, loss)(x, t)
+        got = torch.as_tensor(ours(convert(x), convert(t), **kwargs))
+        torch.testing.assert_close(got, expected, equal_nan=True)
+
+
+@pytest.mark.parametrize("impl", ["auto", "reference", "fused", "torch"])
+@pytest.mark.parametrize("moved", ["target", "weight"])
+def test_a_tensor_on_another_device_is_torchs_runtime_error(impl, moved) -> None:
+    # torch refuses arguments on two devices; the fused CPU kernel read a meta target or
+    # weight as its own memory and returned garbage that changed from run to run
+    x, index, probs, w = torch.randn(3, 4), torch.tensor([0, 1, 2]), torch.rand(3, 4), torch.rand(4)
+    meta = {"target": (index.to("meta"), w), "weight": (index, w.to("meta"))}[moved]
+    with pytest.raises(RuntimeError):
+        torch.nn.functional.cross_entropy(x, *meta)
+    calls = [lambda: crossent.cross_entropy(x, *meta, impl=impl),
+             lambda: crossent.cross_entropy_with_extras(x, *meta, impl=impl),
+             lambda: crossent.nll_loss(x, *meta, impl="auto" if impl == "fused" else impl),
+             lambda: crossent.linear_cross_entropy(x, torch.eye(4), meta[0], weight=meta[1],
+                                                   impl="auto" if impl == "torch" else impl)]
+    if moved == "target":
+        calls.append(lambda: crossent.cross_entropy(x, probs.to("meta"), impl=impl))
+    for call in calls:
+        with pytest.raises(RuntimeError, match=r"on the same device.*on meta"):
+            call()
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused", "torch"])
+def test_an_out_of_range_target_names_its_position_in_its_own_shape(impl) -> None:
+    # a 0-d target is at (), a K-dim one at its K-dim index; the fused kernel's flattened
+    # position is not shown, not even as the context of the error
+    cases = [(torch.randn(4), torch.tensor(5), "at position ()"),
+             (torch.randn(2, 4, 3), torch.tensor([[0, 0, 0], [0, 0, 9]]), "at position (1, 2)")]
+    for x, t, where in cases:
+        extras = "auto" if impl == "torch" else impl  # (torch has no extras kernel)
+        for call in (lambda x=x, t=t: crossent.cross_entropy(x, t, impl=impl),
+                     lambda x=x, t=t, e=extras: crossent.cross_entropy_with_extras(x, t, impl=e)):
+            with pytest.raises(IndexError, match=re.escape(where)) as info:
+                call()
+            assert info.value.__suppress_context__ or info.value.__context__ is None

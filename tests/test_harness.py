@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -64,3 +65,16 @@ def test_quick_suites_validate_every_provider(suite):
         built = {p.name: p.build(case) for p in providers}
         errors = harness.validate(case, providers, built, baseline=module.BASELINE)
         assert set(errors) == {p.name for p in providers}
+
+
+def test_registered_suites_are_every_suite_of_the_directory():
+    # the unknown-suite message and --help list SUITES: every suite module, each importable
+    import importlib
+
+    directory = Path(harness.__file__).parent
+    defined = {p.stem for p in directory.glob("*.py")
+               if re.search(r"^def providers\(", p.read_text(), re.M)}  # fmt: skip
+    assert defined == set(harness.SUITES)
+    for module in harness.SUITES.values():
+        suite = importlib.import_module(module)
+        assert callable(suite.cases) and callable(suite.providers) and suite.BASELINE

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -216,6 +217,31 @@ def test_matches_torch_linear_cross_entropy_kdim(reduction, budget):
             strict=True,
         ):
             assert rel_err(got, want) <= F64_TOL
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference", "auto"])
+def test_kdim_mean_with_no_kept_position_has_torchs_zero_gradients(impl):
+    # all targets ignored, or no rows: loss NaN and gradients 0 in torch; the blocked K-dim
+    # path gave NaN dW and db (its per-position sums' zero gradients times d(sum / 0) = inf)
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(7, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(7, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    zero_weight = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+    cases = [  # (rows, target, class weights): the last has kept rows of weight 0 (torch: NaN)
+        (torch.randn(3, 4, generator=g, dtype=torch.float64), torch.full((3, 2), -100), None),
+        (torch.randn(0, 4, dtype=torch.float64), torch.empty(0, 2, dtype=torch.long), None),
+        (torch.randn(0, 4, dtype=torch.float64), torch.empty(0, 7, 2, dtype=torch.float64), None),
+        (torch.randn(2, 4, generator=g, dtype=torch.float64), torch.tensor([[0, 1], [1, 0]]),
+         zero_weight),
+    ]  # fmt: skip
+    for x, target, weight in cases:
+        x.requires_grad_()
+        ours = linear_cross_entropy(x, w, target, linear_bias=b, weight=weight, impl=impl)
+        ref = F.linear_cross_entropy(x, w, target, linear_bias=b, weight=weight)
+        assert ours.isnan() and ref.isnan()
+        for got, want in zip(torch.autograd.grad(ours, (x, w, b)),
+                             torch.autograd.grad(ref, (x, w, b)), strict=True):  # fmt: skip
+            torch.testing.assert_close(got, want, equal_nan=True, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("impl", ["auto", "reference"])
@@ -599,6 +625,12 @@ BAD_CALLS = {
     "integer probabilities": lambda f: f(_X, _W, torch.ones(4, 5, dtype=torch.long)),
     "class weight dtype": lambda f: f(_X, _W, _Y, weight=torch.ones(5, dtype=torch.float64)),
     "class weight size": lambda f: f(_X, _W, _Y, weight=torch.ones(4)),
+    "class weight list": lambda f: f(_X, _W, _Y, weight=[1.0] * 5),
+    "class weight ndarray": lambda f: f(_X, _W, _Y, weight=np.ones(5, "f4")),
+    "target list": lambda f: f(_X, _W, [0, 1, 4, 2]),
+    "input list": lambda f: f(_X.tolist(), _W, _Y),
+    "linear_weight list": lambda f: f(_X, _W.tolist(), _Y),
+    "linear_bias list": lambda f: f(_X, _W, _Y, linear_bias=[0.0] * 5),
     "class weight requires grad": lambda f: f(_X, _W, _Y, weight=torch.ones(5, requires_grad=True)),
     "label smoothing > 1": lambda f: f(_X, _W, _Y, label_smoothing=1.5),
     "reduction": lambda f: f(_X, _W, _Y, reduction="avg"),
@@ -789,6 +821,10 @@ def test_plan_blocks_checks_its_arguments_as_linear_cross_entropy_does():
             plan_blocks(4, 8, 100, memory_budget=bad)
     with pytest.raises(ValueError, match="positive number of bytes"):
         plan_blocks(4, 8, 100, memory_budget=0)
+    with pytest.raises(TypeError, match=r"dtype must be a torch\.dtype, got str"):
+        plan_blocks(4, 8, 100, "float32")
+    with pytest.raises(ValueError, match="floating dtype"):
+        plan_blocks(4, 8, 100, torch.int64)
 
 
 def test_small_problems_go_to_torchs_kernels(monkeypatch):

@@ -50,7 +50,12 @@ from torch.utils import _python_dispatch
 from crossent import _reduction
 from crossent._array import needs_grad
 from crossent.backends import cpu
-from crossent.backends.rows import RowOptions, accumulation_dtype, num_rows
+from crossent.backends.rows import (
+    RowOptions,
+    accumulation_dtype,
+    num_rows,
+    rows_without_classes,
+)
 
 KERNELS: tuple[str, ...] = ("cpu", "triton")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -242,7 +247,7 @@ def _forward(
     if reduction == "mean" and grad is not None:
         row_scale = reciprocal if reciprocal is not None else _reciprocal(denominator, logits)
     if logits.shape[1] == 0:
-        rows, lse = _rows_without_classes(logits, target, options, acc)
+        rows, lse = rows_without_classes(logits, target, options, acc)
     else:
         rows, lse = _rows_kernel(kernel)(
             logits, target, weight, options, grad, row_scale=row_scale
@@ -291,18 +296,6 @@ def _reduce_with_torch(rows, lse, reduction, denominator, options, smoothed):
     z_loss = torch.zeros(lse.shape if reduction == "none" else (), dtype=lse.dtype,
                          device=lse.device)  # fmt: skip
     return loss, z_loss / denominator if reduction == "mean" else z_loss
-
-
-def _rows_without_classes(
-    logits: torch.Tensor, target: torch.Tensor, options: RowOptions, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row losses and log-sum-exps of a block with no classes, where every row is ignored (the
-    target check rejected any kept index): loss 0, or NaN for smoothed class indices (torch's
-    ``0 * eps / C`` with ``C = 0``); lse 0, as for any ignored row; no gradient to write."""
-    smoothed = options.label_smoothing > 0 and not target.is_floating_point()
-    rows = torch.full((num_rows(logits),), math.nan if smoothed else 0.0, dtype=dtype,
-                      device=logits.device)  # fmt: skip
-    return rows, torch.zeros_like(rows)
 
 
 def _options(ignore_index: int, label_smoothing: float, z_loss: float, softcap: float | None):

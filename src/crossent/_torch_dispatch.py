@@ -72,13 +72,17 @@ def cross_entropy(
             inplace_backward=inplace_backward, loss_dtype=loss_dtype, target_check=target_check,
         )  # fmt: skip
     except IndexError:
-        if target.dim() > 1 and not layout.probabilities and not torch.compiler.is_compiling():
-            # the same check on the target as given, for the position in its own shape
+        if target.dim() != 1 and not layout.probabilities and not torch.compiler.is_compiling():
+            # the same check on the target as given, for the position in its own shape (the
+            # kernel's names the flattened one), raised alone: no traceback of the first
             from crossent._fused_op import _torch_namespace
             from crossent._validation import check_target_range
 
-            check_target_range(_torch_namespace(), target, input.shape[1],
-                               row_options.ignore_index)  # fmt: skip
+            try:
+                check_target_range(_torch_namespace(), target, layout.num_classes,
+                                   row_options.ignore_index)  # fmt: skip
+            except IndexError as exc:
+                raise exc from None
         raise
     except FusedUnsupported as exc:
         if impl == "auto":

@@ -23,7 +23,14 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from crossent._array import dtype_name, is_floating, is_integral, needs_grad, shape_str
+from crossent._array import (
+    dtype_name,
+    is_floating,
+    is_integral,
+    is_torch,
+    needs_grad,
+    shape_str,
+)
 from crossent._reduction import REDUCTIONS
 
 
@@ -105,20 +112,34 @@ def legacy_reduction(
     return result
 
 
-class MissingArrayError(TypeError, AttributeError):
-    """A required array argument is None. A TypeError, and also the AttributeError torch's
-    binary losses raise there (they call ``.size()`` on it)."""
+class NotAnArrayError(TypeError, AttributeError):
+    """A required array argument is None or not an array. A TypeError, and also the
+    AttributeError torch raises where it reads ``.size()`` or ``.shape`` of such an argument
+    (its binary losses; linear_cross_entropy's target)."""
 
 
 def check_given(input: Any, target: Any, op: str) -> None:
     """``input`` and ``target`` are required arrays: None is a TypeError, as in torch (an
-    AttributeError too: :class:`MissingArrayError`)."""
+    AttributeError too: :class:`NotAnArrayError`)."""
     for position, (name, value) in enumerate((("input", input), ("target", target)), start=1):
         if value is None:
-            raise MissingArrayError(
+            raise NotAnArrayError(
                 f"{op}(): argument {name!r} (position {position}) must be an array (a tensor "
                 f"for torch), not NoneType"
             )
+
+
+def check_same_device(op: str, **arrays: Any) -> None:
+    """The torch tensors of one call lie on one device: a RuntimeError otherwise, as torch's
+    (the fused CPU kernel would read a tensor of another device as if it were its own). Other
+    arrays' libraries check their devices themselves."""
+    tensors = {name: a for name, a in arrays.items() if a is not None and is_torch(a)}
+    if len({a.device for a in tensors.values()}) > 1:
+        where = ", ".join(f"{name} on {a.device}" for name, a in tensors.items())
+        raise RuntimeError(
+            f"Expected all tensors to be on the same device, but found at least two devices: "
+            f"{op}() got {where}"
+        )
 
 
 #: The ways the fused path may check class-index targets (``target_check``; what each does:
@@ -327,6 +348,13 @@ def check_nll_args(xp: Any, input: Any, target: Any, weight: Any) -> int:
     weight dtype); returns the number of classes."""
     _index_target_checks(xp, input, target)
     num_classes = input.shape[0] if input.ndim == 1 else input.shape[1]
+    if input.ndim == 3 and num_classes == 0 and math.prod(target.shape) > 0:
+        raise RuntimeError(
+            f"an input of shape {shape_str(input.shape)} has no classes for its "
+            f"{math.prod(target.shape)} target positions: torch fails on it ('size mismatch "
+            f"(got input: [{input.shape[0]}, 0, 0, 0] , target: [{target.shape[0]}, 1, "
+            f"{target.shape[1]}]'), as nll_loss and cross_entropy of class indices"
+        )
     _check_weight_size(weight, num_classes, input.ndim, probabilities=False, op="nll_loss")
     check_floating_input(xp, input, "nll_loss")
     _check_weight_dtype(xp, input, weight)
@@ -383,7 +411,7 @@ def check_smoothing_failures(
     input: Any, target: Any, weight: Any, reduction: str, label_smoothing: float,
     layout: ClassTargetLayout,
 ) -> None:  # fmt: skip
-    """Two class-index mixes with label smoothing on which torch's ``cross_entropy`` fails
+    """A class-index mix with label smoothing on which torch's ``cross_entropy`` fails
     (RuntimeError), refused the same way so that every impl and array library agrees with it."""
     if layout.probabilities or not label_smoothing > 0:
         return
@@ -393,12 +421,6 @@ def check_smoothing_failures(
             "class indices, got uint8 (torch gathers the weights with the target there and "
             "fails: 'gather(): Expected dtype int32/int64 for index'); convert the target to "
             "int64"
-        )
-    if input.ndim == 3 and layout.num_classes == 0:
-        raise RuntimeError(
-            f"cross_entropy with label_smoothing of an input of shape {shape_str(input.shape)} "
-            f"(no classes): torch fails on this size mismatch ('size mismatch (got input: "
-            f"[{input.shape[0]}, 0, 0, 0] ...'); there are no classes to smooth over"
         )
 
 

@@ -389,6 +389,8 @@ def _train(args: argparse.Namespace) -> int:
                                f"got {value}")  # fmt: skip
     if args.max_iter < 1:
         raise CommandError(f"--max-iter must be at least 1, got {args.max_iter}")
+    if not 0 <= args.seed < 2**32:  # (NumPy's and scikit-learn's seed range)
+        raise CommandError(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
     if not 0 <= args.label_smoothing <= 1:
         raise CommandError(f"--label-smoothing must be in [0, 1], got {args.label_smoothing}")
     _check_directory(out)
@@ -560,6 +562,20 @@ def _load_model(path: str) -> Any:
         raise CommandError(message) from None
 
 
+def _label_hits(predicted: Any, truth: Any) -> Any:
+    """Which file labels equal the predicted classes: text classes as whole strings (a cast to
+    the classes' string width would cut "apple" to "a"); numeric classes by value, so labels
+    written another way ("1.0" for 1) count."""
+    import numpy as np
+
+    if predicted.dtype.kind in "USO":
+        return predicted.astype(str) == truth.astype(str)
+    try:
+        return predicted.astype(np.float64) == truth.astype(np.float64)
+    except (TypeError, ValueError):  # a label that is not a number matches no numeric class
+        return predicted.astype(str) == truth.astype(str)
+
+
 def _predict(args: argparse.Namespace) -> int:
     _require_extra("sklearn", "sklearn")
     import csv
@@ -608,14 +624,8 @@ def _predict(args: argparse.Namespace) -> int:
     if table.target is not None:
         truth = np.asarray(table.target)
         labelled = truth != "" if truth.dtype.kind == "U" else np.ones(len(truth), dtype=bool)
-        predicted, truth = predictions[labelled], truth[labelled]
-        try:
-            hits = predicted == truth.astype(predicted.dtype)
-        except (TypeError, ValueError):
-            try:  # numeric classes, labels written another way ("1.0" for 1): compare values
-                hits = predicted.astype(np.float64) == truth.astype(np.float64)
-            except (TypeError, ValueError):
-                hits = predicted.astype(str) == truth.astype(str)
+        hits = _label_hits(predictions[labelled], truth[labelled])
+        truth = truth[labelled]
         if len(truth):
             unlabelled = len(labelled) - len(truth)
             rows = f" ({len(truth)} labelled rows; {unlabelled} without a label)" * (unlabelled > 0)

@@ -1154,10 +1154,12 @@ def _precision_table(args: _Args, parts: _Parts, dtype: str) -> Table:
         rows.append(Row(name, (repr(hi), _repr_in(lo, dtype), rel_text)))
     digits = {"float32": "about 7", "float16": "about 3", "bfloat16": "about 2"}[dtype]
     notes = [
-        f"The inputs rounded to {dtype}, through crossent, which computes in a wider type and "
-        f"rounds each result once: the differences come from rounding the inputs and the "
-        f"results to {dtype} ({digits} significant digits). torch, computing in {dtype} "
-        f"itself, may differ in the last digits.",
+        f"The inputs rounded to {dtype}, through crossent's reference (the *_and_grad "
+        f"functions, impl='reference'), which computes in a wider type and rounds each result "
+        f"once: the differences come from rounding the inputs and the results to {dtype} "
+        f"({digits} significant digits). torch, computing in {dtype} itself, may differ in "
+        f"the last digits, and so may crossent's default impl='auto' where it hands a small "
+        f"CPU problem to torch's kernel.",
     ]
     if equal:
         notes.append(

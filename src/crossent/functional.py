@@ -255,6 +255,7 @@ def _prepare_cross_entropy(
     kernels take it: 1-D (torch accepts any weight of C elements for K-dim inputs)."""
     check.check_given(input, target, "cross_entropy")
     xp = namespace(input, target, weight)
+    check.check_same_device("cross_entropy", input=input, target=target, weight=weight)
     reduction = check.check_reduction(reduction)
     ignore_index = check.check_ignore_index(ignore_index)
     label_smoothing = check.check_label_smoothing(label_smoothing)
@@ -644,6 +645,7 @@ def _prepare_nll(input, target, weight, ignore_index, reduction, *, check_range=
     (``target_check="device"`` on torch's CUDA kernel, which asserts)."""
     check.check_given(input, target, "nll_loss")
     xp = namespace(input, target, weight)
+    check.check_same_device("nll_loss", input=input, target=target, weight=weight)
     reduction = check.check_reduction(reduction)
     ignore_index = check.check_ignore_index(ignore_index)
     num_classes = check.check_nll_args(xp, input, target, weight)

@@ -147,6 +147,10 @@ def plan_blocks(
                         ("num_classes", num_classes)):  # fmt: skip
         if check.int_argument(value, name) < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value}")
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype, got {type(dtype).__name__} ({dtype!r})")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating dtype (the input's), got {dtype}")
     memory_budget = _check_memory_budget(memory_budget)
     if memory_budget is None:
         memory_budget = default_memory_budget(num_classes, dtype, device, in_features)
@@ -209,6 +213,14 @@ def _denominator(target: Tensor, weight: Tensor | None, ignore_index: int, dtype
     if target.dtype.is_floating_point:
         return torch.tensor(float(target.shape[0]), dtype=dtype, device=target.device)
     return _reduction.index_mean_denominator(xp, target, weight, ignore_index, dtype)
+
+
+def _mean_of_sum(total: Tensor, denominator: Tensor, gradient_denominator: Tensor) -> Tensor:
+    """``total / denominator`` as torch divides (value bit for bit), whose gradient with respect
+    to ``total`` is ``1 / gradient_denominator``: the value plus a term that is exactly ``+0``
+    (``q - q`` of a finite ``q``) but carries the gradient."""
+    q = total / gradient_denominator
+    return total.detach() / denominator - (q.detach() - q)
 
 
 def _reduce(rows: Tensor, reduction: str, denominator: Tensor) -> Tensor:
@@ -435,11 +447,11 @@ def _check_linear_args(input, linear_weight, linear_bias) -> tuple[int, ...]:
     """torch's checks of the linear part (order, types, messages); returns ``out_features``."""
     for name, value in (("input", input), ("linear_weight", linear_weight)):
         if not isinstance(value, Tensor):
-            raise TypeError(
+            raise check.NotAnArrayError(
                 f"linear_cross_entropy(): {name} must be a Tensor, got {type(value).__name__}"
             )
     if linear_bias is not None and not isinstance(linear_bias, Tensor):
-        raise TypeError(
+        raise check.NotAnArrayError(
             f"linear_cross_entropy(): linear_bias must be a Tensor or None, got "
             f"{type(linear_bias).__name__}"
         )
@@ -480,15 +492,6 @@ def _check_linear_args(input, linear_weight, linear_bias) -> tuple[int, ...]:
     return out_features
 
 
-def _check_devices(*tensors: Tensor | None) -> None:
-    devices = {t.device for t in tensors if t is not None}
-    if len(devices) > 1:
-        raise RuntimeError(
-            f"Expected all tensors to be on the same device, but found at least two devices: "
-            f"{', '.join(sorted(str(d) for d in devices))}"
-        )
-
-
 def _check_memory_budget(memory_budget: Any) -> int | None:
     if memory_budget is None:
         return None
@@ -519,10 +522,11 @@ def _prepare(
     import array_api_compat.torch as xp
 
     out_features = _check_linear_args(input, linear_weight, linear_bias)
-    if not isinstance(target, Tensor):
-        raise TypeError(
-            f"linear_cross_entropy(): target must be a Tensor, got {type(target).__name__}"
-        )
+    for name, value in (("target", target), ("weight", weight)):
+        if not isinstance(value, Tensor) and not (name == "weight" and value is None):
+            raise check.NotAnArrayError(
+                f"linear_cross_entropy(): {name} must be a Tensor, got {type(value).__name__}"
+            )
     logits_shape = (*input.shape[:-1], linear_weight.shape[0], *out_features)
     logits = _Logits(logits_shape, loss_dtype or input.dtype)
     probabilities = tuple(target.shape) == logits.shape
@@ -538,7 +542,10 @@ def _prepare(
         xp, logits, target, weight, ignore_index, label_smoothing
     )
     check.check_smoothing_failures(logits, target, weight, reduction, label_smoothing, layout)
-    _check_devices(input, linear_weight, linear_bias, target, weight)
+    check.check_same_device(
+        "linear_cross_entropy", input=input, linear_weight=linear_weight,
+        linear_bias=linear_bias, target=target, weight=weight,
+    )  # fmt: skip
     z_loss, softcap = check.check_extras(z_loss, softcap)
     return _Call(
         probabilities,
@@ -747,9 +754,15 @@ def _blocked(
     if call.reduction == "mean":
         if call.probabilities:  # the number of positions
             denominator = torch.tensor(float(x.shape[0] * positions), dtype=acc, device=x.device)
+            nothing_kept = torch.tensor(x.shape[0] * positions == 0, device=x.device)
         else:
             denominator = _denominator(t.reshape(-1), weight, call.ignore_index, acc)
-        loss, z = loss / denominator, z / denominator
+            nothing_kept = (t == call.ignore_index).all()
+        # torch's gradient where no position is kept (all ignored; no rows) is 0, not the
+        # parts' zero gradients times d(sum / 0) = inf, which is NaN
+        gradient_denominator = torch.where(nothing_kept, 1.0, denominator)
+        loss = _mean_of_sum(loss, denominator, gradient_denominator)
+        z = _mean_of_sum(z, denominator, gradient_denominator)
         if not call.probabilities:
             import array_api_compat.torch as xp
 
@@ -764,6 +777,8 @@ def _unsupported(input, linear_weight, linear_bias, target, weight) -> str | Non
     if transformed(input, linear_weight, linear_bias, target, weight):
         return ("torch.func transforms (grad, vmap, ...), which cannot see through its "
                 "gradient")  # fmt: skip
+    if linear_weight.shape[0] == 0:
+        return "a vocabulary of no classes"
     if needs_grad(target):
         return "a probability target that requires grad (it computes no target gradient)"
     if needs_grad(weight):

@@ -33,6 +33,7 @@ float64 logits); the gradient has the logits' dtype.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -66,6 +67,23 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     import torch
 
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def rows_without_classes(
+    logits: torch.Tensor, target: torch.Tensor, options: RowOptions, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row losses and log-sum-exps of a block with no classes (``C = 0``), which no kernel
+    needs to read: with class indices every row is ignored (the target check rejected any kept
+    index), loss 0, or NaN when smoothed (torch's ``0 * eps / C``); with probabilities torch's
+    ``-sum`` over no classes, ``-0``. lse 0, as for an ignored row; no gradient to write."""
+    import torch
+
+    if target.is_floating_point():
+        fill = -0.0
+    else:
+        fill = math.nan if options.label_smoothing > 0 else 0.0
+    rows = torch.full((num_rows(logits),), fill, dtype=dtype, device=logits.device)
+    return rows, torch.zeros_like(rows)
 
 
 def cross_entropy_rows(
