@@ -481,3 +481,19 @@ def test_an_out_of_range_target_names_its_position_in_its_own_shape(impl) -> Non
             with pytest.raises(IndexError, match=re.escape(where)) as info:
                 call()
             assert info.value.__suppress_context__ or info.value.__context__ is None
+
+
+def test_label_smoothing_takes_what_torchs_parser_takes() -> None:
+    # floats, ints, bools, NumPy numbers and 0-d tensors; not exact fractions, and not a tensor
+    # that requires grad (no gradient reaches it)
+    import fractions
+
+    x, t = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    for good in (0.1, 0, True, np.float32(0.1), np.int64(0), torch.tensor(0.1)):
+        torch.testing.assert_close(crossent.cross_entropy(x, t, label_smoothing=good),
+                                   torch.nn.functional.cross_entropy(x, t, label_smoothing=good))
+    for bad in (fractions.Fraction(1, 10), torch.tensor(0.1, requires_grad=True)):
+        with pytest.raises(TypeError):
+            torch.nn.functional.cross_entropy(x, t, label_smoothing=bad)
+        with pytest.raises(TypeError, match="label_smoothing must be a float"):
+            crossent.cross_entropy(x, t, label_smoothing=bad)

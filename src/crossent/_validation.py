@@ -23,12 +23,15 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from crossent._array import (
     dtype_name,
     is_floating,
     is_integral,
     is_torch,
     needs_grad,
+    requires_grad,
     shape_str,
 )
 from crossent._reduction import REDUCTIONS
@@ -64,7 +67,15 @@ def int_argument(value: Any, name: str) -> int:
 
 def float_argument(value: Any, name: str) -> float:
     """A float argument as torch's parser takes it: Python and NumPy numbers (bools too) and
-    0-d tensors or arrays; anything else is a TypeError."""
+    0-d tensors or arrays; anything else is a TypeError, as are exact fractions and decimals
+    and a tensor that requires grad (no gradient would reach it)."""
+    exact = isinstance(value, numbers.Real) and not isinstance(value, (float, int, np.number))
+    differentiable = is_torch(value) and requires_grad(value)
+    if differentiable or exact:
+        raise TypeError(
+            f"{name} must be a float, not {type(value).__name__} ({value!r})"
+            + (": it requires grad, and no gradient flows to it" * differentiable)
+        )
     if isinstance(value, numbers.Real) or (
         getattr(value, "ndim", None) == 0 and not isinstance(value, (str, bytes))
     ):
