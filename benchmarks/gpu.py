@@ -1227,10 +1227,10 @@ def device_target_check(run: Run, device, small: bool):
 
 def launch_costs(run: Run, device, small: bool):
     """Host time per launch on this machine, the unit of the fused path's fixed cost: a torch
-    operation on a tiny tensor, a launch of the target-statistics kernel through its crossent
-    launcher, and (for scale) the whole plain ``cross_entropy(impl='triton')`` forward and
-    backward; each the median over batches of back-to-back calls, the device drained outside
-    the timed region."""
+    operation on a small tensor, a launch of the target-statistics kernel through its crossent
+    launcher, and (for scale) a whole plain ``cross_entropy(impl='triton')`` forward (with its
+    target check's wait); each the median over batches of back-to-back calls, the device
+    drained outside the timed region."""
     import torch
 
     import crossent
@@ -1240,7 +1240,7 @@ def launch_costs(run: Run, device, small: bool):
     x = torch.randn(64, 1000, device=device, requires_grad=True)
     batch = 1 if small else 200  # (small: the interpreter's dry run, where a launch takes ~1 s)
     probes = {
-        "torch add_ on 64 floats": lambda: x.detach().add_(0.0),
+        "torch add_ on 64x1000 floats": lambda: x.detach().add_(0.0),
         "crossent target_stats launcher (one Triton launch)":
             lambda: target_stats(target, None, 1000, -100, torch.float32),
         "cross_entropy(impl='triton') forward": lambda: crossent.cross_entropy(x, target,

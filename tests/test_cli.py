@@ -603,5 +603,5 @@ def test_predict_compares_text_labels_whole(tmp_path, capsys):
     assert "accuracy against 'label': 0.0000" in err
     status, _, err = run_main(capsys, "predict", "--model", tmp_path / "o" / "model.npz",
                               "--data", data)  # fmt: skip
+    assert status == 0, err
     assert "accuracy against 'label': 1.0000" in err
-

@@ -435,11 +435,13 @@ def test_an_n_0_d_input_with_target_positions_is_torchs_runtime_error(loss, impl
     ours = getattr(crossent, loss)
     kwargs = {} if impl == "numpy" else {"impl": impl}
     convert = (lambda a: a.numpy()) if impl == "numpy" else (lambda a: a)
-    x, t = torch.randn(2, 0, 3), torch.full((2, 3), -100)
-    with pytest.raises(RuntimeError, match="size mismatch"):
-        getattr(torch.nn.functional, loss)(x, t)
-    with pytest.raises(RuntimeError, match=r"shape \[2, 0, 3\] has no classes for its 6 target"):
-        ours(convert(x), convert(t), **kwargs)
+    for shape, message in (((2, 0, 3), r"shape \[2, 0, 3\] has no classes for its 6 target"),
+                           ((2, 0, 3, 2, 2), r"target: \[2, 1, 12\]")):  # fmt: skip
+        x, t = torch.randn(*shape), torch.full((2, *shape[2:]), -100)
+        with pytest.raises(RuntimeError, match="size mismatch"):
+            getattr(torch.nn.functional, loss)(x, t)
+        with pytest.raises(RuntimeError, match=message):
+            ours(convert(x), convert(t), **kwargs)
     for shape in ((0, 0, 3), (2, 0, 0), (2, 0, 3, 2)):
         x, t = torch.randn(*shape), torch.full((shape[0], *shape[2:]), -100)
         expected = getattr(torch.nn.functional, loss)(x, t)
@@ -466,6 +468,12 @@ def test_a_tensor_on_another_device_is_torchs_runtime_error(impl, moved) -> None
     for call in calls:
         with pytest.raises(RuntimeError, match=r"on the same device.*on meta"):
             call()
+    # shapes only (a meta input) read nothing: torch takes a 0-d CPU target there, and so do
+    # torch's kernel and the fused path (the reference's gather needs one device)
+    meta_input = torch.randn(4, device="meta")
+    assert torch.nn.functional.cross_entropy(meta_input, torch.tensor(1)).is_meta
+    if impl != "reference":
+        assert crossent.cross_entropy(meta_input, torch.tensor(1), impl=impl).is_meta
 
 
 @pytest.mark.parametrize("impl", ["reference", "fused", "torch"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -242,6 +243,10 @@ def test_kdim_mean_with_no_kept_position_has_torchs_zero_gradients(impl):
         for got, want in zip(torch.autograd.grad(ours, (x, w, b)),
                              torch.autograd.grad(ref, (x, w, b)), strict=True):  # fmt: skip
             torch.testing.assert_close(got, want, equal_nan=True, rtol=0, atol=0)
+    # an infinite mean stays infinite (a zero-gradient term must not add inf - inf)
+    x, t = torch.tensor([[1e20], [1.0]]), torch.tensor([[0], [1]])
+    w1 = torch.tensor([[[-1e20]], [[1.0]]])
+    assert linear_cross_entropy(x, w1, t, impl=impl) == F.linear_cross_entropy(x, w1, t) == math.inf
 
 
 @pytest.mark.parametrize("impl", ["auto", "reference"])

@@ -116,8 +116,14 @@ def compute_dtype(xp: Any, dtype: Any, device: Any = None) -> Any:
     return dtype
 
 
+def device_of(a: Any) -> Any:
+    """The array's device (None for an array without one, such as NumPy's before 2.0)."""
+    return getattr(a, "device", None)
+
+
 def has_float64(xp: Any, device: Any = None) -> bool:
-    """Whether arrays of ``xp`` on ``device`` (None: the default device) can be float64."""
+    """Whether arrays of ``xp`` on ``device`` can be float64 (with ``device`` None: whether the
+    namespace has float64 at all)."""
     if not hasattr(xp, "float64"):
         return False
     if device is None:

@@ -145,6 +145,8 @@ def check_same_device(op: str, **arrays: Any) -> None:
     (the fused CPU kernel would read a tensor of another device as if it were its own). Other
     arrays' libraries check their devices themselves."""
     tensors = {name: a for name, a in arrays.items() if a is not None and is_torch(a)}
+    if not tensors or next(iter(tensors.values())).device.type == "meta":
+        return  # (shapes only: nothing is read, and torch mixes a 0-d CPU target in)
     if len({a.device for a in tensors.values()}) > 1:
         where = ", ".join(f"{name} on {a.device}" for name, a in tensors.items())
         raise RuntimeError(
@@ -359,12 +361,14 @@ def check_nll_args(xp: Any, input: Any, target: Any, weight: Any) -> int:
     weight dtype); returns the number of classes."""
     _index_target_checks(xp, input, target)
     num_classes = input.shape[0] if input.ndim == 1 else input.shape[1]
-    if input.ndim == 3 and num_classes == 0 and math.prod(target.shape) > 0:
+    if (input.ndim == 3 or input.ndim > 4) and num_classes == 0 and math.prod(target.shape) > 0:
+        # torch views such inputs as (N, C, 1, d1*d2*...), which fails with no classes
+        rest = math.prod(target.shape[1:])
         raise RuntimeError(
             f"an input of shape {shape_str(input.shape)} has no classes for its "
             f"{math.prod(target.shape)} target positions: torch fails on it ('size mismatch "
             f"(got input: [{input.shape[0]}, 0, 0, 0] , target: [{target.shape[0]}, 1, "
-            f"{target.shape[1]}]'), as nll_loss and cross_entropy of class indices"
+            f"{rest}]'), as nll_loss and cross_entropy of class indices"
         )
     _check_weight_size(weight, num_classes, input.ndim, probabilities=False, op="nll_loss")
     check_floating_input(xp, input, "nll_loss")

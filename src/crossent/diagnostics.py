@@ -888,9 +888,10 @@ def _check_float16_overflow(call: _Call) -> Finding | None:
             why = (
                 f"torch's CPU cross_entropy/nll_loss accumulate the sum in float16, so its "
                 f"'sum' is inf and its 'mean' {mean} although the mean is small; so does "
-                f"crossent's default impl='auto' where it runs torch's kernel (small CPU "
-                f"problems, and nll_loss), while impl='fused' and impl='reference' "
-                f"accumulate in float32 (a finite 'mean', the 'sum' still inf)."
+                f"crossent's default impl='auto' where it runs torch's kernel (on the CPU: "
+                f"half-precision cross_entropy below 2**23 logits, K-dim at any size, and "
+                f"nll_loss), while impl='fused' and impl='reference' accumulate in float32 "
+                f"(a finite 'mean', the 'sum' still inf)."
             )
     else:
         what = f"float16 input with {about}{kept:.0f} kept targets, more than 65504."

@@ -1158,8 +1158,9 @@ def _precision_table(args: _Args, parts: _Parts, dtype: str) -> Table:
         f"functions, impl='reference'), which computes in a wider type and rounds each result "
         f"once: the differences come from rounding the inputs and the results to {dtype} "
         f"({digits} significant digits). torch, computing in {dtype} itself, may differ in "
-        f"the last digits, and so may crossent's default impl='auto' where it hands a small "
-        f"CPU problem to torch's kernel.",
+        f"the last digits, and so may crossent's default impl='auto' where it runs torch's "
+        f"kernel (on the CPU: half-precision inputs below 2**23 logits, K-dim ones at any "
+        f"size).",
     ]
     if equal:
         notes.append(

@@ -17,6 +17,7 @@ from crossent import _validation as check
 from crossent import diagnostics, reference
 from crossent._array import (
     default_float,
+    device_of,
     is_floating,
     is_integral,
     is_torch,
@@ -166,7 +167,7 @@ def logsumexp(input: Any, dim: int | tuple[int, ...], keepdim: bool = False) -> 
     xp = namespace(input)
     axes = check.normalize_dims(dim, tuple(input.shape), keepdim)
     if is_integral(xp, input.dtype):
-        input = xp.astype(input, default_float(xp, getattr(input, "device", None)))
+        input = xp.astype(input, default_float(xp, device_of(input)))
     if is_torch(input):
         import torch
 
@@ -574,12 +575,12 @@ def _reference_extras(xp, input, target, weight, layout, options, z_loss, softca
     loss = _run_reference(_ce_fn, options, z, target, weight)
     class_axis = 0 if input.ndim == 1 else 1
     with _quiet(xp):
-        wide = xp.astype(z, compute_dtype(xp, z.dtype, getattr(z, "device", None)))
+        wide = xp.astype(z, compute_dtype(xp, z.dtype, device_of(z)))
         lse = reference.logsumexp(xp, wide, (class_axis,))
         acc = xp.float64 if str(input.dtype).endswith("float64") else xp.float32
         lse = xp.astype(lse, acc)
         # a +inf logit: torch's log_softmax row is NaN (inf - inf), and so is the fused paths' lse
-        nan = xp.asarray(xp.nan, dtype=acc, device=getattr(lse, "device", None))
+        nan = xp.asarray(xp.nan, dtype=acc, device=device_of(lse))
         lse = xp.where(lse == xp.inf, nan, lse)
         if layout.probabilities:
             denominator = math.prod(lse.shape)  # M positions (1 when unbatched)

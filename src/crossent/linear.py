@@ -215,12 +215,12 @@ def _denominator(target: Tensor, weight: Tensor | None, ignore_index: int, dtype
     return _reduction.index_mean_denominator(xp, target, weight, ignore_index, dtype)
 
 
-def _mean_of_sum(total: Tensor, denominator: Tensor, gradient_denominator: Tensor) -> Tensor:
-    """``total / denominator`` as torch divides (value bit for bit), whose gradient with respect
-    to ``total`` is ``1 / gradient_denominator``: the value plus a term that is exactly ``+0``
-    (``q - q`` of a finite ``q``) but carries the gradient."""
-    q = total / gradient_denominator
-    return total.detach() / denominator - (q.detach() - q)
+def _mean_of_sum(total: Tensor, denominator: Tensor, nothing_kept: Tensor) -> Tensor:
+    """``total / denominator`` as torch divides, detached where no position is kept: torch's
+    gradient there is 0, where ``d(total / 0) = inf`` would meet the zero gradients of the
+    parts as NaN."""
+    safe = torch.where(nothing_kept, 1.0, denominator)
+    return torch.where(nothing_kept, (total / denominator).detach(), total / safe)
 
 
 def _reduce(rows: Tensor, reduction: str, denominator: Tensor) -> Tensor:
@@ -524,8 +524,9 @@ def _prepare(
     out_features = _check_linear_args(input, linear_weight, linear_bias)
     for name, value in (("target", target), ("weight", weight)):
         if not isinstance(value, Tensor) and not (name == "weight" and value is None):
+            allowed = "a Tensor or None" if name == "weight" else "a Tensor"
             raise check.NotAnArrayError(
-                f"linear_cross_entropy(): {name} must be a Tensor, got {type(value).__name__}"
+                f"linear_cross_entropy(): {name} must be {allowed}, got {type(value).__name__}"
             )
     logits_shape = (*input.shape[:-1], linear_weight.shape[0], *out_features)
     logits = _Logits(logits_shape, loss_dtype or input.dtype)
@@ -758,11 +759,8 @@ def _blocked(
         else:
             denominator = _denominator(t.reshape(-1), weight, call.ignore_index, acc)
             nothing_kept = (t == call.ignore_index).all()
-        # torch's gradient where no position is kept (all ignored; no rows) is 0, not the
-        # parts' zero gradients times d(sum / 0) = inf, which is NaN
-        gradient_denominator = torch.where(nothing_kept, 1.0, denominator)
-        loss = _mean_of_sum(loss, denominator, gradient_denominator)
-        z = _mean_of_sum(z, denominator, gradient_denominator)
+        loss = _mean_of_sum(loss, denominator, nothing_kept)
+        z = _mean_of_sum(z, denominator, nothing_kept)
         if not call.probabilities:
             import array_api_compat.torch as xp
 

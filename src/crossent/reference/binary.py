@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from crossent._array import compute_dtype, result_type
+from crossent._array import compute_dtype, device_of, result_type
 from crossent._reduction import reduce
 from crossent.reference.cross_entropy import LossGrads
 
@@ -62,19 +62,19 @@ def binary_cross_entropy(
     grad_output: Any | None = None,
 ) -> LossGrads:
     """BCE on probabilities and (when ``want_grad``) its gradients w.r.t. input and target."""
-    ct = compute_dtype(xp, input.dtype, getattr(input, "device", None))
+    ct = compute_dtype(xp, input.dtype, device_of(input))
     p = xp.astype(input, ct)
     y = xp.astype(target, ct)
-    w = _weight(xp, weight, ct, getattr(input, "device", None))
-    floor = xp.asarray(-100.0, dtype=ct, device=getattr(p, "device", None))
+    w = _weight(xp, weight, ct, device_of(input))
+    floor = xp.asarray(-100.0, dtype=ct, device=device_of(p))
     log_p = xp.log(p)
     log_1mp = xp.log1p(-p)  # exact for tiny p, where log(1 - p) would round 1 - p first
     losses = w * ((y - 1) * xp.maximum(log_1mp, floor) - y * xp.maximum(log_p, floor))
     loss = xp.astype(reduce(xp, losses, reduction), input.dtype)
     if not want_grad:
         return LossGrads(loss)
-    s = _scale(xp, reduction, grad_output, tuple(input.shape), ct, getattr(input, "device", None))
-    eps = xp.asarray(BCE_GRAD_EPSILON, dtype=ct, device=getattr(p, "device", None))
+    s = _scale(xp, reduction, grad_output, tuple(input.shape), ct, device_of(input))
+    eps = xp.asarray(BCE_GRAD_EPSILON, dtype=ct, device=device_of(p))
     grad_p = s * w * (p - y) / xp.maximum(p * (1 - p), eps)
     grad_y = -(s * w * xp.log(p / (1 - p)))  # torch: -logit(p), one rounding
     shape = tuple(input.shape)
@@ -112,11 +112,11 @@ def binary_cross_entropy_with_logits(
     The output takes the *target's* dtype, as in PyTorch.
     """
     ct = compute_dtype(
-        xp, result_type(xp, input.dtype, target.dtype), getattr(input, "device", None)
+        xp, result_type(xp, input.dtype, target.dtype), device_of(input)
     )
     x = xp.astype(input, ct)
     y = xp.astype(target, ct)
-    w = _weight(xp, weight, ct, getattr(input, "device", None))
+    w = _weight(xp, weight, ct, device_of(input))
     ls = log_sigmoid(xp, x)
     if pos_weight is None:
         losses = (1 - y) * x - ls
@@ -127,7 +127,7 @@ def binary_cross_entropy_with_logits(
     loss = xp.astype(reduce(xp, losses, reduction), target.dtype)
     if not want_grad:
         return LossGrads(loss)
-    s = _scale(xp, reduction, grad_output, tuple(input.shape), ct, getattr(input, "device", None))
+    s = _scale(xp, reduction, grad_output, tuple(input.shape), ct, device_of(input))
     sig = sigmoid(xp, x)
     if pos_weight is None:
         grad_x = s * w * (sig - y)

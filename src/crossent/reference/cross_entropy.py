@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from crossent._array import compute_dtype, result_type
+from crossent._array import compute_dtype, device_of, result_type
 from crossent._reduction import kept_weight, reduce, smoothed_index_mean
 from crossent.reference.softmax import constant
 
@@ -100,17 +100,13 @@ def _gather(xp: Any, rows: Any, index: Any) -> Any:
     """rows[i, index[i]] for every row (zeros when there are no classes: every row is then
     ignored, the target check having rejected any kept one)."""
     if rows.shape[1] == 0:
-        return xp.zeros((rows.shape[0],), dtype=rows.dtype, device=_device(rows))
+        return xp.zeros((rows.shape[0],), dtype=rows.dtype, device=device_of(rows))
     return xp.take_along_axis(rows, xp.reshape(index, (-1, 1)), axis=1)[:, 0]
 
 
 def _onehot(xp: Any, index: Any, num_classes: int, dtype: Any) -> Any:
-    classes = xp.arange(num_classes, dtype=index.dtype, device=_device(index))
+    classes = xp.arange(num_classes, dtype=index.dtype, device=device_of(index))
     return xp.astype(xp.reshape(index, (-1, 1)) == classes, dtype)
-
-
-def _device(a: Any) -> Any:
-    return getattr(a, "device", None)
 
 
 def _class_weight(xp: Any, weight: Any | None, num_classes: int, dtype: Any, device: Any) -> Any:
@@ -160,7 +156,7 @@ def cross_entropy(
 def _index_cross_entropy(
     xp, input, target, weight, ignore_index, reduction, eps, want_grad, grad_output
 ) -> LossGrads:
-    ct = compute_dtype(xp, input.dtype, _device(input))
+    ct = compute_dtype(xp, input.dtype, device_of(input))
     x = to_rows(xp, xp.astype(input, ct))
     num_rows, num_classes = x.shape
     t = xp.reshape(xp.astype(target, xp.int64), (-1,))
@@ -169,10 +165,10 @@ def _index_cross_entropy(
     w_row = kept_weight(xp, t, weight, ignore_index, ct)  # m_i * w[y_i]
 
     logp = _log_softmax_rows(xp, x)
-    zero = xp.zeros((), dtype=ct, device=_device(x))
+    zero = xp.zeros((), dtype=ct, device=device_of(x))
     losses = xp.where(kept, -w_row * _gather(xp, logp, safe), zero)
     if eps > 0:
-        w = _class_weight(xp, weight, num_classes, ct, _device(x))
+        w = _class_weight(xp, weight, num_classes, ct, device_of(x))
         smooth = xp.where(kept, -xp.sum(w * logp, axis=1), zero)
         losses = (1 - eps) * losses + smoothing_share(eps, num_classes) * smooth
     denominator = xp.sum(w_row)
@@ -183,7 +179,7 @@ def _index_cross_entropy(
     if not want_grad:
         return LossGrads(loss)
 
-    s = upstream_scale(xp, reduction, grad_output, denominator, num_rows, ct, _device(x))
+    s = upstream_scale(xp, reduction, grad_output, denominator, num_rows, ct, device_of(x))
     if reduction == "mean":
         # D = 0: torch's gradient of every kept row is NaN (its nll part is 0/0 at the target).
         s = xp.where(denominator == 0, denominator * math.nan, s)
@@ -203,11 +199,11 @@ def _soft_cross_entropy(
     # An integer or bool weight (torch promotes it) does not change the floating result type.
     float_weight = weight is not None and xp.isdtype(weight.dtype, "real floating")
     out_dtype = result_type(xp, input.dtype, target.dtype, weight.dtype if float_weight else None)
-    ct = compute_dtype(xp, out_dtype, _device(input))
+    ct = compute_dtype(xp, out_dtype, device_of(input))
     x = to_rows(xp, xp.astype(input, ct))
     q = to_rows(xp, xp.astype(target, ct))
     num_rows, num_classes = x.shape
-    w = _class_weight(xp, weight, num_classes, ct, _device(x))
+    w = _class_weight(xp, weight, num_classes, ct, device_of(x))
     q_smooth = (1 - eps) * q + smoothing_share(eps, num_classes) if eps > 0 else q
 
     logp = _log_softmax_rows(xp, x)
@@ -219,7 +215,7 @@ def _soft_cross_entropy(
     if not want_grad:
         return LossGrads(loss)
 
-    s = upstream_scale(xp, reduction, grad_output, num_rows, num_rows, ct, _device(x))
+    s = upstream_scale(xp, reduction, grad_output, num_rows, num_rows, ct, device_of(x))
     p = xp.exp(logp)
     wq = w * q_smooth
     grad_x = s * (p * xp.sum(wq, axis=1, keepdims=True) - wq)
@@ -245,26 +241,26 @@ def nll_loss(
     grad_output: Any | None = None,
 ) -> LossGrads:
     """Negative log-likelihood of log-probabilities ``input`` and its analytic gradient."""
-    ct = compute_dtype(xp, input.dtype, _device(input))
+    ct = compute_dtype(xp, input.dtype, device_of(input))
     a = to_rows(xp, input)  # (only the target entries are read: widened after the gather)
     num_rows, num_classes = a.shape
     t = xp.reshape(xp.astype(target, xp.int64), (-1,))
     kept = t != ignore_index
     safe = xp.where(kept, t, xp.zeros_like(t))
     w_row = kept_weight(xp, t, weight, ignore_index, ct)
-    zero = xp.zeros((), dtype=ct, device=_device(a))
+    zero = xp.zeros((), dtype=ct, device=device_of(a))
     losses = xp.where(kept, -w_row * xp.astype(_gather(xp, a, safe), ct), zero)
     denominator = xp.sum(w_row)
     loss = reduce(xp, xp.reshape(losses, position_shape(input.shape)), reduction, denominator)
     loss = xp.astype(loss, input.dtype)
     if not want_grad:
         return LossGrads(loss)
-    s = upstream_scale(xp, reduction, grad_output, denominator, num_rows, ct, _device(a))
+    s = upstream_scale(xp, reduction, grad_output, denominator, num_rows, ct, device_of(a))
     # Only the target entries are written (as in torch): a non-finite scale (a zero total weight,
     # an infinite upstream gradient) leaves the other entries 0 instead of multiplying them.
-    classes = xp.arange(num_classes, dtype=safe.dtype, device=_device(safe))
+    classes = xp.arange(num_classes, dtype=safe.dtype, device=device_of(safe))
     hit = (xp.reshape(safe, (-1, 1)) == classes) & xp.reshape(kept, (-1, 1))
     # built in the input's dtype (each value rounded once, as before): no widened (M, C) copy
     value = xp.astype(-s * xp.reshape(w_row, (-1, 1)), input.dtype)
-    g = xp.where(hit, value, xp.zeros((), dtype=input.dtype, device=_device(a)))
+    g = xp.where(hit, value, xp.zeros((), dtype=input.dtype, device=device_of(a)))
     return LossGrads(loss, from_rows(xp, g, input.shape))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crossent._array import compute_dtype
+from crossent._array import compute_dtype, device_of
 
 
 def constant(x: Any) -> Any:
@@ -34,7 +34,7 @@ def log_softmax(xp: Any, x: Any, axis: int) -> Any:
         return x - x  # 0, or NaN for a non-finite x (as torch)
     if x.shape[axis] == 0:
         return x
-    work = xp.astype(x, compute_dtype(xp, x.dtype, getattr(x, "device", None)))
+    work = xp.astype(x, compute_dtype(xp, x.dtype, device_of(x)))
     shifted = _shifted(xp, work, axis)
     out = shifted - xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
     return xp.astype(out, x.dtype)
@@ -46,7 +46,7 @@ def softmax(xp: Any, x: Any, axis: int) -> Any:
         return xp.ones_like(x) + (x - x)  # 1, or NaN for a non-finite x (as torch)
     if x.shape[axis] == 0:
         return x
-    work = xp.astype(x, compute_dtype(xp, x.dtype, getattr(x, "device", None)))
+    work = xp.astype(x, compute_dtype(xp, x.dtype, device_of(x)))
     e = xp.exp(_shifted(xp, work, axis))
     return xp.astype(e / xp.sum(e, axis=axis, keepdims=True), x.dtype)
 
@@ -55,10 +55,10 @@ def logsumexp(xp: Any, x: Any, axes: tuple[int, ...], keepdims: bool = False) ->
     """``log(sum(exp(x)))`` over ``axes``, stable and with PyTorch's infinity rules."""
     if x.ndim == 0:
         return xp.astype(x, x.dtype, copy=True)  # (a new array, as torch's)
-    work = xp.astype(x, compute_dtype(xp, x.dtype, getattr(x, "device", None)))
+    work = xp.astype(x, compute_dtype(xp, x.dtype, device_of(x)))
     if any(x.shape[a] == 0 for a in axes):
         shape = _reduced_shape(x.shape, axes, keepdims)
-        out = xp.full(shape, -xp.inf, dtype=work.dtype, device=getattr(x, "device", None))
+        out = xp.full(shape, -xp.inf, dtype=work.dtype, device=device_of(x))
         return xp.astype(out, x.dtype)
     m = constant(xp.max(work, axis=axes, keepdims=True))
     m = xp.where(xp.isinf(m), xp.zeros_like(m), m)
