@@ -720,6 +720,44 @@ def test_triton_row_kernel_through_interpreter():
     assert rel_err(ours, ref) <= 1e-6
 
 
+@pytest.mark.parametrize("impl", ["fused", "triton"])
+def test_strided_probability_targets_on_the_blocked_paths(impl):
+    # a K-dim weight's probability target is read position by position (a class stride of
+    # out_features), a transposed one with class stride N: the Triton launcher needs packed
+    # classes and refused both with a ValueError
+    pytest.importorskip("triton")
+    from crossent._dispatch import triton_usable
+
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    if impl == "triton" and not triton_usable(x):
+        pytest.skip("Triton serves CUDA tensors (or CPU ones under TRITON_INTERPRET=1)")
+    w3 = torch.randn(5, 2, 4, generator=g, dtype=torch.float64)
+    q3 = torch.softmax(torch.randn(3, 5, 2, generator=g, dtype=torch.float64), 1)
+    w = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    q = torch.softmax(torch.randn(5, 3, generator=g, dtype=torch.float64), 0).t()
+    for weights, target in ((w3, q3), (w, q)):
+        ours = linear_cross_entropy(x, weights, target, impl=impl)
+        assert rel_err(ours, F.linear_cross_entropy(x, weights, target)) <= F64_TOL
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused", "triton"])
+def test_kdim_out_of_range_target_named_in_its_own_shape(impl):
+    # the blocked path checks each output position's (N,) slice: its error named a position in
+    # that slice, and the first offender in position order instead of the target's own order
+    pytest.importorskip("triton")
+    from crossent._dispatch import triton_usable
+
+    x, w = torch.randn(4, 3), torch.randn(5, 2, 3, 3)
+    if impl == "triton" and not triton_usable(x):
+        pytest.skip("Triton serves CUDA tensors (or CPU ones under TRITON_INTERPRET=1)")
+    t = torch.randint(0, 5, (4, 2, 3))
+    t[0, 1, 2], t[3, 0, 0] = 7, 9
+    with pytest.raises(IndexError, match=r"got 7 at position \(0, 1, 2\)") as info:
+        linear_cross_entropy(x, w, t, impl=impl)
+    assert info.value.__suppress_context__ or info.value.__context__ is None
+
+
 def test_default_budget_rule():
     assert linear.default_memory_budget(32768) == 384 * 32768 * 4  # 48 MiB
     assert linear.default_memory_budget(1000) == 32 * 2**20

@@ -671,6 +671,8 @@ def _blocked_2d(
         linear_weight = linear_weight.contiguous()
     if not call.probabilities and target.dtype != torch.int64:
         target = target.long()
+    if call.probabilities and target.stride(-1) != 1:  # (a K-dim position's slice, a transposed
+        target = target.contiguous()  # view: the Triton kernel reads each row's classes packed)
     n, d = input.shape
     grad_on = torch.is_grad_enabled() and reduction != "none"
     grads = (
@@ -729,20 +731,25 @@ def _blocked(
     else:
         t_k = t.reshape(t.shape[0], positions)
     per_position = "none" if call.reduction == "none" else "sum"
-    parts = [
-        _blocked_2d(
-            x,
-            w3[:, k],
-            t_k[:, :, k] if call.probabilities else t_k[:, k],
-            None if b2 is None else b2[:, k],
-            weight,
-            call,
-            kernel,
-            memory_budget,
-            per_position,
-        )
-        for k in range(positions)
-    ]
+    try:
+        parts = [
+            _blocked_2d(
+                x, w3[:, k], t_k[:, :, k] if call.probabilities else t_k[:, k],
+                None if b2 is None else b2[:, k], weight, call, kernel, memory_budget,
+                per_position,
+            )
+            for k in range(positions)
+        ]
+    except IndexError:  # a position's check names its offender in the (N,) slice: name the
+        if torch.compiler.is_compiling():  # first one in the whole target, in its own shape
+            raise
+        import array_api_compat.torch as xp
+
+        try:
+            check.check_target_range(xp, t, num_classes, call.ignore_index)
+        except IndexError as exc:
+            raise exc from None
+        raise
     out_shape = (x.shape[0], *call.out_features)
     lse = torch.stack([p[2] for p in parts], dim=1).reshape(out_shape)
     if call.reduction == "none":
