@@ -505,3 +505,18 @@ def test_label_smoothing_takes_what_torchs_parser_takes() -> None:
             torch.nn.functional.cross_entropy(x, t, label_smoothing=bad)
         with pytest.raises(TypeError, match="label_smoothing must be a float"):
             crossent.cross_entropy(x, t, label_smoothing=bad)
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused", "triton", "numpy"])
+def test_smoothed_sum_over_no_classes_is_nan_without_rows_too(impl) -> None:
+    # torch multiplies the smoothing sum by eps / C = inf after reducing: NaN even when there
+    # are no rows to sum (crossent's rows were NaN, and an empty sum 0)
+    for shape in ((0, 0), (0, 0, 3), (2, 0, 0), (2, 0)):
+        x, t = torch.randn(*shape), torch.full((shape[0], *shape[2:]), -100)
+        expected = torch.nn.functional.cross_entropy(x, t, label_smoothing=0.5, reduction="sum")
+        if impl == "numpy":
+            got = torch.as_tensor(crossent.cross_entropy(x.numpy(), t.numpy(), label_smoothing=0.5,
+                                                         reduction="sum"))  # fmt: skip
+        else:
+            got = crossent.cross_entropy(x, t, label_smoothing=0.5, reduction="sum", impl=impl)
+        assert expected.isnan() and got.isnan(), (shape, got)

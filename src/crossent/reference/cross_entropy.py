@@ -175,6 +175,8 @@ def _index_cross_entropy(
     loss = reduce(xp, xp.reshape(losses, position_shape(input.shape)), reduction, denominator)
     if reduction == "mean":
         loss = smoothed_index_mean(xp, loss, denominator, eps)
+    elif reduction == "sum" and eps > 0 and num_classes == 0:
+        loss = loss * math.nan  # torch's eps / C = inf times the smoothing sum, with no rows too
     loss = xp.astype(loss, input.dtype)
     if not want_grad:
         return LossGrads(loss)
