@@ -720,18 +720,25 @@ def test_triton_row_kernel_through_interpreter():
     assert rel_err(ours, ref) <= 1e-6
 
 
+def _skip_without_triton(impl: str, x: torch.Tensor) -> None:
+    """Skip an ``impl="triton"`` case where Triton cannot serve ``x`` (not installed; CPU
+    tensors without TRITON_INTERPRET=1); the other impls always run."""
+    if impl == "triton":
+        pytest.importorskip("triton")
+        from crossent._dispatch import triton_usable
+
+        if not triton_usable(x):
+            pytest.skip("Triton serves CUDA tensors (or CPU ones under TRITON_INTERPRET=1)")
+
+
 @pytest.mark.parametrize("impl", ["fused", "triton"])
 def test_strided_probability_targets_on_the_blocked_paths(impl):
     # a K-dim weight's probability target is read position by position (a class stride of
     # out_features), a transposed one with class stride N: the Triton launcher needs packed
     # classes and refused both with a ValueError
-    pytest.importorskip("triton")
-    from crossent._dispatch import triton_usable
-
     g = torch.Generator().manual_seed(9)
     x = torch.randn(3, 4, generator=g, dtype=torch.float64)
-    if impl == "triton" and not triton_usable(x):
-        pytest.skip("Triton serves CUDA tensors (or CPU ones under TRITON_INTERPRET=1)")
+    _skip_without_triton(impl, x)
     w3 = torch.randn(5, 2, 4, generator=g, dtype=torch.float64)
     q3 = torch.softmax(torch.randn(3, 5, 2, generator=g, dtype=torch.float64), 1)
     w = torch.randn(5, 4, generator=g, dtype=torch.float64)
@@ -745,12 +752,8 @@ def test_strided_probability_targets_on_the_blocked_paths(impl):
 def test_kdim_out_of_range_target_named_in_its_own_shape(impl):
     # the blocked path checks each output position's (N,) slice: its error named a position in
     # that slice, and the first offender in position order instead of the target's own order
-    pytest.importorskip("triton")
-    from crossent._dispatch import triton_usable
-
     x, w = torch.randn(4, 3), torch.randn(5, 2, 3, 3)
-    if impl == "triton" and not triton_usable(x):
-        pytest.skip("Triton serves CUDA tensors (or CPU ones under TRITON_INTERPRET=1)")
+    _skip_without_triton(impl, x)
     t = torch.randint(0, 5, (4, 2, 3))
     t[0, 1, 2], t[3, 0, 0] = 7, 9
     with pytest.raises(IndexError, match=r"got 7 at position \(0, 1, 2\)") as info:

@@ -262,8 +262,8 @@ def _forward(
         loss, z_loss = _reduce_with_torch(rows, lse, reduction, denominator, options, smoothed)
     if target.is_floating_point() and reduction == "sum" and num_rows(logits) == 0:
         loss = -loss  # torch's soft-target sum of nothing is -0.0
-    if smoothed and reduction == "sum" and logits.shape[1] == 0:
-        loss = loss * math.nan  # torch's eps / C = inf times the smoothing sum, with no rows too
+    if smoothed and reduction == "sum":
+        loss = _reduction.smoothed_index_sum(loss, logits.shape[1], options.label_smoothing)
     out = loss_dtype or logits.dtype
     loss, z_loss = loss.to(out), z_loss.to(out)
     finish_check()  # (raises IndexError for an out-of-range target; the results are dropped)

@@ -81,3 +81,13 @@ def smoothed_index_mean(xp: Any, mean: Any, denominator: Any, label_smoothing: f
     # the fused ops stay capturable in a CUDA graph) and outside the loss's autograd graph (the
     # class weights of the index path never require grad)
     return xp.where(denominator == 0, denominator * math.nan, mean)
+
+
+def smoothed_index_sum(total: Any, num_classes: int, label_smoothing: float) -> Any:
+    """The smoothed class-index ``sum`` with torch's value over no classes: NaN, rows or not.
+
+    torch multiplies the reduced smoothing sum by ``eps / C``, ``inf`` for ``C = 0``; a sum of
+    per-row losses is NaN only when there is a row. Unchanged otherwise."""
+    if label_smoothing > 0 and num_classes == 0:
+        return total * math.nan
+    return total

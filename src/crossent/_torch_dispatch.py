@@ -76,13 +76,10 @@ def cross_entropy(
             # the same check on the target as given, for the position in its own shape (the
             # kernel's names the flattened one), raised alone: no traceback of the first
             from crossent._fused_op import _torch_namespace
-            from crossent._validation import check_target_range
+            from crossent._validation import recheck_target_range
 
-            try:
-                check_target_range(_torch_namespace(), target, layout.num_classes,
-                                   row_options.ignore_index)  # fmt: skip
-            except IndexError as exc:
-                raise exc from None
+            recheck_target_range(_torch_namespace(), target, layout.num_classes,
+                                 row_options.ignore_index)  # fmt: skip
         raise
     except FusedUnsupported as exc:
         if impl == "auto":

@@ -378,8 +378,9 @@ def check_nll_args(xp: Any, input: Any, target: Any, weight: Any) -> int:
 
 
 def check_cross_entropy_args(
-    xp: Any, input: Any, target: Any, weight: Any, ignore_index: int, label_smoothing: float
-) -> ClassTargetLayout:
+    xp: Any, input: Any, target: Any, weight: Any, ignore_index: int, label_smoothing: float,
+    reduction: str,
+) -> ClassTargetLayout:  # fmt: skip
     """cross_entropy's checks in torch's dispatch order (spec section 4.1)."""
     if tuple(input.shape) == tuple(target.shape):
         if not is_floating(xp, target.dtype):
@@ -419,24 +420,16 @@ def check_cross_entropy_args(
         check_class_weight(
             xp, input, weight, num_classes, probabilities=False, op="cross_entropy"
         )
-    return ClassTargetLayout(False, num_classes, input.ndim > 1)
-
-
-def check_smoothing_failures(
-    input: Any, target: Any, weight: Any, reduction: str, label_smoothing: float,
-    layout: ClassTargetLayout,
-) -> None:  # fmt: skip
-    """A class-index mix with label smoothing on which torch's ``cross_entropy`` fails
-    (RuntimeError), refused the same way so that every impl and array library agrees with it."""
-    if layout.probabilities or not label_smoothing > 0:
-        return
-    if dtype_name(target.dtype) == "uint8" and weight is not None and reduction == "mean":
+    smoothed_mean = label_smoothing > 0 and reduction == "mean"
+    if smoothed_mean and weight is not None and dtype_name(target.dtype) == "uint8":
+        # torch fails here (RuntimeError); refused the same way on every impl and library
         raise RuntimeError(
             "cross_entropy with label_smoothing, class weights and reduction='mean' needs int64 "
             "class indices, got uint8 (torch gathers the weights with the target there and "
             "fails: 'gather(): Expected dtype int32/int64 for index'); convert the target to "
             "int64"
         )
+    return ClassTargetLayout(False, num_classes, input.ndim > 1)
 
 
 def _index_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -455,6 +448,16 @@ def out_of_range(
     if not 0 <= ignore_index < num_classes:  # else an ignored target is never out of range
         bad = bad & (t != ignore_index if kept is None else kept)
     return bad
+
+
+def recheck_target_range(xp: Any, target: Any, num_classes: int, ignore_index: int) -> None:
+    """After a kernel's IndexError about a flattened or sliced view of ``target``: the same
+    check on the target as given, so the error names the first offender in its own shape and
+    order, raised alone (without the kernel's error, and its other position, as context)."""
+    try:
+        check_target_range(xp, target, num_classes, ignore_index)
+    except IndexError as exc:
+        raise exc from None
 
 
 def check_target_range(

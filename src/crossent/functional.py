@@ -261,9 +261,8 @@ def _prepare_cross_entropy(
     ignore_index = check.check_ignore_index(ignore_index)
     label_smoothing = check.check_label_smoothing(label_smoothing)
     layout = check.check_cross_entropy_args(
-        xp, input, target, weight, ignore_index, label_smoothing
+        xp, input, target, weight, ignore_index, label_smoothing, reduction
     )
-    check.check_smoothing_failures(input, target, weight, reduction, label_smoothing, layout)
     if check_range and not layout.probabilities:
         target = _checked_target(xp, target, layout.num_classes, ignore_index)
     options = {

@@ -539,10 +539,9 @@ def _prepare(
     ignore_index = -100 if ignore_index is None else check.check_ignore_index(ignore_index)
     reduction = check.check_reduction(reduction)
     label_smoothing = check.check_label_smoothing(label_smoothing)
-    layout = check.check_cross_entropy_args(
-        xp, logits, target, weight, ignore_index, label_smoothing
+    check.check_cross_entropy_args(
+        xp, logits, target, weight, ignore_index, label_smoothing, reduction
     )
-    check.check_smoothing_failures(logits, target, weight, reduction, label_smoothing, layout)
     check.check_same_device(
         "linear_cross_entropy", input=input, linear_weight=linear_weight,
         linear_bias=linear_bias, target=target, weight=weight,
@@ -740,15 +739,11 @@ def _blocked(
             )
             for k in range(positions)
         ]
-    except IndexError:  # a position's check names its offender in the (N,) slice: name the
-        if torch.compiler.is_compiling():  # first one in the whole target, in its own shape
-            raise
-        import array_api_compat.torch as xp
+    except IndexError:  # (a position's check names its offender in its (N,) slice)
+        if not torch.compiler.is_compiling():
+            import array_api_compat.torch as xp
 
-        try:
-            check.check_target_range(xp, t, num_classes, call.ignore_index)
-        except IndexError as exc:
-            raise exc from None
+            check.recheck_target_range(xp, t, num_classes, call.ignore_index)
         raise
     out_shape = (x.shape[0], *call.out_features)
     lse = torch.stack([p[2] for p in parts], dim=1).reshape(out_shape)

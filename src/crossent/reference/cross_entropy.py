@@ -32,7 +32,7 @@ import math
 from typing import Any, NamedTuple
 
 from crossent._array import compute_dtype, device_of, result_type
-from crossent._reduction import kept_weight, reduce, smoothed_index_mean
+from crossent._reduction import kept_weight, reduce, smoothed_index_mean, smoothed_index_sum
 from crossent.reference.softmax import constant
 
 
@@ -175,8 +175,8 @@ def _index_cross_entropy(
     loss = reduce(xp, xp.reshape(losses, position_shape(input.shape)), reduction, denominator)
     if reduction == "mean":
         loss = smoothed_index_mean(xp, loss, denominator, eps)
-    elif reduction == "sum" and eps > 0 and num_classes == 0:
-        loss = loss * math.nan  # torch's eps / C = inf times the smoothing sum, with no rows too
+    elif reduction == "sum":
+        loss = smoothed_index_sum(loss, num_classes, eps)
     loss = xp.astype(loss, input.dtype)
     if not want_grad:
         return LossGrads(loss)
