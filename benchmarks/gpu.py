@@ -453,21 +453,43 @@ def graph_capture(run: Run, device):
             return crossent.cross_entropy(a, tp, wp.to(a.dtype), label_smoothing=0.1,
                                           impl="triton", target_check=target_check)
 
-        leaf = xp.detach().clone().requires_grad_()
-        eager_loss = loss_fn(leaf)
-        eager_loss.backward()
-        graphed = torch.cuda.make_graphed_callables(
-            loss_fn, (xp.detach().clone().requires_grad_(),)
-        )
-        again = xp.detach().clone().requires_grad_()
-        graph_loss = graphed(again)
-        graph_loss.backward()
-        torch.cuda.synchronize()
-        ok = torch.equal(graph_loss.detach(), eager_loss.detach()) and torch.equal(
-            again.grad, leaf.grad
-        )
+        ok = _graphed_matches_eager(loss_fn, xp)
         run.check(f"public call (fwd+bwd, weights, smoothing, target_check={target_check!r}) "
                   f"in make_graphed_callables == eager (bitwise)", ok)  # fmt: skip
+
+    # impl="auto" where it hands the call to torch's kernel (cross_entropy of a small 2-D input,
+    # nll_loss): crossent's host-side range check is skipped while capturing, torch's kernel
+    # checks on the device
+    small_x = (3 * torch.randn(64, 1000, device=device)).to(torch.bfloat16)
+    small_t = torch.randint(0, 1000, (64,), device=device)
+    small_t[::5] = -100
+    calls = {
+        "cross_entropy 64x1000 (auto: torch's kernel)": lambda a: crossent.cross_entropy(
+            a, small_t, label_smoothing=0.1),
+        "nll_loss 64x1000 (auto: torch's kernel)": lambda a: crossent.nll_loss(
+            a.float().log_softmax(1), small_t),
+    }  # fmt: skip
+    for name, loss_fn in calls.items():
+        ok = _graphed_matches_eager(loss_fn, small_x)
+        run.check(f"{name} in make_graphed_callables == eager (bitwise)", ok)
+
+
+def _graphed_matches_eager(loss_fn, x) -> bool:
+    """Whether ``loss_fn`` of a leaf copy of ``x``, forward and backward, through
+    ``torch.cuda.make_graphed_callables`` gives the eager loss and gradient bit for bit."""
+    import torch
+
+    leaf = x.detach().clone().requires_grad_()
+    eager_loss = loss_fn(leaf)
+    eager_loss.backward()
+    graphed = torch.cuda.make_graphed_callables(loss_fn, (x.detach().clone().requires_grad_(),))
+    again = x.detach().clone().requires_grad_()
+    graph_loss = graphed(again)
+    graph_loss.backward()
+    torch.cuda.synchronize()
+    return torch.equal(graph_loss.detach(), eager_loss.detach()) and torch.equal(
+        again.grad, leaf.grad
+    )
 
 
 def beyond_int32(run: Run, device, small: bool):
@@ -1247,15 +1269,150 @@ def launch_costs(run: Run, device, small: bool):
                                                                                impl="triton"),
     }  # fmt: skip
     for name, fn in probes.items():
-        fn()  # (compiles)
+        us = host_us_per_call(fn, batch, reps=1 if small else 7)
+        run.log(f"launch cost: {name}: {us:.1f} us host time per call")
+        run.results.setdefault("launch_costs_us", {})[name] = us
 
-        def many(fn=fn):
-            for _ in range(batch):
-                fn()
 
-        per_call = host_ms(many, reps=1 if small else 7) / batch
-        run.log(f"launch cost: {name}: {1e3 * per_call:.1f} us host time per call")
-        run.results.setdefault("launch_costs_us", {})[name] = 1e3 * per_call
+def host_us_per_call(fn, batch: int, reps: int) -> float:
+    """Host microseconds per call of ``fn``: the median of ``reps`` batches of ``batch``
+    back-to-back calls (:func:`host_ms`), after one call that compiles."""
+    fn()
+
+    def many():
+        for _ in range(batch):
+            fn()
+
+    return 1e3 * host_ms(many, reps=reps) / batch
+
+
+def host_profile(run: Run, device, small: bool):
+    """Where the public call's host time goes: host time per call of each piece at 64x32000
+    bfloat16 (a kernel of microseconds, so the host decides), from a bare Triton launch to the
+    public fwd+bwd, then ``cProfile`` over back-to-back fwd+bwd calls (own time and cumulative
+    time per function) into ``host_profile.txt``."""
+    import contextlib
+    import cProfile
+    import io
+    import pstats
+
+    import torch
+    import triton
+    import triton.language as tl
+
+    import crossent
+    from crossent.backends.triton import cross_entropy as launchers
+    from crossent.backends.triton import kernels
+    from crossent.backends.triton.cross_entropy import RowOptions
+
+    @triton.jit
+    def one_store(out_ptr, value):
+        tl.store(out_ptr, value)
+
+    rows, cols = (8, 256) if small else (64, 32000)
+    gen = torch.Generator(device=device).manual_seed(7)
+    x = torch.randn(rows, cols, device=device, generator=gen).to(torch.bfloat16)
+    target = torch.randint(0, cols, (rows,), device=device, generator=gen)
+    flag = torch.zeros(1, device=device)
+    options = RowOptions()
+    grad = torch.empty_like(x)
+    half = torch.tensor(0.5, device=device)
+
+    def enter_device():
+        with launchers._on_device(x.device):
+            pass
+
+    recorded = {}
+
+    class Recorder:  # records the row kernel's launch as the launcher makes it
+        def __getitem__(self, grid):
+            def record(*args, **kwargs):
+                recorded.update(grid=grid, args=args, kwargs=kwargs)
+
+            return record
+
+    real, check_device = kernels.cross_entropy_rows_kernel, launchers._check_device
+    kernels.cross_entropy_rows_kernel, launchers._check_device = Recorder(), lambda *_: None
+    try:
+        launchers.cross_entropy_rows(x, target, None, options, grad)
+    finally:
+        kernels.cross_entropy_rows_kernel, launchers._check_device = real, check_device
+    loss, lse = launchers.cross_entropy_rows(x, target, None, options)
+
+    def public(**kw):
+        def call():
+            leaf = x.detach().requires_grad_()
+            crossent.cross_entropy(leaf, target, impl="triton", **kw).backward()
+
+        return call
+
+    def forward(**kw):
+        def call():
+            with torch.no_grad():
+                crossent.cross_entropy(x, target, impl="triton", **kw)
+
+        return call
+
+    probes = {
+        "torch.empty(64) on the device": lambda: torch.empty(64, device=device),
+        "tensor.item() of a ready 1-element tensor (a sync)": lambda: flag.item(),
+        "enter/leave crossent's device context": enter_device,
+        "bare Triton launch (2 arguments)": lambda: one_store[(1,)](flag, 1.0),
+        "row kernel launch, arguments ready": lambda: real[recorded["grid"]](
+            *recorded["args"], **recorded["kwargs"]
+        ),
+        "target_stats launcher": lambda: launchers.target_stats(
+            target, None, cols, -100, torch.float32
+        ),
+        "reduce_rows launcher": lambda: launchers.reduce_rows(loss, lse, True, float(rows)),
+        "cross_entropy_rows launcher, loss and lse": lambda: launchers.cross_entropy_rows(
+            x, target, None, options
+        ),
+        "cross_entropy_rows launcher, into a gradient buffer": lambda: launchers.cross_entropy_rows(
+            x, target, None, options, grad
+        ),
+        "scale_rows_ launcher (one factor on the device)": lambda: launchers.scale_rows_(
+            grad, half
+        ),
+        "public forward (no grad), target_check='host'": forward(),
+        "public forward (no grad), target_check='device'": forward(target_check="device"),
+        "public fwd+bwd, target_check='host'": public(),
+        "public fwd+bwd, target_check='device'": public(target_check="device"),
+        "public fwd+bwd, impl='auto' (torch's kernel at this size)": lambda: (
+            crossent.cross_entropy(x.detach().requires_grad_(), target).backward()
+        ),
+        "torch eager F.cross_entropy fwd+bwd": lambda: torch.nn.functional.cross_entropy(
+            x.detach().requires_grad_(), target
+        ).backward(),
+    }
+    batch = 1 if small else 100
+    for name, fn in probes.items():
+        try:
+            us = host_us_per_call(fn, batch, reps=1 if small else 5)
+            run.log(f"host cost: {name}: {us:.1f} us per call")
+            run.results.setdefault("host_costs_us", {})[name] = us
+        except Exception as exc:
+            run.log(f"host cost: {name}: failed: {type(exc).__name__}: {exc}"[:300])
+
+    profile = cProfile.Profile()
+    call = public()
+    call()
+    synchronize()
+    profile.enable()
+    for _ in range(2 if small else 200):
+        call()
+    profile.disable()
+    synchronize()
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        stats = pstats.Stats(profile, stream=text)
+        stats.sort_stats("tottime").print_stats(45)
+        stats.sort_stats("cumulative").print_stats(70)
+    path = Path(run.args.out) / "host_profile.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.getvalue())
+    run.log(f"host profile of {2 if small else 200} public fwd+bwd calls -> {path.name}")
+    print("\n".join(text.getvalue().splitlines()[:70]), flush=True)
 
 
 def small_calls(run: Run, device, small: bool):
@@ -1394,7 +1551,8 @@ def eager_route_check(run: Run, device, small: bool):
 
 
 def torch_route(run: Run, device, small: bool):
-    """``impl="auto"`` of nll_loss (2-D) and the binary losses runs torch's own kernel after
+    """``impl="auto"`` of cross_entropy (2-D, below ``CUDA_CROSS_ENTROPY_MAX_ELEMENTS``
+    logits), nll_loss (2-D) and the binary losses runs torch's own kernel after
     crossent's checks: bitwise torch's result, deterministic (repeat bitwise, no error under
     ``use_deterministic_algorithms``), checks still first, then its time and memory against
     the reference and torch eager."""
@@ -1411,7 +1569,12 @@ def torch_route(run: Run, device, small: bool):
     index[::9] = -100
     z = 4 * torch.randn(m, device=device, generator=gen)
     soft = torch.rand(m, device=device, generator=gen)
+    rows = 64 if small else 512  # 512x32000 bfloat16: below CUDA_CROSS_ENTROPY_MAX_ELEMENTS
+    logits = (3 * torch.randn(rows, c, device=device, generator=gen)).to(torch.bfloat16)
+    ce_target = index[:rows]
+    ce_weight = (torch.rand(c, device=device, generator=gen) + 0.5).to(torch.bfloat16)
     cases = {
+        "cross_entropy": (logits, ce_target, {"weight": ce_weight, "label_smoothing": 0.1}),
         "nll_loss": (logp, index, {}),
         "binary_cross_entropy": (torch.sigmoid(z), soft, {}),
         "binary_cross_entropy_with_logits": (z, soft, {"pos_weight": soft[:1] + 1}),
@@ -1454,7 +1617,8 @@ def torch_route(run: Run, device, small: bool):
     bad = index.clone()
     bad[3] = c
     errors = []
-    for call in (lambda: crossent.nll_loss(logp, bad),
+    for call in (lambda: crossent.cross_entropy(logits, bad[:rows]),
+                 lambda: crossent.nll_loss(logp, bad),
                  lambda: crossent.binary_cross_entropy(torch.sigmoid(z), soft + 1)):
         try:
             call()
@@ -1463,7 +1627,8 @@ def torch_route(run: Run, device, small: bool):
             errors.append(type(exc).__name__)
     healthy = bool(torch.isfinite(crossent.nll_loss(logp, index)))
     run.check("torch route: bad targets raise before torch's kernel runs, device healthy",
-              errors == ["IndexError", "RuntimeError"] and healthy, repr((errors, healthy)))
+              errors == ["IndexError", "IndexError", "RuntimeError"] and healthy,
+              repr((errors, healthy)))  # fmt: skip
 
 
 def upstream_layouts(run: Run, device, small: bool):
@@ -2210,6 +2375,7 @@ def main(argv=None) -> int:
         ("reductions", reductions_check, (run, device, small)),
         ("device target check", device_target_check, (run, device, small)),
         ("small calls", small_calls, (run, device, small)),
+        ("host profile", host_profile, (run, device, small)),
         *([("gemm out_dtype", gemm_out_dtype, (run, device, small))] if args.gemm else []),
         ("torch.compile timings", deferred_timings, (run, device, small)),
     ]

@@ -256,6 +256,7 @@ def test_which_devices_and_ops_auto_sends_to_torchs_kernel():
 
     big = _torch_native.CROSS_ENTROPY_MAX_ELEMENTS
     half_big = _torch_native.HALF_CROSS_ENTROPY_MAX_ELEMENTS
+    cuda_big = _torch_native.CUDA_CROSS_ENTROPY_MAX_ELEMENTS
     assert half_big > big
     for dtype in (torch.float16, torch.bfloat16):  # half logits switch later (float32 blocks)
         assert _torch_native.auto_serves("cross_entropy", tensor("cpu", 2, big, dtype))
@@ -266,14 +267,20 @@ def test_which_devices_and_ops_auto_sends_to_torchs_kernel():
         ("cpu", "cross_entropy", 2, big - 1): True,
         ("cpu", "cross_entropy", 3, big): True,  # K-dim: torch's kernel at any size
         ("cpu", "nll_loss", 4, big): True, ("cpu", "binary_cross_entropy", 1, big): True,
-        # CUDA: deterministic torch kernels only; cross_entropy has the Triton kernel
-        ("cuda", "cross_entropy", 2, 6): False, ("cuda", "nll_loss", 2, 6): True,
+        # CUDA: deterministic torch kernels only; cross_entropy has the Triton kernel from
+        # CUDA_CROSS_ENTROPY_MAX_ELEMENTS logits on, and for K-dim inputs at any size
+        ("cuda", "cross_entropy", 2, 6): True, ("cuda", "cross_entropy", 1, 6): True,
+        ("cuda", "cross_entropy", 2, cuda_big - 1): True,
+        ("cuda", "cross_entropy", 2, cuda_big): False,
+        ("cuda", "cross_entropy", 3, 6): False, ("cuda", "nll_loss", 2, 6): True,
         ("cuda", "nll_loss", 3, 6): False, ("cuda", "binary_cross_entropy", 3, 6): True,
         ("cuda", "binary_cross_entropy_with_logits", 4, 6): True,
         ("meta", "nll_loss", 2, 6): False,
     }  # fmt: skip
     for (device, op, dim, numel), expected in served.items():
-        assert _torch_native.auto_serves(op, tensor(device, dim, numel)) is expected, (device, op)
+        for dtype in (torch.float32, torch.bfloat16) if device == "cuda" else (torch.float32,):
+            got = _torch_native.auto_serves(op, tensor(device, dim, numel, dtype))
+            assert got is expected, (device, op, dim, numel, dtype)
     # K-dim: the fused kernel's column layout from KDIM_CROSS_ENTROPY_MAX_ELEMENTS logits, for
     # float32/float64 only, and only where that layout serves the call (``columns``)
     kdim = _torch_native.KDIM_CROSS_ENTROPY_MAX_ELEMENTS
@@ -408,3 +415,41 @@ def test_nll_loss_target_check_device_on_the_cpu_raises_as_host(impl):
             cnn.NLLLoss(impl=impl, target_check=mode)(logp, bad)
     with pytest.raises(ValueError, match="target_check must be one of"):
         crossent.nll_loss(logp, good, impl=impl, target_check="never")
+
+
+def test_auto_falls_back_to_the_fused_kernel_of_the_device(monkeypatch):
+    """Where auto's first choice, torch's kernel, cannot serve a call (inplace_backward, the
+    extras), the fused kernel serves it: Triton's on CUDA when Triton is installed."""
+    from types import SimpleNamespace
+
+    from crossent import _dispatch
+
+    def tensor(device):
+        return SimpleNamespace(device=SimpleNamespace(type=device))
+
+    monkeypatch.setattr(_dispatch, "_triton_installed", lambda: True)
+    assert _dispatch.fused_impl(tensor("cuda")) == "triton"
+    assert _dispatch.fused_impl(tensor("cpu")) == "fused"
+    monkeypatch.setattr(_dispatch, "_triton_installed", lambda: False)
+    assert _dispatch.fused_impl(tensor("cuda")) == "fused"
+
+
+def test_torch_kernel_checks_targets_itself_only_on_cuda_when_asked_or_captured(monkeypatch):
+    """crossent's host-side range check is left to torch's kernel (a device-side assertion)
+    with target_check='device' on CUDA, and while a CUDA graph is captured, where a host read
+    cannot run; nowhere else."""
+    from types import SimpleNamespace
+
+    from crossent.functional import _torch_kernel_checks
+
+    cuda, cpu = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    assert _torch_kernel_checks(cuda, "device")
+    assert not _torch_kernel_checks(cuda, "host")
+    assert not _torch_kernel_checks(cpu, "device")
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert _torch_kernel_checks(cuda, "host")
+    assert not _torch_kernel_checks(cpu, "host")
+    monkeypatch.setattr(torch.version, "hip", "6.0")  # kernel assertions may be compiled out
+    assert not _torch_kernel_checks(cuda, "host")

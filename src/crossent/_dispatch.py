@@ -91,4 +91,10 @@ def resolve_impl(impl: Any, input: Any, op: str = "cross_entropy", *, columns: b
             return "torch"
     if op not in FUSED_OPS:
         return "reference"
+    return fused_impl(input)
+
+
+def fused_impl(input: Any) -> str:
+    """The fused kernel ``impl="auto"`` runs on this torch tensor: ``"triton"`` on CUDA with
+    Triton installed, else ``"fused"`` (torch ops in cache-sized blocks)."""
     return "triton" if input.device.type == "cuda" and _triton_installed() else "fused"

@@ -19,10 +19,13 @@ What stays with crossent's own implementations (:func:`why_not` and :func:`auto_
 * for ``impl="auto"`` under torch.compile: ``cross_entropy`` (its fused custom op). Traced
   calls check values in custom ops, as every traced path does, so the other losses trace
   torch's ops, and an explicit ``impl="torch"`` compiles too;
-* for ``impl="auto"`` on CUDA: ``cross_entropy`` (the Triton kernel reads its range check
-  after queueing its work; torch's kernel would have to wait for the check) and ``nll_loss`` of
-  K-dim inputs (torch's CUDA kernel sums them with atomics: not deterministic); other devices.
-  On CUDA the checks read tensor values, one synchronisation, as the reference's do.
+* for ``impl="auto"`` on CUDA: ``cross_entropy`` from :data:`CUDA_CROSS_ENTROPY_MAX_ELEMENTS`
+  logits on (the Triton kernel: less memory and device time, and it reads its range check
+  after queueing its work, where torch's kernel waits for the check) and of K-dim inputs, and
+  ``nll_loss`` of K-dim inputs (torch's CUDA kernels sum them with atomics: not deterministic);
+  other devices. On CUDA the checks read tensor values, one synchronisation, as the
+  reference's do (none with ``target_check="device"`` or while a CUDA graph is captured: torch's
+  kernel then checks on the device).
 
 Imported only for torch tensors.
 """
@@ -62,6 +65,18 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 #: 5.5 M and 2.53x at 25 M, at 0.6x of torch's peak memory.
 KDIM_CROSS_ENTROPY_MAX_ELEMENTS = 1 << 22
 
+#: 1-D/2-D inputs on CUDA: ``impl="auto"`` runs torch's own cross-entropy below this many
+#: logits (any dtype; torch's 2-D CUDA kernels are deterministic) and the Triton kernel from here
+#: on. Below it a call's fixed host cost decides: on an H200 (2026-11-27, benchmarks/gpu.py
+#: section "small calls", record gpu-h200-2026-11-27-small-calls.md; forward+backward, back to
+#: back) the Triton path took 1.2-1.6 ms per call from 256x1000 to 2048x32000 logits, its kernel
+#: a small part of it, where the checks and torch's kernel took 0.57-0.75 ms; at 8192x32000
+#: bfloat16 (2.6e8 logits) Triton was ahead (1.21 against 1.41 ms). The threshold sits well below
+#: that crossing: where a busy device hides the host's time, torch's kernel at 2**24 logits
+#: costs some 50 microseconds more device time than Triton's (torch eager's 1.19 ms at 2.6e8
+#: logits, scaled), against some 0.6 ms of host time saved per call where it does not.
+CUDA_CROSS_ENTROPY_MAX_ELEMENTS = 1 << 24
+
 #: The binary losses: ``impl="auto"`` uses torch's kernels for them on CUDA too (elementwise,
 #: then torch's deterministic reductions; ``nll_loss`` too, for 1-D/2-D inputs).
 BINARY_OPS = ("binary_cross_entropy", "binary_cross_entropy_with_logits")
@@ -88,9 +103,10 @@ def auto_serves(op: str, input: torch.Tensor, *, columns: bool = False) -> bool:
     them into ``(N*d1*..., C)`` rows (1.5x-3x torch eager's time to save about 15% of peak
     memory, ``benchmarks cross_entropy_small``): ``columns`` says that the call is one auto
     gives the column layout (a contiguous input, class indices). CUDA tensors for the
-    binary losses and for ``nll_loss`` of 1-D/2-D inputs, whose torch kernels are deterministic
-    (its K-dim ``nll_loss`` sums with atomics, so those keep the reference; ``cross_entropy``
-    has the Triton kernel)."""
+    binary losses, for ``nll_loss`` of 1-D/2-D inputs, whose torch kernels are deterministic
+    (its K-dim ``nll_loss`` sums with atomics, so those keep the reference), and for
+    ``cross_entropy`` of 1-D/2-D inputs below :data:`CUDA_CROSS_ENTROPY_MAX_ELEMENTS` logits (from
+    there on, and for K-dim inputs, the Triton kernel)."""
     device = input.device.type
     if torch.compiler.is_compiling() and op == "cross_entropy":
         return False  # traced, cross_entropy keeps its fused custom op
@@ -104,6 +120,8 @@ def auto_serves(op: str, input: torch.Tensor, *, columns: bool = False) -> bool:
         return input.numel() < (HALF_CROSS_ENTROPY_MAX_ELEMENTS if half
                                 else CROSS_ENTROPY_MAX_ELEMENTS)  # fmt: skip
     if device == "cuda":
+        if op == "cross_entropy":
+            return input.dim() <= 2 and input.numel() < CUDA_CROSS_ENTROPY_MAX_ELEMENTS
         return op in BINARY_OPS or (op == "nll_loss" and input.dim() <= 2)
     return False
 

@@ -24,7 +24,7 @@ from crossent._array import (
     is_torch_namespace,
     namespace,
 )
-from crossent._dispatch import resolve_impl
+from crossent._dispatch import fused_impl, resolve_impl
 
 __all__ = [
     "CrossEntropyOutput",
@@ -366,7 +366,9 @@ def cross_entropy(
     torch's kernel below 2**22 logits and the fused kernel from there on where it takes the
     input as it lies (contiguous float32/float64 inputs with class indices: 2x-2.7x torch
     eager's speed at half to two thirds of its memory on 25 M logits), torch's kernel at any
-    size otherwise; on CUDA the Triton kernel when Triton is installed, else the fused kernel.
+    size otherwise; on CUDA torch's own kernel for 1-D/2-D inputs below 2**24 logits (where
+    the Triton path's fixed host cost of about a millisecond decides), and from there on, and for
+    K-dim inputs, the Triton kernel when Triton is installed, else the fused kernel.
     Where torch's kernel cannot serve the arguments (an unbatched ``(C,)`` input with a ``(1,)``
     target, on which its backward fails; ``inplace_backward=True``) it takes the fused kernel,
     and where that cannot either (a probability target or class weight that requires grad, a
@@ -384,7 +386,8 @@ def cross_entropy(
     synchronisation per call (queued after the Triton kernel, so the device keeps computing).
     ``"device"`` (opt-in) removes it: the Triton path (``impl="triton"``, and ``"auto"`` on
     CUDA) asserts on the device (``torch._assert_async``) and torch's own kernel
-    (``impl="torch"``) asserts as it always does on CUDA, so an out-of-range target fails the
+    (``impl="torch"``, and ``"auto"`` on CUDA below 2**24 logits) asserts as it always does on
+    CUDA, so an out-of-range target fails the
     CUDA stream as in torch: a generic "device-side assert triggered" RuntimeError from
     whichever later CUDA call comes first (possibly within this call), the CUDA context lost.
     On the CPU, on ROCm builds (whose kernel assertions may be compiled out) and on the
@@ -507,10 +510,7 @@ def _cross_entropy_dispatch(
         native = _torch_kernel(choice, impl, "cross_entropy", input, target, weight,
                                refusal=refusal)  # fmt: skip
         if native is not None:
-            from crossent._fused_op import asserts_on_device
-
-            if not layout.probabilities and not asserts_on_device(input, target_check):
-                # (with target_check="device" on CUDA, torch's kernel asserts on the device)
+            if not layout.probabilities and not _torch_kernel_checks(input, target_check):
                 target = _checked_target(
                     xp, target, layout.num_classes, options["ignore_index"]
                 )
@@ -518,7 +518,7 @@ def _cross_entropy_dispatch(
                 input = input.to(loss_dtype)
             return CrossEntropyOutput(native.cross_entropy(input, target, weight, options), None,
                                       None)  # fmt: skip
-        choice = "fused"  # impl="auto" on the CPU: the fused kernel, or the reference after it
+        choice = fused_impl(input)  # impl="auto": the fused kernel, or the reference after it
     if choice != "reference":
         from crossent import _torch_dispatch
 
@@ -542,6 +542,19 @@ def _cross_entropy_dispatch(
         return CrossEntropyOutput(_run_reference(_ce_fn, options, input, target, weight), None,
                                   None)
     return _reference_extras(xp, input, target, weight, layout, options, z_loss, softcap)
+
+
+def _torch_kernel_checks(input: Any, target_check: str) -> bool:
+    """Whether torch's own kernel is left to check the class indices, on the device (it
+    asserts there): with ``target_check="device"`` on CUDA, and while a CUDA graph is captured,
+    where a host read of the targets cannot run (the fused kernels skip their read there too)."""
+    import torch
+
+    from crossent._fused_op import asserts_on_device
+
+    if asserts_on_device(input, target_check):
+        return True
+    return input.is_cuda and torch.version.hip is None and torch.cuda.is_current_stream_capturing()
 
 
 def _torch_kernel(choice, impl, op, input, target, weight, pos_weight=None, *, refusal=None):
@@ -702,11 +715,7 @@ def nll_loss(
     )
     check.check_target_check(target_check)
     choice = resolve_impl(impl, input, "nll_loss")
-    on_device = False
-    if choice == "torch":
-        from crossent._fused_op import asserts_on_device
-
-        on_device = asserts_on_device(input, target_check)
+    on_device = choice == "torch" and _torch_kernel_checks(input, target_check)
     xp, target, weight, options, num_classes = _prepare_nll(
         input, target, weight, ignore_index, reduction, check_range=not on_device
     )
