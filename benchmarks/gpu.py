@@ -463,11 +463,14 @@ def graph_capture(run: Run, device):
     small_x = (3 * torch.randn(64, 1000, device=device)).to(torch.bfloat16)
     small_t = torch.randint(0, 1000, (64,), device=device)
     small_t[::5] = -100
+    small_w = (torch.randn(1000, 1000, device=device) / 32).to(torch.bfloat16)
     calls = {
         "cross_entropy 64x1000 (auto: torch's kernel)": lambda a: crossent.cross_entropy(
             a, small_t, label_smoothing=0.1),
         "nll_loss 64x1000 (auto: torch's kernel)": lambda a: crossent.nll_loss(
             a.float().log_softmax(1), small_t),
+        "linear_cross_entropy 64x1000x1000 (auto: torch's expression)":
+            lambda a: crossent.linear_cross_entropy(a, small_w, small_t),
     }  # fmt: skip
     for name, loss_fn in calls.items():
         ok = _graphed_matches_eager(loss_fn, small_x)
@@ -761,7 +764,8 @@ def record_timing(run: Run, group: str, provider: str, ms, peak, flops=None, nby
 
 
 def triton_launches(fn) -> str:
-    """Names and counts of the Triton kernels one call of ``fn`` launches (GPU only)."""
+    """Names and counts of the Triton kernels one call of ``fn`` launches, crossent's or any
+    other's (GPU only)."""
     import triton
 
     hook_chain = getattr(getattr(triton, "knobs", None), "runtime", None)
@@ -779,10 +783,9 @@ def triton_launches(fn) -> str:
         synchronize()
     finally:
         hook_chain.launch_enter_hook.remove(hook)
-    mine = {k: v for k, v in counts.items() if "cross_entropy_rows" in k or "scale_rows" in k}
-    if not mine:
-        return f"NO crossent Triton kernel launched (other Triton launches: {sum(counts.values())})"
-    return "launches: " + ", ".join(f"{k}x{v}" for k, v in sorted(mine.items()))
+    if not counts:
+        return "no Triton kernel launched"
+    return "launches: " + ", ".join(f"{k}x{v}" for k, v in sorted(counts.items()))
 
 
 def time_provider(
@@ -1286,6 +1289,54 @@ def host_us_per_call(fn, batch: int, reps: int) -> float:
     return 1e3 * host_ms(many, reps=reps) / batch
 
 
+def small_linear_calls(run: Run, device, small: bool, reps: int):
+    """Device and host time per fwd+bwd call of ``linear_cross_entropy`` (``impl="triton"``,
+    ``"auto"``) against torch's ``F.cross_entropy(F.linear(...))`` at heads whose logits are
+    below and above ``CUDA_CROSS_ENTROPY_MAX_ELEMENTS`` (where ``"auto"`` hands the call to
+    torch's expression, and where it keeps the blocked Triton path)."""
+    import torch
+    import torch.nn.functional as F
+
+    import crossent
+
+    cases = [(16, 32, 100)] if small else [(64, 1024, 32000), (256, 1024, 32000),
+                                           (1024, 2048, 32000)]  # fmt: skip
+    for n, d, c in cases:
+        gen = torch.Generator(device=device).manual_seed(31)
+        x0 = torch.randn(n, d, device=device, generator=gen).to(torch.bfloat16)
+        w0 = (torch.randn(c, d, device=device, generator=gen) / d**0.5).to(torch.bfloat16)
+        t = torch.randint(0, c, (n,), device=device, generator=gen)
+        state = {}
+
+        def setup(state=state, x0=x0, w0=w0):
+            state["x"] = x0.detach().clone().requires_grad_()
+            state["w"] = w0.detach().clone().requires_grad_()
+
+        def call(loss_fn, state=state, t=t):
+            loss_fn(state["x"], state["w"], t).backward()
+
+        providers = {
+            "crossent.linear_cross_entropy(impl='triton')": functools.partial(
+                call, functools.partial(crossent.linear_cross_entropy, impl="triton")),
+            "crossent.linear_cross_entropy(impl='auto')": functools.partial(
+                call, crossent.linear_cross_entropy),
+            "torch F.cross_entropy(F.linear(...))": functools.partial(
+                call, lambda a, weight, target: F.cross_entropy(F.linear(a, weight), target)),
+        }  # fmt: skip
+        group = f"small linear calls N={n} D={d} V={c} bfloat16"
+        for name, fn in providers.items():
+            try:
+                ms = median_ms(fn, reps=reps, warmup=2, setup=setup)
+                host = host_ms(fn, reps=reps, setup=setup)
+                record_timing(run, group, name, ms, None, flops=6 * n * d * c,
+                              note=f"host {host:.3f} ms per call")  # fmt: skip
+            except Exception as exc:
+                record_timing(run, group, name, None, None,
+                              note=f"failed: {type(exc).__name__}: {exc}"[:200])  # fmt: skip
+            finally:
+                free_memory()
+
+
 def host_profile(run: Run, device, small: bool):
     """Where the public call's host time goes: host time per call of each piece at 64x32000
     bfloat16 (a kernel of microseconds, so the host decides), from a bare Triton launch to the
@@ -1434,6 +1485,7 @@ def small_calls(run: Run, device, small: bool):
                  ((8192, 32000), torch.bfloat16), ((2048, 32000), torch.float32),
                  ((8, 21, 512, 512), torch.float32), ((16, 150, 128, 128), torch.bfloat16)]
     reps = 2 if small else 30
+    small_linear_calls(run, device, small, reps)
     for shape, dtype in cases:
         if small and len(shape) == 2 and shape[0] > 64:
             continue
@@ -1617,6 +1669,7 @@ def torch_route(run: Run, device, small: bool):
     bad = index.clone()
     bad[3] = c
     errors = []
+    linear_check(run, device, small)
     for call in (lambda: crossent.cross_entropy(logits, bad[:rows]),
                  lambda: crossent.nll_loss(logp, bad),
                  lambda: crossent.binary_cross_entropy(torch.sigmoid(z), soft + 1)):
@@ -1629,6 +1682,57 @@ def torch_route(run: Run, device, small: bool):
     run.check("torch route: bad targets raise before torch's kernel runs, device healthy",
               errors == ["IndexError", "IndexError", "RuntimeError"] and healthy,
               repr((errors, healthy)))  # fmt: skip
+
+
+def linear_check(run: Run, device, small: bool):
+    """``linear_cross_entropy(impl="auto")`` of a small 2-D problem on CUDA is torch's
+    ``F.cross_entropy(F.linear(...))`` after crossent's checks: bitwise torch's loss and
+    gradients (input, weight, bias), repeated bitwise under ``use_deterministic_algorithms``;
+    an out-of-range target still raises crossent's IndexError."""
+    import torch
+    import torch.nn.functional as F
+
+    import crossent
+
+    n, d, c = (16, 32, 100) if small else (256, 1024, 32000)
+    gen = torch.Generator(device=device).manual_seed(29)
+    x = torch.randn(n, d, device=device, generator=gen).to(torch.bfloat16)
+    w = (torch.randn(c, d, device=device, generator=gen) / d**0.5).to(torch.bfloat16)
+    b = torch.randn(c, device=device, generator=gen).to(torch.bfloat16)
+    t = torch.randint(0, c, (n,), device=device, generator=gen)
+    t[::7] = -100
+
+    def outcome(fn):
+        leaves = [v.detach().clone().requires_grad_() for v in (x, w, b)]
+        loss = fn(*leaves)
+        loss.backward()
+        return [loss.detach()] + [leaf.grad for leaf in leaves]
+
+    def ours(a, weight, bias):
+        return crossent.linear_cross_entropy(a, weight, t, linear_bias=bias, label_smoothing=0.1)
+
+    def theirs(a, weight, bias):
+        return F.cross_entropy(F.linear(a, weight, bias), t, label_smoothing=0.1)
+
+    first, expected = outcome(ours), outcome(theirs)
+    torch.use_deterministic_algorithms(True)
+    try:
+        again = outcome(ours)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    same = all(torch.equal(p, q) for p, q in zip(first, expected, strict=True))
+    repeat = all(torch.equal(p, q) for p, q in zip(first, again, strict=True))
+    bad = t.clone()
+    bad[3] = c
+    try:
+        crossent.linear_cross_entropy(x, w, bad)
+        error = "no error"
+    except IndexError:
+        error = "IndexError"
+    run.check(f"torch route: linear_cross_entropy {n}x{d}x{c} auto == F.cross_entropy(F.linear) "
+              f"bitwise, deterministic repeat, bad target raises",
+              same and repeat and error == "IndexError",
+              f"same={same} repeat={repeat} {error}")  # fmt: skip
 
 
 def upstream_layouts(run: Run, device, small: bool):

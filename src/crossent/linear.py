@@ -4,7 +4,7 @@
 ``cross_entropy(input @ linear_weight.T + linear_bias, target, ...)`` (and torch 2.13's
 ``F.linear_cross_entropy``), plus z-loss, soft-capping and a log-sum-exp output, but computes it
 through blocks of rows (and of the vocabulary, when one row block is too big for the memory
-budget) with :mod:`crossent.backends.linear_blocks`. (Under ``impl="auto"`` a small CPU problem,
+budget) with :mod:`crossent.backends.linear_blocks`. (Under ``impl="auto"`` a small problem,
 whose logits one block would hold anyway, is ``F.cross_entropy(F.linear(...))`` after crossent's
 checks instead: see :func:`_small_on_torch`.)
 
@@ -586,18 +586,37 @@ def _materialised_logits(input, linear_weight, linear_bias, call: _Call) -> Tens
     ).reshape((*input.shape[:-1], num_classes, *call.out_features))
 
 
+def _torch_logits_limit(device: str, out_features: tuple[int, ...]) -> int | None:
+    """The logits below which ``impl="auto"`` hands a call on this device type to torch's
+    expression, or None where it never does: K-dim logits on CUDA (torch's kernel sums them
+    with atomics) and devices other than the CPU and CUDA."""
+    from crossent import _torch_native
+
+    if device == "cpu":
+        return _torch_native.CROSS_ENTROPY_MAX_ELEMENTS
+    if device == "cuda" and not out_features:
+        return _torch_native.CUDA_CROSS_ENTROPY_MAX_ELEMENTS
+    return None
+
+
 def _small_on_torch(input, linear_weight, target, linear_bias, weight, call: _Call):
-    """``impl="auto"``'s route for a small CPU problem, or None: below 2**20 logits that fit the
-    memory budget three times over (logits, log-probabilities, their gradient), the blocked
-    path would hold them all in one block anyway, and its fixed cost per call (tens of Python
-    steps and torch ops) outweighs the work. Then this is ``F.cross_entropy(F.linear(input, W,
-    b), ...)`` after crossent's checks (``_prepare``'s and the target range): torch's result
-    bit for bit. Not for the extras
-    (z-loss, soft-capping), autocast or torch.compile (compiled code keeps the custom ops)."""
+    """``impl="auto"``'s route for a small problem, or None: below 2**20 logits on the CPU, and
+    below :data:`crossent._torch_native.CUDA_CROSS_ENTROPY_MAX_ELEMENTS` 2-D logits on CUDA
+    (torch's K-dim CUDA kernel is not deterministic), that fit the memory budget three times
+    over (logits, log-probabilities, their gradient), the blocked path would hold them all in
+    one block anyway, and its fixed cost per call (tens of Python steps and torch ops, and on
+    CUDA Triton launches: about a millisecond of host time) outweighs the work. Then this is
+    ``F.cross_entropy(F.linear(input, W, b), ...)`` after crossent's checks (``_prepare``'s and
+    the target range, which on CUDA torch's kernel makes on the device with
+    ``target_check="device"`` and while a CUDA graph is captured): torch's result bit for bit.
+    Not for the extras (z-loss, soft-capping), autocast or torch.compile (compiled code keeps
+    the custom ops)."""
     from crossent import _torch_native
     from crossent._fused_op import transformed
+    from crossent.functional import _torch_kernel_checks
 
-    if input.device.type != "cpu" or call.z_loss or call.softcap is not None:
+    limit = _torch_logits_limit(input.device.type, call.out_features)
+    if limit is None or call.z_loss or call.softcap is not None:
         return None
     if transformed(input, linear_weight, linear_bias, target, weight):
         return None  # (the blocked paths refuse transforms and point to impl="reference")
@@ -605,12 +624,14 @@ def _small_on_torch(input, linear_weight, target, linear_bias, weight, call: _Ca
         return None
     num_classes = linear_weight.shape[0]
     logits = math.prod(input.shape[:-1]) * num_classes * math.prod(call.out_features)
-    if logits >= _torch_native.CROSS_ENTROPY_MAX_ELEMENTS:
+    if logits >= limit:
         return None
     if call.memory_budget is not None:  # too small for the blocked path: the same error here
         plan_blocks(max(logits // num_classes, 1), input.shape[-1], num_classes, input.dtype,
                     call.memory_budget, probabilities=call.probabilities,
-                    label_smoothing=call.label_smoothing)  # fmt: skip
+                    label_smoothing=call.label_smoothing,
+                    kernel=_kernel_for(resolve_impl("auto", input, "linear_cross_entropy")),
+                    device=input.device)  # fmt: skip
     budget = call.memory_budget or default_memory_budget(
         num_classes, input.dtype, input.device, input.shape[-1]
     )
@@ -618,7 +639,8 @@ def _small_on_torch(input, linear_weight, target, linear_bias, weight, call: _Ca
         return None
     if _torch_native.why_not(input, target, weight) is not None:
         return None
-    if not call.probabilities:  # (the rest of cross_entropy's checks ran in _prepare)
+    if not call.probabilities and not _torch_kernel_checks(input, call.target_check):
+        # (the rest of cross_entropy's checks ran in _prepare)
         import array_api_compat.torch as xp
 
         target = _checked_target(xp, target, num_classes, call.ignore_index)
@@ -953,17 +975,19 @@ def linear_cross_entropy(
     smaller than 128 rows of logits) adds one logits GEMM.
 
     ``impl``: ``"auto"`` (Triton row kernel for CUDA tensors when Triton is installed, else the
-    blocked torch-ops kernel; on the CPU, a problem of fewer than 2**20 logits that fit the
-    memory budget three times over, which the blocked path would hold in one block anyway, is
-    ``F.cross_entropy(F.linear(input, W, b), ...)`` after crossent's checks: torch's result bit
-    for bit, without the blocked path's fixed cost per call; not for the extras, under autocast
-    or torch.compile), ``"fused"`` (blocked torch ops, any device), ``"triton"``,
+    blocked torch-ops kernel; a problem of fewer than 2**20 logits on the CPU, or fewer than
+    2**24 2-D logits on CUDA, that fit the memory budget three times over, which the blocked
+    path would hold in one block anyway, is ``F.cross_entropy(F.linear(input, W, b), ...)``
+    after crossent's checks: torch's result bit for bit, without the blocked path's fixed cost
+    per call; not for the extras, under autocast or torch.compile), ``"fused"`` (blocked torch
+    ops, any device), ``"triton"``,
     ``"reference"`` (materialises the logits; supports double backward and gradients w.r.t.
     probability targets and their class weights, which the blocked paths refuse with
     NotImplementedError). ``target_check`` as in :func:`crossent.cross_entropy`: ``"device"``
     makes the blocked paths' class-index range check a device-side assertion on CUDA (no host
-    synchronisation; an out-of-range target fails the CUDA stream), the reference and the CPU
-    keep the IndexError.
+    synchronisation; an out-of-range target fails the CUDA stream), as torch's own kernel's is
+    where ``"auto"`` hands a small CUDA problem to it; the reference and the CPU keep the
+    IndexError.
 
     Limitations of the blocked paths: no higher-order gradients (``create_graph=True`` raises);
     ``torch.func`` transforms are not supported; under ``torch.compile`` the ops are opaque
