@@ -1325,16 +1325,21 @@ def small_linear_calls(run: Run, device, small: bool, reps: int):
         }  # fmt: skip
         group = f"small linear calls N={n} D={d} V={c} bfloat16"
         for name, fn in providers.items():
-            try:
-                ms = median_ms(fn, reps=reps, warmup=2, setup=setup)
-                host = host_ms(fn, reps=reps, setup=setup)
-                record_timing(run, group, name, ms, None, flops=6 * n * d * c,
-                              note=f"host {host:.3f} ms per call")  # fmt: skip
-            except Exception as exc:
-                record_timing(run, group, name, None, None,
-                              note=f"failed: {type(exc).__name__}: {exc}"[:200])  # fmt: skip
-            finally:
-                free_memory()
+            time_call(run, group, name, fn, setup, reps, flops=6 * n * d * c)
+
+
+def time_call(run: Run, group: str, name: str, fn, setup, reps: int, **measures):
+    """Record the device time (CUDA events, median) and the host time per call of ``fn``;
+    ``measures``: ``record_timing``'s ``flops``/``nbytes``. A failure is recorded, not raised."""
+    try:
+        ms = median_ms(fn, reps=reps, warmup=2, setup=setup)
+        host = host_ms(fn, reps=reps, setup=setup)
+        record_timing(run, group, name, ms, None, note=f"host {host:.3f} ms per call", **measures)
+    except Exception as exc:
+        record_timing(run, group, name, None, None,
+                      note=f"failed: {type(exc).__name__}: {exc}"[:200])  # fmt: skip
+    finally:
+        free_memory()
 
 
 def host_profile(run: Run, device, small: bool):
@@ -1515,17 +1520,8 @@ def small_calls(run: Run, device, small: bool):
             "torch eager F.cross_entropy": functools.partial(call, F.cross_entropy),
         }  # fmt: skip
         for name, fn in providers.items():
-            try:
-                ms = median_ms(fn, reps=reps, warmup=2, setup=setup)
-                host = host_ms(fn, reps=reps, setup=setup)
-                nbytes = 2 * base.numel() * base.element_size()
-                record_timing(run, group, name, ms, None, nbytes=nbytes,
-                              note=f"host {host:.3f} ms per call")  # fmt: skip
-            except Exception as exc:
-                record_timing(run, group, name, None, None,
-                              note=f"failed: {type(exc).__name__}: {exc}"[:200])  # fmt: skip
-            finally:
-                free_memory()
+            time_call(run, group, name, fn, setup, reps,
+                      nbytes=2 * base.numel() * base.element_size())  # fmt: skip
 
 
 def invalid_target_check(run: Run, device, small: bool):
