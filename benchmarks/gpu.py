@@ -1292,15 +1292,15 @@ def host_us_per_call(fn, batch: int, reps: int) -> float:
 def small_linear_calls(run: Run, device, small: bool, reps: int):
     """Device and host time per fwd+bwd call of ``linear_cross_entropy`` (``impl="triton"``,
     ``"auto"``) against torch's ``F.cross_entropy(F.linear(...))`` at heads whose logits are
-    below and above ``CUDA_CROSS_ENTROPY_MAX_ELEMENTS`` (where ``"auto"`` hands the call to
-    torch's expression, and where it keeps the blocked Triton path)."""
+    below and above ``crossent.linear.CUDA_TORCH_MAX_LOGITS`` (where ``"auto"`` hands the call
+    to torch's expression, and where it keeps the blocked Triton path)."""
     import torch
     import torch.nn.functional as F
 
     import crossent
 
     cases = [(16, 32, 100)] if small else [(64, 1024, 32000), (256, 1024, 32000),
-                                           (1024, 2048, 32000)]  # fmt: skip
+                                           (1024, 2048, 32000), (4096, 2048, 32000)]  # fmt: skip
     for n, d, c in cases:
         gen = torch.Generator(device=device).manual_seed(31)
         x0 = torch.randn(n, d, device=device, generator=gen).to(torch.bfloat16)

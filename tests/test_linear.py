@@ -992,14 +992,14 @@ def test_module_takes_target_check():
 
 def test_auto_hands_small_two_dimensional_logits_to_torch_on_cpu_and_cuda_only():
     """impl='auto' computes F.cross_entropy(F.linear(...)) below a logits limit per device:
-    2**20 on the CPU, CUDA_CROSS_ENTROPY_MAX_ELEMENTS on CUDA for 2-D logits only (torch's
-    K-dim CUDA kernel sums with atomics), never elsewhere."""
+    2**20 on the CPU, CUDA_TORCH_MAX_LOGITS on CUDA for 2-D logits only (torch's K-dim CUDA
+    kernel sums with atomics), never elsewhere."""
     from crossent import _torch_native
-    from crossent.linear import _torch_logits_limit
+    from crossent.linear import CUDA_TORCH_MAX_LOGITS, _torch_logits_limit
 
     assert _torch_logits_limit("cpu", ()) == _torch_native.CROSS_ENTROPY_MAX_ELEMENTS
     assert _torch_logits_limit("cpu", (3,)) == _torch_native.CROSS_ENTROPY_MAX_ELEMENTS
-    assert _torch_logits_limit("cuda", ()) == _torch_native.CUDA_CROSS_ENTROPY_MAX_ELEMENTS
+    assert _torch_logits_limit("cuda", ()) == CUDA_TORCH_MAX_LOGITS
     assert _torch_logits_limit("cuda", (3,)) is None
     assert _torch_logits_limit("meta", ()) is None
     assert _torch_logits_limit("mps", ()) is None

@@ -59,6 +59,15 @@ DEFAULT_BUDGET_MAX = 256 * 2**20
 DEFAULT_BUDGET_MEMORY_FRACTION = 16
 #: On CUDA: room for this many rows of logits in the input dtype (at most 1/16 of the device).
 DEFAULT_GPU_BUDGET_ROWS = 8192
+#: ``impl="auto"`` on CUDA computes 2-D logits below this many (that fit the memory budget three
+#: times over) as ``F.cross_entropy(F.linear(...))`` after crossent's checks. On an H200
+#: (2026-11-27, benchmarks/gpu.py section "small calls", record
+#: gpu-h200-2026-11-27-linear-small.md; bf16 forward+backward, back to back) the blocked Triton
+#: path took 2.0-2.8 ms per call at 64x1024x32000 to 1024x2048x32000 (2**21-2**25 logits), almost
+#: all of it host time, and torch's expression 0.29-0.76 ms; its cross-entropy costs some 3e-12 s
+#: per logit more device time than the Triton kernel (section "small calls", 8192x32000), about
+#: 0.2 ms at this threshold, against some 2 ms of host time per call.
+CUDA_TORCH_MAX_LOGITS = 1 << 26
 
 
 # ------------------------------------------------------------------------------------------------
@@ -595,17 +604,17 @@ def _torch_logits_limit(device: str, out_features: tuple[int, ...]) -> int | Non
     if device == "cpu":
         return _torch_native.CROSS_ENTROPY_MAX_ELEMENTS
     if device == "cuda" and not out_features:
-        return _torch_native.CUDA_CROSS_ENTROPY_MAX_ELEMENTS
+        return CUDA_TORCH_MAX_LOGITS
     return None
 
 
 def _small_on_torch(input, linear_weight, target, linear_bias, weight, call: _Call):
     """``impl="auto"``'s route for a small problem, or None: below 2**20 logits on the CPU, and
-    below :data:`crossent._torch_native.CUDA_CROSS_ENTROPY_MAX_ELEMENTS` 2-D logits on CUDA
-    (torch's K-dim CUDA kernel is not deterministic), that fit the memory budget three times
+    below :data:`CUDA_TORCH_MAX_LOGITS` 2-D logits on CUDA (torch's K-dim CUDA kernel is not
+    deterministic), that fit the memory budget three times
     over (logits, log-probabilities, their gradient), the blocked path would hold them all in
     one block anyway, and its fixed cost per call (tens of Python steps and torch ops, and on
-    CUDA Triton launches: about a millisecond of host time) outweighs the work. Then this is
+    CUDA Triton launches: about 2 ms of host time) outweighs the work. Then this is
     ``F.cross_entropy(F.linear(input, W, b), ...)`` after crossent's checks (``_prepare``'s and
     the target range, which on CUDA torch's kernel makes on the device with
     ``target_check="device"`` and while a CUDA graph is captured): torch's result bit for bit.
@@ -976,7 +985,7 @@ def linear_cross_entropy(
 
     ``impl``: ``"auto"`` (Triton row kernel for CUDA tensors when Triton is installed, else the
     blocked torch-ops kernel; a problem of fewer than 2**20 logits on the CPU, or fewer than
-    2**24 2-D logits on CUDA, that fit the memory budget three times over, which the blocked
+    2**26 2-D logits on CUDA, that fit the memory budget three times over, which the blocked
     path would hold in one block anyway, is ``F.cross_entropy(F.linear(input, W, b), ...)``
     after crossent's checks: torch's result bit for bit, without the blocked path's fixed cost
     per call; not for the extras, under autocast or torch.compile), ``"fused"`` (blocked torch
