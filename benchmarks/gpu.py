@@ -1470,6 +1470,32 @@ def host_profile(run: Run, device, small: bool):
     run.log(f"host profile of {2 if small else 200} public fwd+bwd calls -> {path.name}")
     print("\n".join(text.getvalue().splitlines()[:70]), flush=True)
 
+    # the blocked linear path (impl="triton"), whose fixed cost per call is the larger
+    n, d, c = (16, 32, 100) if small else (256, 1024, 32000)
+    xl = torch.randn(n, d, device=device, generator=gen).to(torch.bfloat16)
+    wl = (torch.randn(c, d, device=device, generator=gen) / d**0.5).to(torch.bfloat16)
+    tl_target = torch.randint(0, c, (n,), device=device, generator=gen)
+
+    def linear_call():
+        leaves = xl.detach().requires_grad_(), wl.detach().requires_grad_()
+        crossent.linear_cross_entropy(*leaves, tl_target, impl="triton").backward()
+
+    us = host_us_per_call(linear_call, 1 if small else 50, reps=1 if small else 5)
+    run.log(f"host cost: linear_cross_entropy(impl='triton') fwd+bwd {n}x{d}x{c}: {us:.1f} us")
+    profile = cProfile.Profile()
+    synchronize()
+    profile.enable()
+    for _ in range(2 if small else 100):
+        linear_call()
+    profile.disable()
+    synchronize()
+    text = io.StringIO()
+    stats = pstats.Stats(profile, stream=text)
+    stats.sort_stats("tottime").print_stats(40)
+    stats.sort_stats("cumulative").print_stats(70)
+    (Path(run.args.out) / "host_profile_linear.txt").write_text(text.getvalue())
+    run.log("host profile of the linear calls -> host_profile_linear.txt")
+
 
 def small_calls(run: Run, device, small: bool):
     """The public call's fixed cost where the kernel is short: device time (CUDA events, median)
