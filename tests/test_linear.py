@@ -1003,3 +1003,56 @@ def test_auto_hands_small_two_dimensional_logits_to_torch_on_cpu_and_cuda_only()
     assert _torch_logits_limit("cuda", (3,)) is None
     assert _torch_logits_limit("meta", ()) is None
     assert _torch_logits_limit("mps", ()) is None
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(dtype=torch.float32),
+        dict(dtype=torch.bfloat16, weights=True, label_smoothing=0.1, z_loss=1e-3),
+        dict(dtype=torch.float64, probabilities=True, softcap=4.0),
+    ],
+    ids=["index", "weights-smoothing-zloss-bf16", "probabilities-softcap"],
+)
+def test_linear_eager_route_equals_the_custom_op_route(monkeypatch, case, reduction):
+    """Eager calls skip the custom ops' dispatch; both routes run the same code and agree
+    bitwise: loss, z-loss, lse and the gradients of input, weight and bias, under an upstream
+    gradient that is not 1, and a second backward through the same graph (recomputed)."""
+    from crossent import _fused_op
+
+    case = dict(case)
+    dtype, probabilities, weights = (case.pop("dtype"), case.pop("probabilities", False),
+                                     case.pop("weights", False))  # fmt: skip
+    gen = torch.Generator().manual_seed(5)
+    n, d, c = 13, 8, 37
+    x = torch.randn(n, d, generator=gen).to(dtype)
+    w = torch.randn(c, d, generator=gen).to(dtype)
+    b = torch.randn(c, generator=gen).to(dtype)
+    if probabilities:
+        target = torch.rand(n, c, generator=gen, dtype=torch.float64).softmax(1).to(dtype)
+    else:
+        target = torch.randint(0, c, (n,), generator=gen)
+        target[::4] = -100
+    class_weight = (torch.rand(c, generator=gen) + 0.5).to(dtype) if weights else None
+    upstream = 2.5 * torch.ones(n if reduction == "none" else (), dtype=dtype)
+
+    def run():
+        leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+        out = linear_cross_entropy_with_extras(
+            leaves[0], leaves[1], target, linear_bias=leaves[2], weight=class_weight,
+            reduction=reduction, impl="fused", memory_budget=2**16, **case,
+        )  # fmt: skip
+        out.loss.backward(upstream, retain_graph=True)
+        first = [leaf.grad.clone() for leaf in leaves]
+        for leaf in leaves:
+            leaf.grad = None
+        out.loss.backward(upstream)  # the saved gradients are consumed: recomputed
+        return [out.loss.detach(), out.z_loss, out.lse, *first, *(t.grad for t in leaves)]
+
+    assert _fused_op._runs_eagerly(x, w, target)
+    eager = run()
+    monkeypatch.setattr(_fused_op, "_runs_eagerly", lambda *tensors: False)
+    through_ops = run()
+    for a, b_ in zip(eager, through_ops, strict=True):
+        assert torch.equal(a, b_)

@@ -272,6 +272,12 @@ def _fake_gradients(tensors, grads) -> tuple[Tensor, Tensor, Tensor]:
 )
 def _forward_op(input, linear_weight, target, linear_bias, weight, *args):
     """Loss, z-loss, per-row lse and (for mean/sum, on request) the gradients of the loss."""
+    return _forward_impl(input, linear_weight, target, linear_bias, weight, *args)
+
+
+def _forward_impl(input, linear_weight, target, linear_bias, weight, *args):
+    """The body of ``crossent::linear_cross_entropy_v3``, also run without the op's dispatch
+    (see :class:`_EagerLinearCrossEntropy`)."""
     tensors = (input, linear_weight, target, linear_bias, weight)
     opts, grads = _OpOptions(*args[:-3]), args[-3:]
     if not target.dtype.is_floating_point:
@@ -323,6 +329,11 @@ def _(input, linear_weight, target, linear_bias, weight, *args):
 def _backward_op(grad_output, input, linear_weight, target, linear_bias, weight, *args):
     """Gradients of ``sum_i g_i loss_i`` recomputed from the inputs (``g`` the upstream gradient
     of a ``none`` loss, or of a ``sum``/``mean`` loss whose saved gradients were consumed)."""
+    return _backward_impl(grad_output, input, linear_weight, target, linear_bias, weight, *args)
+
+
+def _backward_impl(grad_output, input, linear_weight, target, linear_bias, weight, *args):
+    """The body of ``crossent::linear_cross_entropy_backward_v3`` (and of the eager route)."""
     tensors = (input, linear_weight, target, linear_bias, weight)
     opts, grads = _OpOptions(*args[:-3]), args[-3:]
     acc = accumulation_dtype(input.dtype)
@@ -354,6 +365,7 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.set_materialize_grads(False)
     ctx.options = opts
     ctx.owned = None
+    ctx.eager = False  # (set by the eager route: its backward calls the bodies, not the ops)
     if opts.reduction == "none":
         ctx.mode = "recompute"
         ctx.save_for_backward(*tensors)
@@ -368,20 +380,22 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _scale_in_place(
-    grads: tuple[Tensor, ...], grad_output: Tensor, kept_rows: Tensor | None
+    grads: tuple[Tensor, ...], grad_output: Tensor, kept_rows: Tensor | None, eager: bool = False
 ) -> None:
     """``grad *= grad_output`` for each gradient, through the fused loss's row scaler for the
     2-D ones (``crossent::scale_gradient_rows_``: a factor of exactly 1 is skipped, read on the
     host for a CPU factor and on the device for a CUDA one, so the usual ``loss.backward()``
     adds no sweep over dW and no host synchronisation). ``kept_rows``: the rows of ``dX``
     (``grads[0]``) whose target is kept; the others stay 0 whatever the factor (NaN or inf
-    included), as torch's gradient of an ignored row is."""
-    from crossent import _fused_op  # noqa: F401  (registers the crossent:: ops)
+    included), as torch's gradient of an ignored row is. ``eager``: the op's body, without its
+    dispatch."""
+    from crossent import _fused_op  # (registers the crossent:: ops)
 
+    scale = _fused_op._scale_rows if eager else torch.ops.crossent.scale_gradient_rows_
     for i, grad in enumerate(grads):
         if grad.dim() == 2:
             kept = kept_rows if i == 0 else None
-            torch.ops.crossent.scale_gradient_rows_(grad, grad_output, kept)
+            scale(grad, grad_output, kept)
         elif grad_output.device.type != "cpu" or float(grad_output) != 1.0:
             grad.mul_(grad_output)  # the (V,) bias gradient
 
@@ -404,17 +418,36 @@ def _backward(ctx, grad_loss, grad_z, grad_lse, grad_gx, grad_gw, grad_gb):
         if wanted[0] and not target.is_floating_point():
             kept = target.reshape(-1) != ctx.options.ignore_index
         _scale_in_place(
-            tuple(g for g, w in zip(grads, wanted, strict=True) if w), grad_loss, kept
+            tuple(g for g, w in zip(grads, wanted, strict=True) if w), grad_loss, kept, ctx.eager
         )
     else:  # reduction="none", or a second backward through the same graph
-        grads = torch.ops.crossent.linear_cross_entropy_backward_v3(
-            grad_loss, *ctx.saved_tensors, *ctx.options, *wanted
-        )
+        recompute = (_backward_impl if ctx.eager
+                     else torch.ops.crossent.linear_cross_entropy_backward_v3)  # fmt: skip
+        grads = recompute(grad_loss, *ctx.saved_tensors, *ctx.options, *wanted)
     result[0], result[1], result[3] = (g if w else None for g, w in zip(grads, wanted, strict=True))
     return tuple(result)
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerLinearCrossEntropy(torch.autograd.Function):
+    """The eager route: the ops' bodies and autograd formulas without the custom ops' dispatch,
+    whose Python cost per call (argument defaults, aliasing checks, three op calls) is the
+    larger part of a small call's fixed cost. For plain CPU/CUDA tensors outside torch.compile,
+    transforms and dispatch modes (:func:`crossent._fused_op._runs_eagerly`), as the fused
+    cross-entropy's eager route; tests check the two routes agree bitwise."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = _forward_impl(*inputs)
+        _setup_context(ctx, inputs, output)
+        ctx.eager = True
+        return output
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        return _backward(ctx, *grad_outputs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -720,9 +753,12 @@ def _blocked_2d(
         plan.rows, plan.vocab, plan.vocab_blocked, plan.kernel_rows, call.loss_dtype,
         call.target_check,
     )  # fmt: skip
-    loss, z, lse, *_ = torch.ops.crossent.linear_cross_entropy_v3(
-        input, linear_weight, target, linear_bias, weight, *opts, *grads
-    )
+    from crossent._fused_op import _runs_eagerly
+
+    operands = [t for t in (input, linear_weight, target, linear_bias, weight) if t is not None]
+    op = (_EagerLinearCrossEntropy.apply if _runs_eagerly(*operands)
+          else torch.ops.crossent.linear_cross_entropy_v3)  # fmt: skip
+    loss, z, lse, *_ = op(input, linear_weight, target, linear_bias, weight, *opts, *grads)
     return loss, z, lse
 
 
