@@ -432,11 +432,11 @@ _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _EagerLinearCrossEntropy(torch.autograd.Function):
-    """The eager route: the ops' bodies and autograd formulas without the custom ops' dispatch,
-    whose Python cost per call (argument defaults, aliasing checks, three op calls) is the
-    larger part of a small call's fixed cost. For plain CPU/CUDA tensors outside torch.compile,
-    transforms and dispatch modes (:func:`crossent._fused_op._runs_eagerly`), as the fused
-    cross-entropy's eager route; tests check the two routes agree bitwise."""
+    """The eager route: the ops' bodies and autograd formulas without the custom ops' dispatch
+    and its Python cost per call (argument defaults, aliasing checks; three op calls: about a
+    quarter of a 64 x 32 x 10 call's time on a 2-core CPU). For plain CPU/CUDA tensors outside
+    torch.compile, transforms and dispatch modes (:func:`crossent._fused_op._runs_eagerly`),
+    as the fused cross-entropy's eager route; tests check the two routes agree bitwise."""
 
     @staticmethod
     def forward(ctx, *inputs):
