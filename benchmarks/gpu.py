@@ -793,8 +793,8 @@ def time_provider(
 ):
     """Build (may compile), time fwd+bwd and measure peak extra memory of one provider.
 
-    ``trace``: also report which crossent Triton kernels one call launches (to show whether a
-    public entry point really reaches them)."""
+    ``trace``: also report which Triton kernels one call launches, by name and count (to show
+    which of crossent's kernels a public entry point reaches, or "no Triton kernel launched")."""
     if needs and run.remaining() < needs:
         record_timing(
             run, group, name, None, None, note=f"skipped: budget ({run.remaining():.0f}s)"

@@ -1050,9 +1050,68 @@ def test_linear_eager_route_equals_the_custom_op_route(monkeypatch, case, reduct
         out.loss.backward(upstream)  # the saved gradients are consumed: recomputed
         return [out.loss.detach(), out.z_loss, out.lse, *first, *(t.grad for t in leaves)]
 
+    taken = []
+    forward = linear._EagerLinearCrossEntropy.forward
+    monkeypatch.setattr(linear._EagerLinearCrossEntropy, "forward",
+                        staticmethod(lambda ctx, *a: taken.append(1) or forward(ctx, *a)))
     assert _fused_op._runs_eagerly(x, w, target)
     eager = run()
+    assert taken, "the eager route did not run"
+    taken.clear()
     monkeypatch.setattr(_fused_op, "_runs_eagerly", lambda *tensors: False)
     through_ops = run()
+    assert not taken, "the custom ops' route ran the eager route"
     for a, b_ in zip(eager, through_ops, strict=True):
         assert torch.equal(a, b_)
+
+
+def test_forward_mode_ad_is_refused_by_the_blocked_paths_and_served_by_the_reference(
+    monkeypatch,
+):
+    """A dual tensor (forward-mode AD): the blocked paths have no forward derivative, so they
+    raise NotImplementedError naming impl='reference' (through the custom ops they returned no
+    tangent, a silent wrong derivative); the reference gives torch's tangent."""
+    import torch.autograd.forward_ad as fwAD
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 4, dtype=torch.float64, generator=gen)
+    w = torch.randn(9, 4, dtype=torch.float64, generator=gen)
+    t = torch.randint(0, 9, (6,), generator=gen)
+    v = torch.randn(6, 4, dtype=torch.float64, generator=gen)
+    with fwAD.dual_level():
+        xd = fwAD.make_dual(x, v)
+        expected = fwAD.unpack_dual(F.cross_entropy(F.linear(xd, w), t)).tangent
+        got = fwAD.unpack_dual(linear_cross_entropy(xd, w, t, impl="reference")).tangent
+        torch.testing.assert_close(got, expected)
+        # (auto: small problems are torch's expression, which has the tangent; above the limit
+        # the blocked path refuses)
+        small = linear_cross_entropy(xd, w, t, impl="auto")
+        torch.testing.assert_close(fwAD.unpack_dual(small).tangent, expected)
+        monkeypatch.setattr(_torch_native, "CROSS_ENTROPY_MAX_ELEMENTS", 1)
+        for impl in ("fused", "auto"):
+            with pytest.raises(NotImplementedError, match=r"forward-mode AD.*impl='reference'"):
+                linear_cross_entropy(xd, w, t, impl=impl)
+
+
+def test_parameters_take_the_linear_eager_route(monkeypatch):
+    """nn.Parameter weights (the usual lm_head.weight) run the eager route, as plain tensors do:
+    the route is chosen per call, and a Parameter is a tensor that overrides nothing."""
+    from crossent import _fused_op
+
+    taken = []
+    forward = linear._EagerLinearCrossEntropy.forward
+
+    def spy(ctx, *inputs):
+        taken.append(True)
+        return forward(ctx, *inputs)
+
+    monkeypatch.setattr(linear._EagerLinearCrossEntropy, "forward", staticmethod(spy))
+    head = torch.nn.Linear(8, 37)
+    x = torch.randn(5, 8, requires_grad=True)
+    target = torch.randint(0, 37, (5,))
+    assert _fused_op._runs_eagerly(head.weight, head.bias, x, target)
+    loss = linear_cross_entropy(x, head.weight, target, linear_bias=head.bias, impl="fused")
+    loss.backward()
+    assert taken == [True]
+    expected = F.cross_entropy(F.linear(x, head.weight, head.bias), target)
+    torch.testing.assert_close(loss, expected)

@@ -453,3 +453,26 @@ def test_torch_kernel_checks_targets_itself_only_on_cuda_when_asked_or_captured(
     assert not _torch_kernel_checks(cpu, "host")
     monkeypatch.setattr(torch.version, "hip", "6.0")  # kernel assertions may be compiled out
     assert not _torch_kernel_checks(cuda, "host")
+
+
+def test_calls_torchs_kernel_cannot_serve_go_to_the_devices_fused_kernel(monkeypatch):
+    """cross_entropy: where auto's first choice, torch's kernel, refuses (inplace_backward, the
+    extras), the dispatch asks :func:`crossent._dispatch.fused_impl` (Triton on CUDA) for the
+    kernel instead of naming the CPU one."""
+    import crossent
+    import crossent.functional as functional
+
+    asked = []
+
+    def spy(input):
+        asked.append(input.device.type)
+        return "fused"
+
+    monkeypatch.setattr(functional, "fused_impl", spy)
+    x = torch.randn(4, 5, requires_grad=True)  # small: auto's first choice is torch's kernel
+    t = torch.tensor([0, 1, 2, 3])
+    crossent.cross_entropy(x.clone(), t, inplace_backward=True)
+    crossent.cross_entropy_with_extras(x, t)
+    assert asked == ["cpu", "cpu"]
+    crossent.cross_entropy(x, t)  # served by torch's kernel: no fused kernel asked for
+    assert asked == ["cpu", "cpu"]

@@ -454,13 +454,16 @@ def _scale_saved_gradient(ctx, grad_loss: torch.Tensor) -> torch.Tensor:
 
 def _runs_eagerly(*tensors: torch.Tensor) -> bool:
     """Whether a call may skip the custom ops' dispatch (see the module's docstring): plain
-    CPU/CUDA tensors outside torch.compile, fake tensors, functorch transforms and dispatch
-    modes."""
+    CPU/CUDA tensors (``nn.Parameter`` too: a tensor that overrides nothing) outside
+    torch.compile, fake tensors, functorch transforms and dispatch modes."""
     if torch.compiler.is_compiling() or _python_dispatch._get_current_dispatch_mode() is not None:
         return False
     return not transformed(*tensors) and all(
-        type(t) is torch.Tensor and t.device.type in ("cpu", "cuda") for t in tensors
+        type(t) in _PLAIN_TENSOR_TYPES and t.device.type in ("cpu", "cuda") for t in tensors
     )
+
+
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def _remember(ctx, target, ignore_index) -> None:

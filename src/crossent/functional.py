@@ -383,11 +383,13 @@ def cross_entropy(
 
     ``target_check`` (``"host"``, the default, or ``"device"``): how class-index targets are
     checked. ``"host"`` raises the IndexError above; on CUDA that reads one flag, a host
-    synchronisation per call (queued after the Triton kernel, so the device keeps computing).
-    ``"device"`` (opt-in) removes it: the Triton path (``impl="triton"``, and ``"auto"`` on
-    CUDA) asserts on the device (``torch._assert_async``) and torch's own kernel
-    (``impl="torch"``, and ``"auto"`` on CUDA below 2**24 logits) asserts as it always does on
-    CUDA, so an out-of-range target fails the
+    synchronisation per call (on the Triton path queued after its kernel, so the device keeps
+    computing; before torch's kernel on the torch route), skipped while a CUDA graph is
+    captured (torch's kernel then asserts on the device; the Triton kernel's out-of-range rows
+    become NaN). ``"device"`` (opt-in) removes it: the Triton path (``impl="triton"``, and
+    ``"auto"`` on CUDA from 2**24 logits and for K-dim inputs) asserts on the device
+    (``torch._assert_async``) and torch's own kernel (``impl="torch"``, and ``"auto"`` on CUDA
+    below 2**24 logits) asserts as it always does on CUDA, so an out-of-range target fails the
     CUDA stream as in torch: a generic "device-side assert triggered" RuntimeError from
     whichever later CUDA call comes first (possibly within this call), the CUDA context lost.
     On the CPU, on ROCm builds (whose kernel assertions may be compiled out) and on the

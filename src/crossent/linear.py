@@ -435,8 +435,10 @@ class _EagerLinearCrossEntropy(torch.autograd.Function):
     """The eager route: the ops' bodies and autograd formulas without the custom ops' dispatch
     and its Python cost per call (argument defaults, aliasing checks; three op calls: about a
     quarter of a 64 x 32 x 10 call's time on a 2-core CPU). For plain CPU/CUDA tensors outside
-    torch.compile, transforms and dispatch modes (:func:`crossent._fused_op._runs_eagerly`),
-    as the fused cross-entropy's eager route; tests check the two routes agree bitwise."""
+    torch.compile, transforms and dispatch modes (:func:`crossent._fused_op._runs_eagerly`;
+    ``nn.Parameter`` weights included), as the fused cross-entropy's eager route; tests check
+    the two routes agree bitwise. Forward-mode AD is refused before either route
+    (:func:`_unsupported`)."""
 
     @staticmethod
     def forward(ctx, *inputs):
@@ -839,11 +841,13 @@ def _blocked(
 
 
 def _unsupported(input, linear_weight, linear_bias, target, weight) -> str | None:
-    from crossent._fused_op import transformed
+    from crossent._fused_op import has_tangent, transformed
 
     if transformed(input, linear_weight, linear_bias, target, weight):
         return ("torch.func transforms (grad, vmap, ...), which cannot see through its "
                 "gradient")  # fmt: skip
+    if has_tangent(input, linear_weight, linear_bias, target, weight):
+        return "forward-mode AD (a dual tensor): the blocked paths have no forward derivative"
     if linear_weight.shape[0] == 0:
         return "a vocabulary of no classes"
     if needs_grad(target):
