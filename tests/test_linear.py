@@ -1115,3 +1115,28 @@ def test_parameters_take_the_linear_eager_route(monkeypatch):
     assert taken == [True]
     expected = F.cross_entropy(F.linear(x, head.weight, head.bias), target)
     torch.testing.assert_close(loss, expected)
+
+
+def test_blocked_path_counts_targets_before_the_full_range_check(monkeypatch):
+    """The blocked paths check class indices as cross_entropy's torch route does: the Triton
+    count first (one launch and one read on CUDA; it declines elsewhere), the full check, which
+    names the offender, only when the count does not clear the targets."""
+    import crossent.functional as functional
+    from crossent import _validation
+
+    counted, full = [], []
+    full_check = _validation.check_target_range
+    monkeypatch.setattr(functional, "_counted_in_range",
+                        lambda target, c, ignore: counted.append(c) or clears)  # fmt: skip
+    monkeypatch.setattr(_validation, "check_target_range",
+                        lambda *a: full.append(1) or full_check(*a))  # fmt: skip
+    x, w = torch.randn(5, 4), torch.randn(7, 4)
+    for clears, bad, full_runs in ((True, False, 0), (False, False, 1), (False, True, 1)):
+        counted.clear(), full.clear()
+        target = torch.tensor([0, 1, 7 if bad else 2, 3, -100])
+        if bad:
+            with pytest.raises(IndexError, match="position"):
+                linear_cross_entropy(x, w, target, impl="fused")
+        else:
+            linear_cross_entropy(x, w, target, impl="fused")
+        assert counted == [7] and len(full) == full_runs
