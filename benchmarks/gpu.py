@@ -1746,15 +1746,18 @@ def linear_check(run: Run, device, small: bool):
     repeat = all(torch.equal(p, q) for p, q in zip(first, again, strict=True))
     bad = t.clone()
     bad[3] = c
-    try:
-        crossent.linear_cross_entropy(x, w, bad)
-        error = "no error"
-    except IndexError:
-        error = "IndexError"
+    errors = []
+    for impl in ("auto", "triton"):  # the torch route; the blocked path (Triton count first)
+        try:
+            crossent.linear_cross_entropy(x, w, bad, impl=impl)
+            errors.append("no error")
+        except IndexError:
+            errors.append("IndexError")
+    healthy = bool(torch.isfinite(crossent.linear_cross_entropy(x, w, t, impl="triton")))
     run.check(f"torch route: linear_cross_entropy {n}x{d}x{c} auto == F.cross_entropy(F.linear) "
-              f"bitwise, deterministic repeat, bad target raises",
-              same and repeat and error == "IndexError",
-              f"same={same} repeat={repeat} {error}")  # fmt: skip
+              f"bitwise, deterministic repeat; a bad target raises on both routes",
+              same and repeat and errors == ["IndexError"] * 2 and healthy,
+              f"same={same} repeat={repeat} {errors} healthy={healthy}")  # fmt: skip
 
 
 def upstream_layouts(run: Run, device, small: bool):
