@@ -1346,7 +1346,8 @@ def host_profile(run: Run, device, small: bool):
     """Where the public call's host time goes: host time per call of each piece at 64x32000
     bfloat16 (a kernel of microseconds, so the host decides), from a bare Triton launch to the
     public fwd+bwd, then ``cProfile`` over back-to-back fwd+bwd calls (own time and cumulative
-    time per function) into ``host_profile.txt``."""
+    time per function) into ``host_profile.txt``; then the same for the blocked
+    ``linear_cross_entropy(impl="triton")`` at 256x1024x32000 (``host_profile_linear.txt``)."""
     import contextlib
     import cProfile
     import io
