@@ -65,8 +65,10 @@ DEFAULT_GPU_BUDGET_ROWS = 8192
 #: gpu-h200-2026-11-27-linear-small.md; bf16 forward+backward, back to back) the blocked Triton
 #: path took 2.0-2.8 ms per call at 64x1024x32000 to 1024x2048x32000 (2**21-2**25 logits), almost
 #: all of it host time, and torch's expression 0.29-0.76 ms; its cross-entropy costs some 3e-12 s
-#: per logit more device time than the Triton kernel (section "small calls", 8192x32000), about
-#: 0.2 ms at this threshold, against some 2 ms of host time per call.
+#: per logit more device time than the Triton kernel (torch eager's 4.5e-12 at 8192x32000 in
+#: section "small calls", against the row kernel's 1.6e-12 at 8192x128256 in the same run's
+#: logits table, record gpu-h200-2026-11-27-small-calls.md), about 0.2 ms at this threshold,
+#: against some 2 ms of host time per call.
 CUDA_TORCH_MAX_LOGITS = 1 << 26
 
 
@@ -436,8 +438,10 @@ _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 class _EagerLinearCrossEntropy(torch.autograd.Function):
     """The eager route: the ops' bodies and autograd formulas without the custom ops' dispatch
-    and its Python cost per call (argument defaults, aliasing checks; three op calls: about a
-    quarter of a 64 x 32 x 10 call's time on a 2-core CPU). For plain CPU/CUDA tensors outside
+    and its Python cost per call (argument defaults, aliasing checks; three op calls: on a
+    2-core CPU the blocked path's speed relative to torch eager at 64 x 32 x 10 went from
+    0.12x-0.14x to 0.17x-0.19x without it, record
+    ``cpu-epyc-2cores-2026-11-27-linear_small-eager-route.md``). For plain CPU/CUDA tensors outside
     torch.compile, transforms and dispatch modes (:func:`crossent._fused_op._runs_eagerly`;
     ``nn.Parameter`` weights included), as the fused cross-entropy's eager route; tests check
     the two routes agree bitwise. Forward-mode AD is refused before either route
