@@ -1693,6 +1693,7 @@ def torch_route(run: Run, device, small: bool):
     bad[3] = c
     errors = []
     linear_check(run, device, small)
+    uint8_target_check(run, device)
     for call in (lambda: crossent.cross_entropy(logits, bad[:rows]),
                  lambda: crossent.nll_loss(logp, bad),
                  lambda: crossent.binary_cross_entropy(torch.sigmoid(z), soft + 1)):
@@ -1705,6 +1706,36 @@ def torch_route(run: Run, device, small: bool):
     run.check("torch route: bad targets raise before torch's kernel runs, device healthy",
               errors == ["IndexError", "IndexError", "RuntimeError"] and healthy,
               repr((errors, healthy)))  # fmt: skip
+
+
+def uint8_target_check(run: Run, device):
+    """A uint8 class-index target on auto's torch route (a small 2-D CUDA cross_entropy): the
+    same outcome as torch's own call with it (its loss and gradient bitwise, or the same
+    exception type)."""
+    import torch
+    import torch.nn.functional as F
+
+    import crossent
+
+    gen = torch.Generator(device=device).manual_seed(37)
+    x = torch.randn(64, 200, device=device, generator=gen)
+    target = torch.randint(0, 200, (64,), device=device, generator=gen).to(torch.uint8)
+
+    def outcome(fn):
+        leaf = x.detach().clone().requires_grad_()
+        try:
+            loss = fn(leaf, target)
+            loss.backward()
+            return loss.detach(), leaf.grad
+        except Exception as exc:  # the outcome is what is compared
+            return type(exc).__name__
+
+    ours, theirs = outcome(crossent.cross_entropy), outcome(F.cross_entropy)
+    same = (ours == theirs if isinstance(theirs, str) or isinstance(ours, str)
+            else all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True)))  # fmt: skip
+    described = theirs if isinstance(theirs, str) else "a loss"
+    run.check("torch route: uint8 target, same outcome as torch's call", same,
+              f"torch: {described}")  # fmt: skip
 
 
 def linear_check(run: Run, device, small: bool):
