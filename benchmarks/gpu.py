@@ -1342,6 +1342,66 @@ def time_call(run: Run, group: str, name: str, fn, setup, reps: int, **measures)
         free_memory()
 
 
+def busy_device(run: Run, device, small: bool):
+    """The cost of a loss call where the device is busy and the host runs ahead, as in a
+    training step: each of ``steps`` iterations queues a GEMM that keeps the device busy for
+    about a millisecond, then the loss forward+backward; the call's cost is the loop's device
+    time less the GEMMs' alone (CUDA events around the whole loop, median of ``reps`` loops).
+    Here the host's time per call is hidden unless the call waits for the device (the default
+    target check reads a flag; ``target_check="device"`` does not), so this tests the reasoning
+    behind ``impl="auto"``'s hand-over thresholds (torch's kernel costs more device time)."""
+    import torch
+    import torch.nn.functional as F
+
+    import crossent
+
+    gemm = 256 if small else 8192
+    a = torch.randn(gemm, gemm, device=device).to(torch.bfloat16)
+    steps, reps = (2, 1) if small else (20, 5)
+    cases = [((64, 100), torch.float32)] if small else [
+        ((1024, 1000), torch.float32), ((512, 32000), torch.bfloat16),
+        ((2048, 32000), torch.bfloat16), ((8, 21, 512, 512), torch.float32)]  # fmt: skip
+
+    def loop_ms(body) -> float:
+        def many():
+            for _ in range(steps):
+                a @ a
+                body()
+
+        return median_ms(many, reps=reps, warmup=1)
+
+    gemm_only = loop_ms(lambda: None)
+    run.log(f"busy device: {steps} GEMMs {gemm}^3 bf16 alone: {gemm_only:.3f} ms")
+    for shape, dtype in cases:
+        gen = torch.Generator(device=device).manual_seed(41)
+        x = (3 * torch.randn(*shape, device=device, generator=gen)).to(dtype)
+        target = torch.randint(0, shape[1], (shape[0], *shape[2:]), device=device, generator=gen)
+        providers = {
+            "crossent impl='triton'": functools.partial(crossent.cross_entropy, impl="triton"),
+            "crossent impl='triton', target_check='device'": functools.partial(
+                crossent.cross_entropy, impl="triton", target_check="device"),
+            "crossent impl='torch', target_check='device'": functools.partial(
+                crossent.cross_entropy, impl="torch", target_check="device"),
+            "crossent impl='auto'": crossent.cross_entropy,
+            "torch eager F.cross_entropy": F.cross_entropy,
+        }  # fmt: skip
+        group = f"busy device {'x'.join(map(str, shape))} {str(dtype).split('.')[-1]}"
+        for name, loss_fn in providers.items():
+            def body(loss_fn=loss_fn, x=x, target=target):
+                loss_fn(x.detach().requires_grad_(), target).backward()
+
+            try:
+                per_call = (loop_ms(body) - gemm_only) / steps
+                record_timing(run, group, name, per_call, None,
+                              nbytes=2 * x.numel() * x.element_size(),
+                              note="device time per call beside the GEMMs")  # fmt: skip
+            except Exception as exc:
+                record_timing(run, group, name, None, None,
+                              note=f"failed: {type(exc).__name__}: {exc}"[:200])  # fmt: skip
+            finally:
+                free_memory()
+
+
 def host_profile(run: Run, device, small: bool):
     """Where the public call's host time goes: host time per call of each piece at 64x32000
     bfloat16 (a kernel of microseconds, so the host decides), from a bare Triton launch to the
@@ -2537,6 +2597,7 @@ def main(argv=None) -> int:
         ("device target check", device_target_check, (run, device, small)),
         ("small calls", small_calls, (run, device, small)),
         ("host profile", host_profile, (run, device, small)),
+        ("busy device", busy_device, (run, device, small)),
         *([("gemm out_dtype", gemm_out_dtype, (run, device, small))] if args.gemm else []),
         ("torch.compile timings", deferred_timings, (run, device, small)),
     ]
