@@ -1330,11 +1330,21 @@ def small_linear_calls(run: Run, device, small: bool, reps: int):
 
 def time_call(run: Run, group: str, name: str, fn, setup, reps: int, **measures):
     """Record the device time (CUDA events, median) and the host time per call of ``fn``;
-    ``measures``: ``record_timing``'s ``flops``/``nbytes``. A failure is recorded, not raised."""
-    try:
+    ``measures``: ``record_timing``'s ``flops``/``nbytes``."""
+
+    def measure():
         ms = median_ms(fn, reps=reps, warmup=2, setup=setup)
-        host = host_ms(fn, reps=reps, setup=setup)
-        record_timing(run, group, name, ms, None, note=f"host {host:.3f} ms per call", **measures)
+        return ms, f"host {host_ms(fn, reps=reps, setup=setup):.3f} ms per call"
+
+    record_measured(run, group, name, measure, **measures)
+
+
+def record_measured(run: Run, group: str, name: str, measure, **measures):
+    """Record ``measure()``'s ``(ms, note)`` as a timing row; a failure is recorded as the
+    row's note, not raised."""
+    try:
+        ms, note = measure()
+        record_timing(run, group, name, ms, None, note=note, **measures)
     except Exception as exc:
         record_timing(run, group, name, None, None,
                       note=f"failed: {type(exc).__name__}: {exc}"[:200])  # fmt: skip
@@ -1390,16 +1400,36 @@ def busy_device(run: Run, device, small: bool):
             def body(loss_fn=loss_fn, x=x, target=target):
                 loss_fn(x.detach().requires_grad_(), target).backward()
 
-            try:
-                per_call = (loop_ms(body) - gemm_only) / steps
-                record_timing(run, group, name, per_call, None,
-                              nbytes=2 * x.numel() * x.element_size(),
-                              note="device time per call beside the GEMMs")  # fmt: skip
-            except Exception as exc:
-                record_timing(run, group, name, None, None,
-                              note=f"failed: {type(exc).__name__}: {exc}"[:200])  # fmt: skip
-            finally:
-                free_memory()
+            def measure(body=body):
+                return (loop_ms(body) - gemm_only) / steps, "device time per call beside the GEMMs"
+
+            record_measured(run, group, name, measure, nbytes=2 * x.numel() * x.element_size())
+
+
+def profile_calls(run: Run, call, calls: int, file_name: str) -> str:
+    """``cProfile`` of ``calls`` back-to-back calls of ``call`` (after one that compiles): the
+    functions by own time, then by cumulative time, written to ``file_name`` in ``$OUT`` and
+    returned."""
+    import cProfile
+    import io
+    import pstats
+
+    call()
+    synchronize()
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(calls):
+        call()
+    profile.disable()
+    synchronize()
+    text = io.StringIO()
+    stats = pstats.Stats(profile, stream=text)
+    stats.sort_stats("tottime").print_stats(45)
+    stats.sort_stats("cumulative").print_stats(70)
+    path = Path(run.args.out) / file_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.getvalue())
+    return text.getvalue()
 
 
 def host_profile(run: Run, device, small: bool):
@@ -1408,11 +1438,6 @@ def host_profile(run: Run, device, small: bool):
     public fwd+bwd, then ``cProfile`` over back-to-back fwd+bwd calls (own time and cumulative
     time per function) into ``host_profile.txt``; then the same for the blocked
     ``linear_cross_entropy(impl="triton")`` at 256x1024x32000 (``host_profile_linear.txt``)."""
-    import contextlib
-    import cProfile
-    import io
-    import pstats
-
     import torch
     import triton
     import triton.language as tl
@@ -1511,25 +1536,9 @@ def host_profile(run: Run, device, small: bool):
         except Exception as exc:
             run.log(f"host cost: {name}: failed: {type(exc).__name__}: {exc}"[:300])
 
-    profile = cProfile.Profile()
-    call = public()
-    call()
-    synchronize()
-    profile.enable()
-    for _ in range(2 if small else 200):
-        call()
-    profile.disable()
-    synchronize()
-    text = io.StringIO()
-    with contextlib.redirect_stdout(text):
-        stats = pstats.Stats(profile, stream=text)
-        stats.sort_stats("tottime").print_stats(45)
-        stats.sort_stats("cumulative").print_stats(70)
-    path = Path(run.args.out) / "host_profile.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.getvalue())
-    run.log(f"host profile of {2 if small else 200} public fwd+bwd calls -> {path.name}")
-    print("\n".join(text.getvalue().splitlines()[:70]), flush=True)
+    text = profile_calls(run, public(), 2 if small else 200, "host_profile.txt")
+    run.log(f"host profile of {2 if small else 200} public fwd+bwd calls -> host_profile.txt")
+    print("\n".join(text.splitlines()[:70]), flush=True)
 
     # the blocked linear path (impl="triton"), whose fixed cost per call is the larger
     n, d, c = (16, 32, 100) if small else (256, 1024, 32000)
@@ -1543,18 +1552,7 @@ def host_profile(run: Run, device, small: bool):
 
     us = host_us_per_call(linear_call, 1 if small else 50, reps=1 if small else 5)
     run.log(f"host cost: linear_cross_entropy(impl='triton') fwd+bwd {n}x{d}x{c}: {us:.1f} us")
-    profile = cProfile.Profile()
-    synchronize()
-    profile.enable()
-    for _ in range(2 if small else 100):
-        linear_call()
-    profile.disable()
-    synchronize()
-    text = io.StringIO()
-    stats = pstats.Stats(profile, stream=text)
-    stats.sort_stats("tottime").print_stats(40)
-    stats.sort_stats("cumulative").print_stats(70)
-    (Path(run.args.out) / "host_profile_linear.txt").write_text(text.getvalue())
+    profile_calls(run, linear_call, 2 if small else 100, "host_profile_linear.txt")
     run.log("host profile of the linear calls -> host_profile_linear.txt")
 
 

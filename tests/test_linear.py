@@ -1124,14 +1124,15 @@ def test_blocked_path_counts_targets_before_the_full_range_check(monkeypatch):
     import crossent.functional as functional
     from crossent import _validation
 
-    counted, full = [], []
+    counted, full, count_clears = [], [], [False]
     full_check = _validation.check_target_range
     monkeypatch.setattr(functional, "_counted_in_range",
-                        lambda target, c, ignore: counted.append(c) or clears)  # fmt: skip
+                        lambda target, c, ignore: counted.append(c) or count_clears[0])  # fmt: skip
     monkeypatch.setattr(_validation, "check_target_range",
                         lambda *a: full.append(1) or full_check(*a))  # fmt: skip
     x, w = torch.randn(5, 4), torch.randn(7, 4)
     for clears, bad, full_runs in ((True, False, 0), (False, False, 1), (False, True, 1)):
+        count_clears[0] = clears
         counted.clear(), full.clear()
         target = torch.tensor([0, 1, 7 if bad else 2, 3, -100])
         if bad:

@@ -127,7 +127,7 @@ def _checked_denominator(
         if kernel == "triton":
             return positions, None, _checked
         return torch.tensor(positions, dtype=dtype, device=target.device), None, _checked
-    capturing = target.is_cuda and torch.cuda.is_current_stream_capturing()
+    capturing = captured(target)
     if kernel == "triton":
         from crossent.backends.triton.cross_entropy import target_stats
 
@@ -170,6 +170,12 @@ def asserts_on_device(target: torch.Tensor, target_check: str) -> bool:
     ``target_check="device"`` on CUDA tensors of a CUDA build (ROCm builds may compile kernel
     assertions out, so there the check stays on the host)."""
     return target_check == "device" and target.is_cuda and torch.version.hip is None
+
+
+def captured(tensor: torch.Tensor) -> bool:
+    """Whether work on this CUDA tensor is being captured into a CUDA graph, where no host read
+    of tensor values can run."""
+    return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def assert_on_device(ok: torch.Tensor) -> None:
@@ -452,6 +458,9 @@ def _scale_saved_gradient(ctx, grad_loss: torch.Tensor) -> torch.Tensor:
     return grad
 
 
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
 def _runs_eagerly(*tensors: torch.Tensor) -> bool:
     """Whether a call may skip the custom ops' dispatch (see the module's docstring): plain
     CPU/CUDA tensors (``nn.Parameter`` too: a tensor that overrides nothing) outside
@@ -461,9 +470,6 @@ def _runs_eagerly(*tensors: torch.Tensor) -> bool:
     return not transformed(*tensors) and all(
         type(t) in _PLAIN_TENSOR_TYPES and t.device.type in ("cpu", "cuda") for t in tensors
     )
-
-
-_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def _remember(ctx, target, ignore_index) -> None:

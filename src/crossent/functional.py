@@ -307,9 +307,9 @@ def _counted_in_range(target: Any, num_classes: int, ignore_index: int) -> bool:
 
     if not (target.is_cuda and target.dtype == torch.int64 and triton_usable(target)):
         return False
-    from crossent._fused_op import _runs_eagerly
+    from crossent._fused_op import _runs_eagerly, captured
 
-    if not _runs_eagerly(target) or torch.cuda.is_current_stream_capturing():
+    if not _runs_eagerly(target) or captured(target):
         return False
     from crossent.backends.triton.cross_entropy import target_stats
 
@@ -549,14 +549,11 @@ def _cross_entropy_dispatch(
 def _torch_kernel_checks(input: Any, target_check: str) -> bool:
     """Whether torch's own kernel is left to check the class indices, on the device (it
     asserts there): with ``target_check="device"`` on CUDA, and while a CUDA graph is captured,
-    where a host read of the targets cannot run (the fused kernels skip their read there too)."""
-    import torch
+    where a host read of the targets cannot run (the fused kernels skip their read there too):
+    capture checks as ``"device"`` does."""
+    from crossent._fused_op import asserts_on_device, captured
 
-    from crossent._fused_op import asserts_on_device
-
-    if asserts_on_device(input, target_check):
-        return True
-    return input.is_cuda and torch.version.hip is None and torch.cuda.is_current_stream_capturing()
+    return asserts_on_device(input, "device" if captured(input) else target_check)
 
 
 def _torch_kernel(choice, impl, op, input, target, weight, pos_weight=None, *, refusal=None):

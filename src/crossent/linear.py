@@ -34,7 +34,7 @@ from torch import Tensor
 from crossent import _reduction
 from crossent import _validation as check
 from crossent._array import needs_grad
-from crossent._dispatch import resolve_impl
+from crossent._dispatch import fused_impl, resolve_impl
 from crossent.backends import linear_blocks
 from crossent.backends.linear_blocks import BlockPlan
 from crossent.backends.rows import RowOptions, accumulation_dtype
@@ -286,14 +286,12 @@ def _forward_impl(input, linear_weight, target, linear_bias, weight, *args):
         import array_api_compat.torch as xp
 
         from crossent._fused_op import assert_in_range_on_device, asserts_on_device
-        from crossent.functional import _counted_in_range
 
         num_classes = linear_weight.shape[0]
         if asserts_on_device(target, opts.target_check):  # (no host synchronisation)
             assert_in_range_on_device(target, num_classes, opts.ignore_index)
-        elif not _counted_in_range(target, num_classes, opts.ignore_index):
-            # (on CUDA one Triton count and one read first; the full check names an offender)
-            check.check_target_range(xp, target, num_classes, opts.ignore_index)
+        else:  # (on CUDA one Triton count and one read first; the full check names an offender)
+            _checked_target(xp, target, num_classes, opts.ignore_index)
     acc = accumulation_dtype(input.dtype)
     denominator = _denominator(target, weight, opts.ignore_index, acc)
     row_scale = 1.0 / denominator if opts.reduction == "mean" and any(grads) else None
@@ -363,14 +361,15 @@ _HIGHER_ORDER = (
 )
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def _setup_context(ctx, inputs, output, eager: bool = False) -> None:
+    """``eager``: the eager route's context, whose backward calls the ops' bodies."""
     tensors, opts = inputs[:5], _OpOptions(*inputs[5:-3])
     _, z, lse, grad_input, grad_weight, grad_bias = output
     ctx.mark_non_differentiable(z, lse, grad_input, grad_weight, grad_bias)
     ctx.set_materialize_grads(False)
     ctx.options = opts
     ctx.owned = None
-    ctx.eager = False  # (set by the eager route: its backward calls the bodies, not the ops)
+    ctx.eager = eager
     if opts.reduction == "none":
         ctx.mode = "recompute"
         ctx.save_for_backward(*tensors)
@@ -450,8 +449,7 @@ class _EagerLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, *inputs):
         output = _forward_impl(*inputs)
-        _setup_context(ctx, inputs, output)
-        ctx.eager = True
+        _setup_context(ctx, inputs, output, eager=True)
         return output
 
     @staticmethod
@@ -653,10 +651,10 @@ def _torch_logits_limit(device: str, out_features: tuple[int, ...]) -> int | Non
 def _small_on_torch(input, linear_weight, target, linear_bias, weight, call: _Call):
     """``impl="auto"``'s route for a small problem, or None: below 2**20 logits on the CPU, and
     below :data:`CUDA_TORCH_MAX_LOGITS` 2-D logits on CUDA (torch's K-dim CUDA kernel is not
-    deterministic), that fit the memory budget three times
-    over (logits, log-probabilities, their gradient), the blocked path would hold them all in
-    one block anyway, and its fixed cost per call (tens of Python steps and torch ops, and on
-    CUDA Triton launches: about 2 ms of host time) outweighs the work. Then this is
+    deterministic), that fit the memory budget three times over (logits, log-probabilities,
+    their gradient), the blocked path would hold them all in one block anyway, and its fixed
+    cost per call (tens of Python steps and torch ops, and on CUDA Triton launches: about 2 ms
+    of host time) outweighs the work. Then this is
     ``F.cross_entropy(F.linear(input, W, b), ...)`` after crossent's checks (``_prepare``'s and
     the target range, which on CUDA torch's kernel makes on the device with
     ``target_check="device"`` and while a CUDA graph is captured): torch's result bit for bit.
@@ -681,7 +679,7 @@ def _small_on_torch(input, linear_weight, target, linear_bias, weight, call: _Ca
         plan_blocks(max(logits // num_classes, 1), input.shape[-1], num_classes, input.dtype,
                     call.memory_budget, probabilities=call.probabilities,
                     label_smoothing=call.label_smoothing,
-                    kernel=_kernel_for(resolve_impl("auto", input, "linear_cross_entropy")),
+                    kernel=_kernel_for(fused_impl(input)),
                     device=input.device)  # fmt: skip
     budget = call.memory_budget or default_memory_budget(
         num_classes, input.dtype, input.device, input.shape[-1]
