@@ -1,9 +1,12 @@
 """What the public Triton call does on the host, counted on a machine without a GPU.
 
-On a small problem the fused path's cost is its host work: every torch operation that launches
-device work costs a launch and its dispatch, and on CUDA the device waits for the host. This
-probe runs ``crossent.cross_entropy(..., impl="triton").backward()`` on CPU tensors with the
-Triton interpreter's kernels replaced by stubs that launch nothing (the target statistics
+First, for scale, the host time of small public calls on their default CPU paths (torch's
+kernel after crossent's checks, the NumPy reference), where crossent's own Python is most of
+the cost. Then the Triton path. On a small problem the fused path's cost is its host work:
+every torch operation that launches device work costs a launch and its dispatch, and on CUDA
+the device waits for the host. This probe runs
+``crossent.cross_entropy(..., impl="triton").backward()`` on CPU tensors with the Triton
+interpreter's kernels replaced by stubs that launch nothing (the target statistics
 report "no out-of-range target"), so what remains is exactly the host path: it counts the
 top-level torch operations (by the profiler), separates those that launch device work from
 metadata-only ones, counts the stubbed Triton launches, and times the call (the fastest of 15
@@ -17,6 +20,7 @@ Must run in a fresh process: it sets ``TRITON_INTERPRET=1`` before Triton is imp
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import Counter
@@ -124,7 +128,62 @@ def cases():
     ]
 
 
+def public_calls():
+    """``(label, call)`` pairs: small public calls on their default path (CPU tensors: torch's
+    own kernel after crossent's checks; NumPy: the reference), where crossent's Python is most
+    of the cost, with torch eager for scale."""
+    import torch
+
+    import crossent
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 10, generator=gen, requires_grad=True)
+    y = torch.randint(0, 10, (64,), generator=gen)
+    w = torch.rand(10, generator=gen)
+    xk = torch.randn(2, 5, 8, 8, generator=gen, requires_grad=True)
+    yk = torch.randint(0, 5, (2, 8, 8), generator=gen)
+    xb, yb = torch.randn(64, generator=gen, requires_grad=True), torch.rand(64, generator=gen)
+    xn, yn = x.detach().double().numpy(), y.numpy()
+
+    def no_grad():
+        with torch.no_grad():
+            crossent.cross_entropy(x, y)
+
+    return [
+        ("cross_entropy 64x10 fwd+bwd", lambda: crossent.cross_entropy(x, y).backward()),
+        ("cross_entropy 64x10 forward (no_grad)", no_grad),
+        ("cross_entropy 64x10 weights + smoothing fwd+bwd",
+         lambda: crossent.cross_entropy(x, y, w, label_smoothing=0.1).backward()),
+        ("cross_entropy 2x5x8x8 K-dim fwd+bwd", lambda: crossent.cross_entropy(xk, yk).backward()),
+        ("nll_loss 64x10 fwd+bwd", lambda: crossent.nll_loss(x, y).backward()),
+        ("binary_cross_entropy_with_logits 64 fwd+bwd",
+         lambda: crossent.binary_cross_entropy_with_logits(xb, yb).backward()),
+        ("NumPy cross_entropy 64x10", lambda: crossent.cross_entropy(xn, yn)),
+        ("NumPy cross_entropy_and_grad 64x10", lambda: crossent.cross_entropy_and_grad(xn, yn)),
+        ("torch eager F.cross_entropy 64x10 fwd+bwd",
+         lambda: torch.nn.functional.cross_entropy(x, y).backward()),
+    ]  # fmt: skip
+
+
+def _fastest_us(call, batches: int = 9, per_batch: int = 200) -> float:
+    """Microseconds per call: the fastest of ``batches`` batches (a shared, noisy machine)."""
+    for _ in range(per_batch):
+        call()
+    best = math.inf
+    for _ in range(batches):
+        start = time.perf_counter()
+        for _ in range(per_batch):
+            call()
+        best = min(best, (time.perf_counter() - start) / per_batch)
+    return best * 1e6
+
+
 def main() -> None:
+    print("| public call (CPU, default path) | host us per call |")
+    print("|---|---|")
+    for label, call in public_calls():
+        print(f"| {label} | {_fastest_us(call):.1f} |")
+    print()
     with stubbed_kernels() as launches:
         print("| call | torch ops launching device work | metadata ops | Triton launches | "
               "host ms (stubbed, CPU) |")  # fmt: skip

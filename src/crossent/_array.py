@@ -72,27 +72,55 @@ def is_torch(x: Any) -> bool:
     return tensor is not None and isinstance(x, tensor)
 
 
+#: What :func:`is_dtype` and :func:`dtype_name` found for each dtype, which never changes: every
+#: call asks them several times, and array-api-compat's ``isdtype`` costs about a microsecond.
+#: (A plain dict: torch.compile traces it, where ``functools.cache`` makes it warn.)
+_dtype_facts: dict[tuple[type, Any, Any], Any] = {}
+
+
+def is_dtype(xp: Any, dtype: Any, kind: str | tuple[str, ...]) -> bool:
+    """``xp.isdtype(dtype, kind)``, False where the namespace cannot answer (TypeError or
+    ValueError)."""
+    key = (type(dtype), dtype, kind)  # (the type first: dtypes of two libraries are never
+    # compared, which array-api-strict warns about)
+    try:
+        known = _dtype_facts.get(key)
+    except TypeError:  # an unhashable dtype: asked every time
+        key = known = None
+    if known is None:
+        try:
+            known = bool(xp.isdtype(dtype, kind))
+        except (TypeError, ValueError):
+            known = False
+        if key is not None:
+            _dtype_facts[key] = known
+    return known
+
+
 def is_floating(xp: Any, dtype: Any) -> bool:
     """True for real floating dtypes, float16 and bfloat16 included."""
-    try:
-        return bool(xp.isdtype(dtype, "real floating"))
-    except (TypeError, ValueError):
-        return False
+    return is_dtype(xp, dtype, "real floating")
 
 
 def is_integral(xp: Any, dtype: Any) -> bool:
     """True for signed/unsigned integer and bool dtypes."""
-    try:
-        return bool(xp.isdtype(dtype, ("integral", "bool")))
-    except (TypeError, ValueError):
-        return False
+    return is_dtype(xp, dtype, ("integral", "bool"))
 
 
 def dtype_name(dtype: Any) -> str:
     """A short, library-neutral dtype name: 'float32', 'int64', 'bfloat16', ..."""
-    name = str(getattr(dtype, "name", "") or dtype)
-    name = name.split("'")[1] if name.startswith("<class '") else name
-    return name.rsplit(".", 1)[-1].rstrip("')>")
+    key = (type(dtype), dtype, "name")
+    try:
+        name = _dtype_facts.get(key)
+    except TypeError:
+        key = name = None
+    if name is None:
+        name = str(getattr(dtype, "name", "") or dtype)
+        name = name.split("'")[1] if name.startswith("<class '") else name
+        name = name.rsplit(".", 1)[-1].rstrip("')>")
+        if key is not None:
+            _dtype_facts[key] = name
+    return name
 
 
 def is_low_precision(xp: Any, dtype: Any) -> bool:

@@ -468,7 +468,7 @@ def _runs_eagerly(*tensors: torch.Tensor) -> bool:
     if torch.compiler.is_compiling() or _python_dispatch._get_current_dispatch_mode() is not None:
         return False
     return not transformed(*tensors) and all(
-        type(t) in _PLAIN_TENSOR_TYPES and t.device.type in ("cpu", "cuda") for t in tensors
+        type(t) in _PLAIN_TENSOR_TYPES and (t.is_cuda or t.is_cpu) for t in tensors
     )
 
 
@@ -588,7 +588,10 @@ def transformed(*tensors: torch.Tensor | None) -> bool:
     if torch.compiler.is_compiling():
         return False
     wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    return any(t is not None and wrapped(t) for t in tensors)
+    for t in tensors:
+        if t is not None and wrapped(t):
+            return True
+    return False
 
 
 def has_tangent(*tensors: torch.Tensor | None) -> bool:

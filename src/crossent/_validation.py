@@ -27,6 +27,7 @@ import numpy as np
 
 from crossent._array import (
     dtype_name,
+    is_dtype,
     is_floating,
     is_integral,
     is_torch,
@@ -69,6 +70,8 @@ def float_argument(value: Any, name: str) -> float:
     """A float argument as torch's parser takes it: Python and NumPy numbers (bools too) and
     0-d tensors or arrays; anything else is a TypeError, as are exact fractions and decimals
     and a tensor that requires grad (no gradient would reach it)."""
+    if type(value) is float:  # the common case, decided first
+        return value
     exact = isinstance(value, numbers.Real) and not isinstance(value, (float, int, np.number))
     differentiable = is_torch(value) and requires_grad(value)
     if differentiable or exact:
@@ -144,11 +147,17 @@ def check_same_device(op: str, **arrays: Any) -> None:
     """The torch tensors of one call lie on one device: a RuntimeError otherwise, as torch's
     (the fused CPU kernel would read a tensor of another device as if it were its own). Other
     arrays' libraries check their devices themselves."""
-    tensors = {name: a for name, a in arrays.items() if a is not None and is_torch(a)}
-    if not tensors or next(iter(tensors.values())).device.type == "meta":
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    tensors = [(name, a) for name, a in arrays.items() if isinstance(a, torch.Tensor)]
+    if not tensors:
+        return
+    device = tensors[0][1].device
+    if device.type == "meta":
         return  # (shapes only: nothing is read, and torch mixes a 0-d CPU target in)
-    if len({a.device for a in tensors.values()}) > 1:
-        where = ", ".join(f"{name} on {a.device}" for name, a in tensors.items())
+    if any(a.device != device for _, a in tensors[1:]):
+        where = ", ".join(f"{name} on {a.device}" for name, a in tensors)
         raise RuntimeError(
             f"Expected all tensors to be on the same device, but found at least two devices: "
             f"{op}() got {where}"
@@ -187,11 +196,7 @@ def check_real(xp: Any, array: Any, arg: str, op: str) -> None:
     they would be cast to real, dropping the imaginary part (torch: RuntimeError)."""
     if array is None:
         return
-    try:
-        complex_dtype = bool(xp.isdtype(array.dtype, "complex floating"))
-    except (TypeError, ValueError):
-        complex_dtype = False
-    if complex_dtype:
+    if is_dtype(xp, array.dtype, "complex floating"):
         raise RuntimeError(
             f"{op}: {arg} must be real (floating, integer or bool), got "
             f"{dtype_name(array.dtype)}"
@@ -502,7 +507,7 @@ def _cpu_extremes(array: Any) -> tuple[Any, Any] | None:
         return None
     if array.numel() == 0 or array.dtype == torch.bool or array.is_complex():
         return None
-    low, high = torch.aminmax(array.detach())
+    low, high = torch.aminmax(array.detach() if array.requires_grad else array)
     return low.item(), high.item()
 
 

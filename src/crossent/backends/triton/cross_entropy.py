@@ -68,6 +68,7 @@ def _next_power_of_2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+@functools.lru_cache(maxsize=512)  # (a call's host cost matters: one lookup per launch)
 def choose_config(num_cols: int, element_size: int) -> KernelConfig:
     """The default launch parameters for rows of ``num_cols`` elements of ``element_size``.
 
@@ -95,7 +96,7 @@ def _check_device(*tensors: torch.Tensor | None) -> None:
     """Every given tensor (None: absent) lies where the kernels run: CUDA, or the CPU under the
     interpreter."""
     for tensor in tensors:
-        if tensor is None or tensor.device.type == "cuda":
+        if tensor is None or tensor.is_cuda:
             continue
         if tensor.device.type == "cpu" and _interpreting():
             continue
