@@ -416,6 +416,47 @@ def test_save_keeps_a_class_weight_keyed_by_labels_and_an_integer_seed(tmp_path)
     assert refit.predict_proba(X).tobytes() == model.predict_proba(X).tobytes()
 
 
+def test_save_keeps_parameters_given_as_numpy_scalars(tmp_path):
+    # (a grid built with np.arange / np.logspace hands them over; they were dropped silently)
+    X, y = blobs(60, 4, 3)
+    model = SoftmaxRegression(solver="adam", max_iter=np.int64(7), batch_size=np.int64(16),
+                              C=np.float32(0.5), random_state=np.int64(3))  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X, y)
+    model.save(tmp_path / "m.npz")
+    loaded = SoftmaxRegression.load(tmp_path / "m.npz").get_params()
+    assert (loaded["max_iter"], loaded["batch_size"], loaded["random_state"]) == (7, 16, 3)
+    assert loaded["C"] == 0.5
+
+
+def test_lbfgs_fits_features_in_large_units():
+    # The first trial step 1/||g|| is ~1e-9 there and the step needed far smaller: the line
+    # search's bracket test was absolute (1e-12) and gave up at the zero start (accuracy 0.44,
+    # where LogisticRegression reaches 0.895 on these data).
+    rng = np.random.RandomState(0)
+    X = rng.randn(200, 3)
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int) + (X[:, 2] > 1)
+    X[:, 2] *= 1e7  # (e.g. a timestamp column)
+    model = SoftmaxRegression(max_iter=1000).fit(X, y)
+    assert model.converged_ and model.objective_ < 0.4
+    assert model.score(X, y) >= 0.85
+
+
+def test_features_beyond_float32_range_go_to_the_float64_stage():
+    # mixed precision's float32 stage overflows: the same point is valued in float64 instead of
+    # the fit stopping with a NaN objective
+    rng = np.random.RandomState(0)
+    X = rng.randn(60, 4) * 1e39
+    y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mixed = SoftmaxRegression().fit(X, y)
+        wide = SoftmaxRegression(mixed_precision=False).fit(X, y)
+    assert math.isfinite(mixed.objective_) and mixed.objective_ == wide.objective_
+    assert all(math.isfinite(v) for v in mixed.loss_curve_)
+
+
 def test_npz_file_is_plain_arrays_and_json(tmp_path):
     X, y = blobs(50, 3, 3)
     path = tmp_path / "m.npz"

@@ -155,7 +155,9 @@ def _zoom(at, value, slope, lo: _Point, hi: _Point, budget: int, c1: float, c2: 
             if cur.slope * (hi.step - lo.step) >= 0:
                 hi = lo
             lo = cur
-        if abs(hi.step - lo.step) <= 1e-12 * max(1.0, abs(lo.step)):
+        # (relative to the bracket: on features in large units the whole bracket may lie
+        # below 1e-12, the first trial step being 1/||g||)
+        if abs(hi.step - lo.step) <= 1e-12 * max(abs(lo.step), abs(hi.step)):
             break
     # No strong-Wolfe point found: accept the best sufficient-decrease point, if any.
     if lo.step > 0 and lo.value <= value + c1 * lo.step * slope:
@@ -216,6 +218,9 @@ def lbfgs(
 
     while True:
         if not math.isfinite(value) or not np.all(np.isfinite(grad)):
+            if next_stage():  # (a narrower stage overflowed, e.g. float32 features beyond
+                values[-1] = value  # its range: the same point, valued by the wider stage)
+                continue
             message = "the objective or its gradient is not finite"
             return finish()
         grad_max = float(np.max(np.abs(grad))) if grad.size else 0.0

@@ -799,7 +799,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         if classes.dtype.kind == "O" and not all(isinstance(c, str) for c in classes):
             raise ValueError("cannot store object classes other than strings")
         params = {
-            k: _class_weight_to_json(v) if k == "class_weight" else v
+            k: _class_weight_to_json(v) if k == "class_weight" else _plain(v)
             for k, v in self.get_params().items()
             if k != "callback"
         }
@@ -868,6 +868,12 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         ):
             raise ValueError(f"{path}: corrupt SoftmaxRegression file (inconsistent shapes)")
         return model
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy scalar (a grid's ``np.int64``, ``np.float32``) as the Python value it holds, which
+    JSON stores; anything else as it is."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _json_safe(value: Any) -> bool:
