@@ -117,7 +117,8 @@ def test_crossent_nn_is_reachable_lazily():
 def test_modules_are_torch_losses_for_isinstance_checks():
     # trainers gate on torch.nn.modules.loss._Loss / _WeightedLoss
     loss_base = torch.nn.modules.loss
-    for module in (cnn.CrossEntropyLoss(), cnn.NLLLoss(), cnn.BCELoss()):
+    for module in (cnn.CrossEntropyLoss(), cnn.NLLLoss(), cnn.BCELoss(),
+                   cnn.LinearCrossEntropyLoss(4, 3)):  # fmt: skip
         assert isinstance(module, loss_base._WeightedLoss)
     # BCEWithLogitsLoss is a plain _Loss in torch (weight and pos_weight its own buffers)
     for ours, theirs in ((cnn.BCEWithLogitsLoss(), torch.nn.BCEWithLogitsLoss()),

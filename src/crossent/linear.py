@@ -39,6 +39,7 @@ from crossent.backends import linear_blocks
 from crossent.backends.linear_blocks import BlockPlan
 from crossent.backends.rows import RowOptions, accumulation_dtype
 from crossent.functional import CrossEntropyOutput, _checked_target, cross_entropy_with_extras
+from crossent.nn import _WeightedLoss
 
 __all__ = [
     "BlockPlan",
@@ -1074,11 +1075,12 @@ def linear_cross_entropy(
 # module
 
 
-class LinearCrossEntropyLoss(torch.nn.Module):
+class LinearCrossEntropyLoss(_WeightedLoss):
     """Drop-in for ``torch.nn.LinearCrossEntropyLoss``: an owned ``Linear`` plus the loss.
 
     Same constructor keywords as torch 2.13 (``options`` replaced by crossent's ``z_loss``,
-    ``softcap``, ``memory_budget``, ``impl`` and ``target_check``) and the same parameters and
+    ``softcap``, ``memory_budget``, ``impl`` and ``target_check``), the same base class
+    (torch's ``_WeightedLoss``, as the other loss modules) and the same parameters and
     buffers (``linear.weight`` of shape ``(C * prod(out_features), in_features)``,
     ``linear.bias``, ``weight``), so state dicts are interchangeable.
     """
@@ -1112,9 +1114,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
             raise RuntimeError(
                 f"expected label_smoothing to be in range [0, 1], got {label_smoothing}"
             )
-        super().__init__()
-        self.register_buffer("weight", weight)
-        self.reduction = reduction
+        _WeightedLoss.__init__(self, weight, reduction=reduction)
         self.num_classes = num_classes
         self.out_features = tuple(out_features)
         self.ignore_index = ignore_index
