@@ -487,6 +487,23 @@ def test_command_writes_plots(tmp_path: Any, capsys: pytest.CaptureFixture[str])
         assert f"wrote {path}" in out
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(input=np.array([[np.inf, 0.0, 1.0]]), target=np.array([1])),  # a NaN softmax row
+        dict(input=np.array([np.nan, 0.5]), target=np.array([1.0, 0.0]),
+             loss="binary_cross_entropy_with_logits"),
+    ],
+)
+def test_plots_of_non_finite_examples_are_written(tmp_path: Any, kwargs: dict) -> None:
+    # explain() shows these; the probability plot's axis limits were NaN (matplotlib raised)
+    pytest.importorskip("matplotlib")
+    from crossent.explanation import write_plots
+
+    paths = write_plots(ex.explain(**kwargs), tmp_path)
+    assert paths and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
 def test_command_plot_without_matplotlib_names_the_extra(
     tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

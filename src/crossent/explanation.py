@@ -1394,13 +1394,14 @@ def _plot_probabilities(figure_cls: Any, e: Explanation, path: Path) -> Path:
     colors = [green if k in targets else pale for k in range(n)]
     ax.bar(range(n), probs, color=colors, edgecolor="black", lw=0.8)
     marks = None if info["marks"] is None else np.asarray(info["marks"], dtype=np.float64)
-    highest = max(float(np.max(probs)), info["chance"])
-    if marks is not None:
-        highest = max(highest, float(np.max(marks)))
+    # the axis fits the finite values (a +inf logit makes its row's softmax NaN: no bar, "nan")
+    shown = [probs] if marks is None else [probs, marks]
+    finite = np.concatenate([v[np.isfinite(v)] for v in shown])
+    highest = max([info["chance"], *finite.tolist()])
     top = 1.12 if highest > 0.6 else highest * 1.25 + 0.02
     for k, value in enumerate(probs):
-        y_text = value
-        if marks is not None and -0.02 * top < marks[k] - value < 0.08 * top:
+        y_text = value if math.isfinite(value) else 0.0
+        if marks is not None and -0.02 * top < marks[k] - y_text < 0.08 * top:
             y_text = marks[k]  # keep the number clear of the target line just above the bar
         ax.text(k, y_text + 0.012 * top, f"{value:.3f}", ha="center", va="bottom", fontsize=10)
     ax.axhline(info["chance"], color="gray", ls=":", lw=1.5)
