@@ -774,6 +774,19 @@ def test_inplace_refuses_logits_whose_elements_share_memory():
                             "mean", inplace_backward=True)  # fmt: skip
 
 
+@pytest.mark.parametrize("columns", [slice(None), slice(0, 5)])
+def test_inplace_refuses_a_view_that_is_itself_a_leaf_parameter(columns):
+    # storage[...].requires_grad_(): a leaf whose base does not require grad; it was
+    # overwritten by its own gradient
+    storage = torch.randn(12, 8)
+    logits = storage[:6, columns].requires_grad_()
+    before = logits.detach().clone()
+    with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
+        fused_cross_entropy(logits, torch.zeros(6, dtype=torch.long), None, RowOptions(),
+                            "mean", inplace_backward=True)  # fmt: skip
+    assert torch.equal(logits.detach(), before)
+
+
 def test_inplace_without_grad_leaves_logits_untouched():
     x, target, _ = make_case(5, 7, torch.float32)
     original = x.clone()

@@ -670,7 +670,8 @@ def check_inplace_allowed(logits: torch.Tensor) -> None:
             "each element needs its own gradient. Use inplace_backward=False."
         )
     base = logits._base if logits._base is not None else logits
-    if base.is_leaf and base.requires_grad:
+    if any(t.is_leaf and t.requires_grad for t in (logits, base)):  # (a view made a leaf
+        # itself, ``storage[:, :5].requires_grad_()``, is a parameter as much as its base)
         raise RuntimeError(
             "inplace_backward=True would write the gradient into a leaf tensor that requires "
             "grad (its .grad would alias its own values). Pass logits produced by an operation "
