@@ -1433,62 +1433,20 @@ def profile_calls(run: Run, call, calls: int, file_name: str) -> str:
     return text.getvalue()
 
 
-@contextlib.contextmanager
-def stubbed_kernels():
-    """Every crossent Triton kernel replaced by a launcher that launches nothing, except that
-    the target statistics get "D = 1, 1/D = 1, no bad target" (one device copy): what the
-    public call costs the host without Triton's launches (their results are left unwritten)."""
-    import torch
-
-    from crossent.backends.triton import column_kernels, kernels, reduction_kernels
-    from crossent.backends.triton import cross_entropy as launchers
-
-    verdicts, interpreting = {}, launchers._interpreting()  # (asked of the real kernels)
-
-    class Stub:
-        def __init__(self, name):
-            self.name = name
-
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                if self.name == "target_stats_kernel" and kwargs.get("FINAL"):
-                    stats = args[2]
-                    key = (stats.dtype, stats.device)
-                    if key not in verdicts:
-                        verdicts[key] = torch.tensor([1.0, 1.0, 0.0], dtype=stats.dtype,
-                                                     device=stats.device)  # fmt: skip
-                    stats[:3].copy_(verdicts[key])
-
-            return launch
-
-    saved = [(module, name, getattr(module, name))
-             for module in (kernels, column_kernels, reduction_kernels)
-             for name in dir(module) if name.endswith("_kernel")]  # fmt: skip
-    real_interpreting = launchers._interpreting
-    try:
-        for module, name, _ in saved:
-            setattr(module, name, Stub(name))
-        launchers._interpreting = lambda: interpreting
-        yield
-    finally:
-        launchers._interpreting = real_interpreting
-        for module, name, kernel in saved:
-            setattr(module, name, kernel)
-
-
 def host_profile(run: Run, device, small: bool):
     """Where the public call's host time goes: host time per call of each piece at 64x32000
     bfloat16 (a kernel of microseconds, so the host decides), from a bare Triton launch to the
-    public fwd+bwd and the public call with every Triton kernel stubbed (:func:`stubbed_kernels`:
-    the difference is what Triton's launches cost), then ``cProfile`` over back-to-back fwd+bwd
-    calls (own time and cumulative time per function) into ``host_profile.txt``; then the same
-    for the blocked
+    public fwd+bwd and the public call with every Triton kernel stubbed
+    (``host_ops.stubbed_kernels``: the difference is what Triton's launches cost), then
+    ``cProfile`` over back-to-back fwd+bwd calls (own time and cumulative time per function)
+    into ``host_profile.txt``; then the same for the blocked
     ``linear_cross_entropy(impl="triton")`` at 256x1024x32000 (``host_profile_linear.txt``)."""
     import torch
     import triton
     import triton.language as tl
 
     import crossent
+    import host_ops  # (benchmarks/host_ops.py: this script's folder is on sys.path)
     from crossent.backends.triton import cross_entropy as launchers
     from crossent.backends.triton import kernels
     from crossent.backends.triton.cross_entropy import RowOptions
@@ -1580,7 +1538,7 @@ def host_profile(run: Run, device, small: bool):
     batch = 1 if small else 100
     for name, fn in [*probes.items(), *stubbed.items()]:
         try:
-            with stubbed_kernels() if name in stubbed else contextlib.nullcontext():
+            with host_ops.stubbed_kernels() if name in stubbed else contextlib.nullcontext():
                 us = host_us_per_call(fn, batch, reps=1 if small else 5)
             run.log(f"host cost: {name}: {us:.1f} us per call")
             run.results.setdefault("host_costs_us", {})[name] = us
